@@ -1,0 +1,64 @@
+"""The `kvlab` command line.
+
+Each module in `COMMANDS` owns a group of subcommands: its `register(subparsers)` adds them,
+and every subcommand sets `func(args) -> exit code`. Exit codes are a contract:
+0 success, 1 key not found, 2 usage error, 3 cluster unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+COMMANDS = (
+    "kvlab.cli.cluster_cmds",
+    "kvlab.cli.kv_cmds",
+)
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as `kvlab: error: ...`, exit code 2."""
+
+
+class Unavailable(Exception):
+    """The cluster could not serve the request: printed, exit code 3."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvlab",
+        description="A Dynamo-style replicated key-value store you can watch and break.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        # `kvlab` alone opens the dashboard once it exists; until then, help.
+        default = getattr(parser, "default_func", None)
+        if default is None:
+            parser.print_help()
+            return EXIT_USAGE
+        func = default
+    try:
+        return func(args)
+    except UsageError as exc:
+        print(f"kvlab: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Unavailable as exc:
+        print(f"kvlab: unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,264 @@
+"""The coordinator: quorum reads and writes over a key's preference list.
+
+Every client operation fans out to all N replicas of its key at once:
+- a write completes after W acknowledgements;
+- a read completes after R replies with the newest version among them, and then keeps
+  listening: every replica that answered (or answers late) with an older version or nothing
+  is sent the newest record (read repair);
+- an operation that can no longer reach its quorum fails at once (unavailable); one still
+  missing replies at its deadline times out.
+
+The coordinator is sans-IO: it is given replies, failures and timer firings with the
+current time, and returns effects (`Send`, `SetTimer`, `Done`) for its driver to perform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvlab.core.messages import (
+    NOT_FOUND,
+    OK,
+    TIMEOUT,
+    UNAVAILABLE,
+    Done,
+    Effect,
+    ErrorReply,
+    Outcome,
+    ReadReply,
+    ReadRequest,
+    Reply,
+    Send,
+    SetTimer,
+    WriteReply,
+    WriteRequest,
+)
+from kvlab.core.record import Record
+from kvlab.core.ring import Ring
+from kvlab.core.version import HybridClock
+
+READ = "read"
+WRITE = "write"
+INSPECT = "inspect"
+
+
+@dataclass(frozen=True, slots=True)
+class Quorum:
+    n: int = 3
+    r: int = 2
+    w: int = 2
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("replicas (N) must be at least 1")
+        for name, value in (("read quorum (R)", self.r), ("write quorum (W)", self.w)):
+            if not 1 <= value <= self.n:
+                raise ValueError(f"{name} must be between 1 and N={self.n}, got {value}")
+
+    @property
+    def overlapping(self) -> bool:
+        """R + W > N: every read quorum meets every write quorum."""
+        return self.r + self.w > self.n
+
+
+class _Op:
+    __slots__ = (
+        "id", "kind", "key", "replicas", "need", "record", "answers", "acked", "failed",
+        "newest", "repaired", "outcome",
+    )
+
+    def __init__(self, op_id: int, kind: str, key: str, replicas: tuple[str, ...], need: int,
+                 record: Record | None) -> None:
+        self.id = op_id
+        self.kind = kind
+        self.key = key
+        self.replicas = replicas
+        self.need = need
+        self.record = record  # what a write stores
+        self.answers: dict[str, Record | None] = {}
+        self.acked: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.newest: Record | None = None
+        self.repaired: dict[str, object] = {}
+        self.outcome: Outcome | None = None
+
+    @property
+    def heard(self) -> int:
+        return len(self.answers) + len(self.acked) + len(self.failed)
+
+    @property
+    def successes(self) -> int:
+        return len(self.acked) if self.kind == WRITE else len(self.answers)
+
+
+class Coordinator:
+    """Coordinates client operations for one proxy (or simulated coordinator)."""
+
+    def __init__(self, name: str, ring: Ring, quorum: Quorum, timeout_ms: int = 1000) -> None:
+        self.name = name
+        self.ring = ring
+        self.quorum = quorum
+        self.timeout_ms = timeout_ms
+        self.clock = HybridClock(name)
+        self._ops: dict[int, _Op] = {}
+        self._requests: dict[int, tuple[_Op, str]] = {}
+        self._next_op = 0
+        self._next_req = 0
+
+    # -- starting operations ------------------------------------------------------------
+
+    def read(self, key: str, now_ms: int, r: int | None = None, n: int | None = None
+             ) -> tuple[int, list[Effect]]:
+        n, r = self._check(n, r)
+        return self._start(READ, key, now_ms, n, r, None)
+
+    def write(self, key: str, value: bytes | None, now_ms: int, w: int | None = None,
+              n: int | None = None) -> tuple[int, list[Effect]]:
+        """Store `value` under `key`; `value=None` writes a tombstone (a delete)."""
+        n, w = self._check(n, w, write=True)
+        record = Record(key, value, self.clock.tick(now_ms))
+        return self._start(WRITE, key, now_ms, n, w, record)
+
+    def inspect(self, key: str, now_ms: int) -> tuple[int, list[Effect]]:
+        """Ask every replica of `key` for its own copy; repairs nothing."""
+        n = self.quorum.n
+        return self._start(INSPECT, key, now_ms, n, n, None)
+
+    def _check(self, n: int | None, need: int | None, write: bool = False) -> tuple[int, int]:
+        n = self.quorum.n if n is None else n
+        default = self.quorum.w if write else self.quorum.r
+        need = min(default, n) if need is None else need
+        Quorum(n, need, need)  # validates the override
+        return n, need
+
+    def _start(self, kind: str, key: str, now_ms: int, n: int, need: int,
+               record: Record | None) -> tuple[int, list[Effect]]:
+        self._next_op += 1
+        replicas = self.ring.preference_list(key, n)
+        op = _Op(self._next_op, kind, key, replicas, need, record)
+        effects: list[Effect] = []
+        if len(replicas) < need:
+            # The ring holds fewer nodes than the quorum needs: fail now, ask nobody.
+            op.failed = {}
+            self._finish(op, UNAVAILABLE, effects)
+            return op.id, effects
+        self._ops[op.id] = op
+        for node in replicas:
+            self._next_req += 1
+            self._requests[self._next_req] = (op, node)
+            request = (WriteRequest(self._next_req, record) if record is not None
+                       else ReadRequest(self._next_req, key))
+            effects.append(Send(node, request))
+        effects.append(SetTimer(op.id, now_ms + self.timeout_ms))
+        return op.id, effects
+
+    # -- events from the driver ---------------------------------------------------------
+
+    def receive(self, node: str, reply: Reply, now_ms: int) -> list[Effect]:
+        """A replica's reply arrived."""
+        entry = self._requests.pop(reply.req, None)
+        if entry is None:
+            return []  # a repair's acknowledgement, or a reply after the deadline
+        op, expected = entry
+        if node != expected:
+            raise ValueError(f"reply {reply.req} came from {node}, was sent to {expected}")
+        effects: list[Effect] = []
+        if isinstance(reply, ErrorReply):
+            self._fail(op, node, reply.error, effects)
+        elif isinstance(reply, WriteReply):
+            op.acked.append(node)
+            if op.outcome is None and len(op.acked) >= op.need:
+                self._finish(op, OK, effects)
+        elif isinstance(reply, ReadReply):
+            self._answer(op, node, reply.record, effects)
+        self._retire_if_heard(op)
+        return effects
+
+    def unreachable(self, node: str, req: int, reason: str, now_ms: int) -> list[Effect]:
+        """The request `req` to `node` could not be delivered, or its link broke."""
+        entry = self._requests.pop(req, None)
+        if entry is None:
+            return []
+        op, _ = entry
+        effects: list[Effect] = []
+        self._fail(op, node, reason, effects)
+        self._retire_if_heard(op)
+        return effects
+
+    def timeout(self, op_id: int, now_ms: int) -> list[Effect]:
+        """The operation's deadline passed: give up on replicas still silent."""
+        op = self._ops.pop(op_id, None)
+        if op is None:
+            return []
+        effects: list[Effect] = []
+        silent = [n for n in op.replicas
+                  if n not in op.answers and n not in op.failed and n not in op.acked]
+        for req in [req for req, (o, _) in self._requests.items() if o is op]:
+            del self._requests[req]
+        if op.outcome is None:
+            if op.kind == INSPECT:
+                for node in silent:
+                    op.failed[node] = "timeout"
+                self._finish(op, OK, effects)
+            else:
+                self._finish(op, TIMEOUT if silent else UNAVAILABLE, effects)
+        return effects
+
+    def pending_ops(self) -> int:
+        return len(self._ops)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _answer(self, op: _Op, node: str, record: Record | None, effects: list[Effect]) -> None:
+        op.answers[node] = record
+        if record is not None:
+            self.clock.observe(record.version)
+            if op.newest is None or record.version > op.newest.version:
+                op.newest = record
+        if op.kind == INSPECT:
+            if op.outcome is None and len(op.answers) + len(op.failed) == len(op.replicas):
+                self._finish(op, OK, effects)
+            return
+        if op.outcome is None and len(op.answers) >= op.need:
+            newest = op.newest
+            self._finish(op, NOT_FOUND if newest is None or newest.tombstone else OK, effects)
+        if op.outcome is not None:
+            self._repair(op, effects)
+
+    def _repair(self, op: _Op, effects: list[Effect]) -> None:
+        """Send the newest record to every replica that answered with less."""
+        newest = op.newest
+        if newest is None:
+            return
+        for node, had in op.answers.items():
+            if (had is None or had.version < newest.version) and \
+                    op.repaired.get(node) != newest.version:
+                op.repaired[node] = newest.version
+                self._next_req += 1
+                effects.append(Send(node, WriteRequest(self._next_req, newest)))
+
+    def _fail(self, op: _Op, node: str, reason: str, effects: list[Effect]) -> None:
+        op.failed[node] = reason
+        if op.outcome is not None:
+            return
+        if op.kind == INSPECT:
+            if len(op.answers) + len(op.failed) == len(op.replicas):
+                self._finish(op, OK, effects)
+        elif len(op.replicas) - len(op.failed) < op.need:
+            self._finish(op, UNAVAILABLE, effects)
+
+    def _finish(self, op: _Op, status: str, effects: list[Effect]) -> None:
+        record = op.record if op.kind == WRITE else op.newest
+        op.outcome = Outcome(
+            op=op.id, kind=op.kind, key=op.key, status=status, record=record,
+            replicas=op.replicas,
+            acked=tuple(op.acked) if op.kind == WRITE else tuple(op.answers),
+            failed=dict(op.failed),
+            answers=dict(op.answers) if op.kind == INSPECT else {},
+        )
+        effects.append(Done(op.outcome))
+
+    def _retire_if_heard(self, op: _Op) -> None:
+        # Every replica has spoken: nothing left to repair or wait for.
+        if op.heard == len(op.replicas) and op.outcome is not None:
+            self._ops.pop(op.id, None)

@@ -1,0 +1,34 @@
+"""A stored value (or tombstone) and the rule replicas use to accept it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvlab.core.version import Version
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One key's state on a replica. `value is None` marks a tombstone (a versioned delete)."""
+
+    key: str
+    value: bytes | None
+    version: Version
+
+    @property
+    def tombstone(self) -> bool:
+        return self.value is None
+
+
+def supersedes(incoming: Record, existing: Record | None) -> bool:
+    """Whether a replica holding `existing` must store `incoming`.
+
+    Strictly newer wins. Equal versions are the same write (a retry or a repair) and need no
+    second copy; older ones would undo a newer write or resurrect a deleted key.
+    """
+    return existing is None or incoming.version > existing.version
+
+
+def purgeable(record: Record, now_ms: int, grace_ms: int) -> bool:
+    """A tombstone may be dropped once every replica has had `grace_ms` to learn of it."""
+    return record.tombstone and now_ms - record.version.physical >= grace_ms

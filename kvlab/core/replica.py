@@ -1,0 +1,32 @@
+"""A replica's side of the protocol.
+
+Reads are answered straight from the store. Writes are gathered so that a driver can make
+a whole batch durable in one transaction (group commit) and acknowledge them together; the
+rule for accepting a record (`record.supersedes`) is applied by the store inside that
+transaction, so two racing writes to one key can't be applied out of order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from kvlab.core.messages import ReadReply, ReadRequest, Reply, Request, WriteReply, WriteRequest
+from kvlab.core.record import Record
+
+
+def serve(requests: Iterable[Request], lookup: Callable[[str], Record | None]
+          ) -> tuple[list[Reply], list[WriteRequest]]:
+    """Answer the reads now; return the writes that must be persisted before their replies."""
+    replies: list[Reply] = []
+    writes: list[WriteRequest] = []
+    for request in requests:
+        if isinstance(request, ReadRequest):
+            replies.append(ReadReply(request.req, lookup(request.key)))
+        else:
+            writes.append(request)
+    return replies, writes
+
+
+def acknowledge(writes: Iterable[WriteRequest]) -> list[Reply]:
+    """Replies for writes that are now durable."""
+    return [WriteReply(w.req) for w in writes]

@@ -1,0 +1,91 @@
+"""Consistent hashing with virtual nodes.
+
+Each node owns `vnodes` points (tokens) on a 64-bit ring. A key hashes to a point and its
+preference list is the first N *distinct* nodes met walking clockwise from there.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import Counter
+from dataclasses import dataclass, field
+
+import mmh3
+
+RING_SIZE = 1 << 64
+DEFAULT_VNODES = 64
+
+
+def hash_key(key: str) -> int:
+    """The key's position on the ring (unsigned 64-bit murmur3)."""
+    return mmh3.hash64(key.encode("utf-8"), signed=False)[0]
+
+
+def vnode_token(node: str, index: int) -> int:
+    """Position of `node`'s `index`-th virtual node; stable across processes and runs."""
+    return hash_key(f"{node}#{index}")
+
+
+@dataclass(frozen=True)
+class Ring:
+    """An immutable ring; membership changes build a new one (cheap at our sizes)."""
+
+    nodes: tuple[str, ...]
+    vnodes: int = DEFAULT_VNODES
+    _tokens: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _owners: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.vnodes < 1:
+            raise ValueError("vnodes must be at least 1")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ValueError(f"duplicate node names in {self.nodes}")
+        points = sorted(
+            (vnode_token(node, i), node) for node in self.nodes for i in range(self.vnodes)
+        )
+        object.__setattr__(self, "_tokens", tuple(t for t, _ in points))
+        object.__setattr__(self, "_owners", tuple(n for _, n in points))
+
+    def with_node(self, node: str) -> Ring:
+        return Ring(self.nodes + (node,), self.vnodes)
+
+    def without_node(self, node: str) -> Ring:
+        return Ring(tuple(n for n in self.nodes if n != node), self.vnodes)
+
+    def preference_list(self, key: str, n: int) -> tuple[str, ...]:
+        """The first `n` distinct nodes clockwise from the key's hash (fewer if the ring is small)."""
+        return self.preference_list_at(hash_key(key), n)
+
+    def preference_list_at(self, point: int, n: int) -> tuple[str, ...]:
+        want = min(n, len(self.nodes))
+        if want <= 0:
+            return ()
+        start = bisect_right(self._tokens, point)
+        found: list[str] = []
+        total = len(self._owners)
+        for step in range(total):
+            owner = self._owners[(start + step) % total]
+            if owner not in found:
+                found.append(owner)
+                if len(found) == want:
+                    break
+        return tuple(found)
+
+    def arcs(self) -> list[tuple[int, int, str]]:
+        """(start, end, owner) for every arc; a point in (start, end] belongs to `owner`.
+
+        The first arc wraps around zero: its start is the last token.
+        """
+        total = len(self._tokens)
+        return [
+            (self._tokens[i - 1], self._tokens[i], self._owners[i]) for i in range(total)
+        ]
+
+    def ownership(self) -> dict[str, float]:
+        """Fraction of the ring for which each node is the first (primary) replica."""
+        share: Counter[str] = Counter()
+        for start, end, owner in self.arcs():
+            share[owner] += (end - start) % RING_SIZE
+        if len(self._tokens) == 1:
+            share[self._owners[0]] = RING_SIZE
+        return {node: share[node] / RING_SIZE for node in self.nodes}
