@@ -1,0 +1,1 @@
+"""Where replicas keep their records: SQLite on disk, or memory for the simulator."""
