@@ -19,6 +19,7 @@ EXIT_UNAVAILABLE = 3
 COMMANDS = (
     "kvlab.cli.cluster_cmds",
     "kvlab.cli.kv_cmds",
+    "kvlab.cli.bench_cmd",
 )
 
 
@@ -52,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         func = default
+    from kvlab.client import Unavailable as ClientUnavailable
+
     try:
         return func(args)
     except UsageError as exc:
         print(f"kvlab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except Unavailable as exc:
+    except (Unavailable, ClientUnavailable) as exc:
         print(f"kvlab: unavailable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:

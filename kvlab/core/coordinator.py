@@ -253,6 +253,7 @@ class Coordinator:
             op=op.id, kind=op.kind, key=op.key, status=status, record=record,
             replicas=op.replicas,
             acked=tuple(op.acked) if op.kind == WRITE else tuple(op.answers),
+            needed=op.need,
             failed=dict(op.failed),
             answers=dict(op.answers) if op.kind == INSPECT else {},
         )

@@ -81,6 +81,7 @@ class Outcome:
     record: Record | None
     replicas: tuple[str, ...]
     acked: tuple[str, ...]
+    needed: int = 0  # replies the quorum asked for (R or W)
     failed: dict[str, str] = field(default_factory=dict)
     answers: dict[str, Record | None] = field(default_factory=dict)
 

@@ -1,0 +1,96 @@
+"""What the nemesis breaks, and when: a seeded schedule of faults.
+
+A `Fault` names a kind, a start time (ms from the start of the run), a duration and its
+targets. Faults follow one another with a random gap and never overlap, so each one's
+effect can be read off the history. The simulator executes the schedule on virtual time;
+the real-cluster driver can execute the same schedule on the wall clock.
+
+Kinds:
+- kill: crash one node, restart it at the end (it keeps what it had made durable);
+- pause: stop one node (SIGSTOP), resume it at the end;
+- partition: cut one coordinator from some nodes, two-way or one-way, heal at the end;
+- skew: set one coordinator's clock ahead or behind, reset it at the end;
+- loss: drop a fraction of all messages, stop at the end.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+KILL = "kill"
+PAUSE = "pause"
+PARTITION = "partition"
+SKEW = "skew"
+LOSS = "loss"
+KINDS = (KILL, PAUSE, PARTITION, SKEW, LOSS)
+
+BOTH = "both"  # partition directions, seen from the coordinator
+TO_NODES = "to"  # requests are lost, replies would get through
+FROM_NODES = "from"  # requests arrive (and writes apply), replies are lost
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    at_ms: int
+    kind: str
+    duration_ms: int
+    nodes: tuple[str, ...] = ()
+    coordinator: str | None = None
+    direction: str = BOTH  # partitions only
+    skew_ms: int = 0  # skew only
+    loss: float = 0.0  # loss only
+
+    @property
+    def end_ms(self) -> int:
+        return self.at_ms + self.duration_ms
+
+    def describe(self) -> str:
+        what = {
+            KILL: f"kill {','.join(self.nodes)}",
+            PAUSE: f"pause {','.join(self.nodes)}",
+            PARTITION: f"partition {self.coordinator} {self.direction} {','.join(self.nodes)}",
+            SKEW: f"skew {self.coordinator} {self.skew_ms:+d}ms",
+            LOSS: f"loss {self.loss:.0%}",
+        }[self.kind]
+        return f"{self.at_ms}ms +{self.duration_ms}ms {what}"
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """"kill,pause" -> ("kill", "pause"); "" or "none" -> (). Raises ValueError."""
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip() and k.strip() != "none")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown nemesis {', '.join(unknown)} (choose from {', '.join(KINDS)})")
+    return tuple(dict.fromkeys(kinds))
+
+
+def schedule(kinds: Sequence[str], nodes: Sequence[str], coordinators: Sequence[str],
+             seed: int, first_ms: int = 100, gap_ms: tuple[int, int] = (100, 500),
+             duration_ms: tuple[int, int] = (200, 1000), max_skew_ms: int = 2000,
+             max_loss: float = 0.3) -> Iterator[Fault]:
+    """An endless schedule of non-overlapping faults drawn from `kinds` (none if empty)."""
+    if not kinds:
+        return
+    if not nodes or not coordinators:
+        raise ValueError("the nemesis needs nodes and coordinators to break")
+    rng = random.Random(f"{seed}:nemesis")
+    at = first_ms
+    while True:
+        kind = rng.choice(kinds)
+        duration = rng.randint(*duration_ms)
+        coordinator = rng.choice(coordinators)
+        if kind in (KILL, PAUSE):
+            yield Fault(at, kind, duration, nodes=(rng.choice(nodes),))
+        elif kind == PARTITION:
+            cut = tuple(sorted(rng.sample(list(nodes), rng.randint(1, max(1, len(nodes) - 1)))))
+            direction = rng.choice((BOTH, BOTH, TO_NODES, FROM_NODES))
+            yield Fault(at, kind, duration, nodes=cut, coordinator=coordinator,
+                        direction=direction)
+        elif kind == SKEW:
+            skew = rng.randint(-max_skew_ms, max_skew_ms)
+            yield Fault(at, kind, duration, coordinator=coordinator, skew_ms=skew)
+        else:
+            yield Fault(at, kind, duration, loss=round(rng.uniform(0.01, max_loss), 3))
+        at += duration + rng.randint(*gap_ms)

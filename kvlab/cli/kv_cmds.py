@@ -1,0 +1,102 @@
+"""`kvlab set|get|del`: use the store from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kvlab.cli import EXIT_NOT_FOUND, EXIT_OK, UsageError
+from kvlab.cli.options import add_name, positive
+from kvlab.client import KV, BadRequest, KeyNotFound, Result
+from kvlab.client.client import DEFAULT_URL
+from kvlab.cluster.supervisor import Cluster, NoCluster
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("set", help="store a value", description="Store VALUE under KEY "
+                       "(VALUE '-' reads standard input). Prints OK once W replicas have it.")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("value", metavar="VALUE")
+    _common(p, "w", "write quorum for this request (default: the cluster's W)")
+    p.set_defaults(func=cmd_set)
+
+    p = sub.add_parser("get", help="print a value",
+                       description="Print KEY's value. Exit 1 if it does not exist, 3 if the "
+                                   "cluster can't answer.")
+    p.add_argument("key", metavar="KEY")
+    _common(p, "r", "read quorum for this request (default: the cluster's R)")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("del", help="delete a key", description="Delete KEY (a versioned "
+                       "tombstone, so a stale replica can't bring it back).")
+    p.add_argument("key", metavar="KEY")
+    _common(p, "w", "write quorum for this request (default: the cluster's W)")
+    p.set_defaults(func=cmd_del)
+
+
+def _common(p: argparse.ArgumentParser, quorum: str, text: str) -> None:
+    p.add_argument("--url", help=f"the proxy's URL (default: the --name cluster's, "
+                                 f"else {DEFAULT_URL})")
+    add_name(p)
+    p.add_argument(f"--{quorum}", type=positive, help=text)
+    p.add_argument("--json", action="store_true",
+                   help="print the result with its version and replicas as JSON")
+
+
+def _client(args: argparse.Namespace) -> KV:
+    if args.url:
+        url = args.url
+    else:
+        try:
+            url = Cluster.load(args.name).url
+        except NoCluster:
+            url = DEFAULT_URL
+    try:
+        return KV(url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _report(args: argparse.Namespace, result: Result, text: str) -> int:
+    if args.json:
+        print(json.dumps({"key": result.key, "value": result.text, "version": result.version,
+                          "replicas": result.replicas, "acked": result.acked}))
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def _call(fn, *a):
+    # Unavailable propagates to kvlab.cli.main (exit 3); bad input is a usage error.
+    try:
+        return fn(*a)
+    except BadRequest as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    value = sys.stdin.buffer.read() if args.value == "-" else args.value
+    with _client(args) as kv:
+        result = _call(kv.set, args.key, value, args.w)
+    return _report(args, result, "OK")
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _client(args) as kv:
+        try:
+            result = _call(kv.read, args.key, args.r)
+        except KeyNotFound:
+            print(f"kvlab: key not found: {args.key}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+    if args.json:
+        return _report(args, result, "")
+    sys.stdout.buffer.write(result.value + b"\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_del(args: argparse.Namespace) -> int:
+    with _client(args) as kv:
+        result = _call(kv.delete, args.key, args.w)
+    return _report(args, result, "OK")

@@ -1,0 +1,6 @@
+"""Python clients for a kvlab cluster: `KV` (blocking) and `AsyncKV` (asyncio)."""
+
+from kvlab.client.client import AsyncKV, KV
+from kvlab.client.protocol import BadRequest, KeyNotFound, KVError, Result, Unavailable
+
+__all__ = ["KV", "AsyncKV", "Result", "KVError", "KeyNotFound", "Unavailable", "BadRequest"]

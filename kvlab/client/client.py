@@ -1,0 +1,164 @@
+"""Blocking and asyncio clients over the proxy's REST API.
+
+    from kvlab.client import KV
+    kv = KV("http://127.0.0.1:8000")
+    kv.set("user:1", "alice")
+    kv.get("user:1")            # 'alice'; None if the key does not exist
+
+Both raise `Unavailable` when the cluster can't answer, never report it as a missing key.
+"""
+
+from __future__ import annotations
+
+import http.client
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from kvlab.client.protocol import (
+    Call,
+    KeyNotFound,
+    Result,
+    Unavailable,
+    delete_call,
+    get_call,
+    inspect_call,
+    json_result,
+    read_result,
+    set_call,
+    write_result,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class KV:
+    """A blocking client holding one keep-alive connection (use one per thread)."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 5.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"expected a URL like {DEFAULT_URL}, got {url!r}")
+        self.url = url.rstrip("/")
+        self._host, self._port = parts.hostname, parts.port or 80
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _send(self, call: Call) -> tuple[int, http.client.HTTPMessage, bytes]:
+        for attempt in (1, 2):
+            fresh = self._conn is None
+            if fresh:
+                self._conn = http.client.HTTPConnection(self._host, self._port,
+                                                        timeout=self._timeout)
+            try:
+                self._conn.request(call.method, call.path, body=call.body)
+                response = self._conn.getresponse()
+                return response.status, response.headers, response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                self.close()
+                # A kept-alive connection the server closed while idle: retry once on a new one.
+                if fresh or attempt == 2:
+                    raise Unavailable(f"proxy at {self.url} closed the connection: {exc}") \
+                        from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise Unavailable(f"proxy at {self.url} is unreachable: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def get(self, key: str, r: int | None = None) -> str | None:
+        """The value as text, or None if the key does not exist."""
+        try:
+            return self.read(key, r).text
+        except KeyNotFound:
+            return None
+
+    def read(self, key: str, r: int | None = None) -> Result:
+        """The value as bytes with its version and replicas; raises KeyNotFound if absent."""
+        status, headers, body = self._send(get_call(key, r))
+        return read_result(key, status, headers, body)
+
+    def set(self, key: str, value: str | bytes, w: int | None = None) -> Result:
+        call = set_call(key, value, w)
+        status, headers, body = self._send(call)
+        return write_result(key, status, headers, body, call.body)
+
+    def delete(self, key: str, w: int | None = None) -> Result:
+        status, headers, body = self._send(delete_call(key, w))
+        return write_result(key, status, headers, body, None)
+
+    def inspect(self, key: str) -> dict:
+        """Each replica's own copy of `key` (see `GET /cluster/keys/{key}`)."""
+        return json_result(*self._status_body(inspect_call(key)))
+
+    def cluster(self) -> dict:
+        return json_result(*self._status_body(Call("GET", "/cluster")))
+
+    def _status_body(self, call: Call) -> tuple[int, bytes]:
+        status, _, body = self._send(call)
+        return status, body
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> KV:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncKV:
+    """The asyncio client: one aiohttp session; use `async with AsyncKV(url) as kv:`."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _send(self, call: Call) -> tuple[int, dict, bytes]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.request(call.method, self.url + call.path,
+                                             data=call.body) as response:
+                return response.status, response.headers, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"proxy at {self.url} is unreachable: "
+                              f"{exc.__class__.__name__}: {exc}") from None
+
+    async def get(self, key: str, r: int | None = None) -> str | None:
+        try:
+            return (await self.read(key, r)).text
+        except KeyNotFound:
+            return None
+
+    async def read(self, key: str, r: int | None = None) -> Result:
+        return read_result(key, *await self._send(get_call(key, r)))
+
+    async def set(self, key: str, value: str | bytes, w: int | None = None) -> Result:
+        call = set_call(key, value, w)
+        return write_result(key, *await self._send(call), call.body)
+
+    async def delete(self, key: str, w: int | None = None) -> Result:
+        return write_result(key, *await self._send(delete_call(key, w)), None)
+
+    async def inspect(self, key: str) -> dict:
+        status, _, body = await self._send(inspect_call(key))
+        return json_result(status, body)
+
+    async def cluster(self) -> dict:
+        status, _, body = await self._send(Call("GET", "/cluster"))
+        return json_result(status, body)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AsyncKV:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,1 @@
+"""The real-process driver's supervisor: start, stop and break local clusters."""

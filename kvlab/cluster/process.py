@@ -1,0 +1,97 @@
+"""OS processes the supervisor starts: identity, state, signals.
+
+A PID alone can be reused by an unrelated program after ours exits, so a process is known
+by its PID *and* its start time (from /proc); a signal goes only to a process that still
+matches both.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+UP, DOWN, PAUSED, STARTING = "up", "down", "paused", "starting"
+STOP_GRACE_S = 3.0
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    return text[text.rindex(")") + 2:].split()
+
+
+def start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+@dataclass
+class Proc:
+    pid: int
+    started: int  # start time in clock ticks since boot, from /proc/PID/stat
+
+    @classmethod
+    def spawn(cls, argv: list[str], log: Path, cwd: Path) -> Proc:
+        """Start a detached process (own session, so a Ctrl-C in the terminal spares it)."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, cwd=cwd,
+                                     start_new_session=True, close_fds=True)
+        started = start_time(child.pid)
+        # Popen keeps a handle only to reap the child; ours are reaped in `state()`.
+        child.returncode = 0
+        return cls(child.pid, started or 0)
+
+    def _reap(self) -> None:
+        try:
+            os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # not our child (started by another kvlab command): init reaps it
+
+    def state(self) -> str:
+        """`down`, `paused` or running (`up`; the caller checks health for `starting`)."""
+        self._reap()
+        fields = _stat(self.pid)
+        if fields is None or int(fields[19]) != self.started or fields[0] in ("Z", "X"):
+            return DOWN
+        return PAUSED if fields[0] in ("T", "t") else UP
+
+    def alive(self) -> bool:
+        return self.state() != DOWN
+
+    def signal(self, sig: int) -> bool:
+        if not self.alive():
+            return False
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM, then SIGKILL if it is still there after `grace_s`."""
+        if not self.alive():
+            return
+        self.signal(signal.SIGCONT)  # a stopped process would hold SIGTERM pending forever
+        self.signal(signal.SIGTERM)
+        if not wait_until(lambda: not self.alive(), grace_s):
+            self.signal(signal.SIGKILL)
+            wait_until(lambda: not self.alive(), grace_s)
+
+
+def wait_until(condition, timeout_s: float, interval_s: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)

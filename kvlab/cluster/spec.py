@@ -1,0 +1,65 @@
+"""What a cluster is made of, and where its state lives on disk."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kvlab.core.coordinator import Quorum
+from kvlab.core.ring import DEFAULT_VNODES
+
+DEFAULT_NAME = "default"
+DEFAULT_PORT = 8000
+HOST = "127.0.0.1"
+
+
+def kvlab_home() -> Path:
+    return Path(os.environ.get("KVLAB_HOME") or Path.home() / ".kvlab")
+
+
+def cluster_dir(name: str) -> Path:
+    return kvlab_home() / name
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str = DEFAULT_NAME
+    nodes: int = 5
+    replicas: int = 3
+    write_quorum: int = 2
+    read_quorum: int = 2
+    port: int = DEFAULT_PORT
+    vnodes: int = DEFAULT_VNODES
+    durability: str = "fsync"
+    timeout_ms: int = 1000
+    host: str = field(default=HOST)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"invalid cluster name {self.name!r}")
+        if self.nodes < 1:
+            raise ValueError("a cluster needs at least one node")
+        if self.replicas > self.nodes:
+            raise ValueError(f"replicas (N={self.replicas}) can't exceed nodes ({self.nodes})")
+        Quorum(self.replicas, self.read_quorum, self.write_quorum)
+        if self.durability not in ("fsync", "none"):
+            raise ValueError("durability must be fsync or none")
+        if self.vnodes < 1:
+            raise ValueError("vnodes must be at least 1")
+        if not 1 <= self.port or self.port + self.nodes > 65535:
+            raise ValueError(f"ports {self.port}..{self.port + self.nodes} are out of range")
+
+    @property
+    def dir(self) -> Path:
+        return cluster_dir(self.name)
+
+    def node_names(self) -> list[str]:
+        return [f"n{i}" for i in range(1, self.nodes + 1)]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ClusterSpec:
+        return cls(**data)

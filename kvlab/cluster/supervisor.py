@@ -1,0 +1,303 @@
+"""Start, stop, inspect and break a local cluster of real processes.
+
+A cluster lives in `$KVLAB_HOME/NAME/`: `cluster.json` (spec, ports, PIDs) and a folder per
+process with its database and log. Every command reads that file, so `kvlab kill n2` in one
+terminal acts on the cluster a dashboard started in another.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvlab.cluster.process import DOWN, PAUSED, STARTING, UP, Proc, wait_until
+from kvlab.cluster.spec import ClusterSpec, cluster_dir
+
+READY_TIMEOUT_S = 30.0
+
+
+class ClusterError(Exception):
+    """A cluster operation that can't be done; the message says why and what to do."""
+
+
+class NoCluster(ClusterError):
+    """No cluster of that name has been started here."""
+
+
+@dataclass
+class Member:
+    """The proxy or a node: where it listens and which process runs it."""
+
+    name: str
+    port: int
+    proc: Proc | None = None
+
+    def url(self, host: str) -> str:
+        return f"http://{host}:{self.port}"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "port": self.port,
+                "pid": self.proc.pid if self.proc else None,
+                "started": self.proc.started if self.proc else None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Member:
+        proc = Proc(data["pid"], data["started"]) if data.get("pid") else None
+        return cls(data["name"], data["port"], proc)
+
+
+@dataclass
+class Cluster:
+    spec: ClusterSpec
+    proxy: Member
+    nodes: list[Member] = field(default_factory=list)
+
+    # -- persistence --------------------------------------------------------------------
+
+    @property
+    def dir(self) -> Path:
+        return self.spec.dir
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url(self.spec.host)
+
+    @classmethod
+    def new(cls, spec: ClusterSpec) -> Cluster:
+        nodes = [Member(n, spec.port + i) for i, n in enumerate(spec.node_names(), start=1)]
+        return cls(spec, Member("proxy", spec.port), nodes)
+
+    @classmethod
+    def load(cls, name: str) -> Cluster:
+        path = cluster_dir(name) / "cluster.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NoCluster(f"no cluster named {name!r} (looked for {path}); "
+                               f"start one with `kvlab up --name {name}`") from None
+        except json.JSONDecodeError as exc:
+            raise ClusterError(f"{path} is corrupt: {exc}") from None
+        return cls(ClusterSpec.from_json(data["spec"]), Member.from_json(data["proxy"]),
+                   [Member.from_json(n) for n in data["nodes"]])
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = {"spec": self.spec.to_json(), "proxy": self.proxy.to_json(),
+                "nodes": [n.to_json() for n in self.nodes]}
+        tmp = self.dir / "cluster.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.dir / "cluster.json")  # atomic: a reader never sees half a file
+
+    # -- queries ------------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        return [self.proxy, *self.nodes]
+
+    def node(self, name: str) -> Member:
+        for member in self.nodes:
+            if member.name == name:
+                return member
+        names = ", ".join(n.name for n in self.nodes)
+        raise ClusterError(f"no node {name!r} in cluster {self.spec.name!r} (nodes: {names})")
+
+    def running(self) -> list[Member]:
+        return [m for m in self.members() if m.proc and m.proc.alive()]
+
+    def state(self, member: Member) -> str:
+        """up, down, paused or starting (alive but not yet answering /health)."""
+        if member.proc is None:
+            return DOWN
+        state = member.proc.state()
+        if state == UP and not _healthy(member.url(self.spec.host)):
+            return STARTING
+        return state
+
+    def status(self) -> dict:
+        host = self.spec.host
+
+        def view(m: Member) -> dict:
+            return {"name": m.name, "url": m.url(host), "pid": m.proc.pid if m.proc else None,
+                    "state": self.state(m)}
+
+        return {"name": self.spec.name, "proxy": view(self.proxy),
+                "nodes": [view(n) for n in self.nodes], "spec": self.spec.to_json()}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every process and return when all answer /health (or raise, leaving none)."""
+        alive = self.running()
+        if alive:
+            pids = ", ".join(f"{m.name} pid {m.proc.pid}" for m in alive)
+            raise ClusterError(f"cluster {self.spec.name!r} is already running ({pids}); "
+                               f"`kvlab down --name {self.spec.name}` stops it")
+        busy = [m for m in self.members() if not _port_free(self.spec.host, m.port)]
+        if busy:
+            ports = ", ".join(f"{m.port} ({m.name})" for m in busy)
+            raise ClusterError(f"port {ports} is in use by another program; pick other ports "
+                               f"with --port (nodes use the ports after the proxy's)")
+        try:
+            for member in self.nodes:
+                self._spawn_node(member)
+            self._spawn_proxy()
+            self.save()
+            self._await_ready(self.members())
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for member in self.members():
+            if member.proc:
+                member.proc.stop()
+                member.proc = None
+        self.save()
+
+    def kill(self, name: str) -> Member:
+        member = self.node(name)
+        if member.proc is None or not member.proc.signal(signal.SIGKILL):
+            raise ClusterError(f"{name} is not running")
+        wait_until(lambda: not member.proc.alive(), 2.0)
+        return member
+
+    def pause(self, name: str) -> Member:
+        member = self.node(name)
+        if member.proc is None or member.proc.state() != UP:
+            raise ClusterError(f"{name} is not running (state: {self.state(member)})")
+        member.proc.signal(signal.SIGSTOP)
+        wait_until(lambda: member.proc.state() == PAUSED, 2.0)
+        return member
+
+    def resume(self, name: str) -> Member:
+        member = self.node(name)
+        if member.proc is None or member.proc.state() != PAUSED:
+            raise ClusterError(f"{name} is not paused (state: {self.state(member)})")
+        member.proc.signal(signal.SIGCONT)
+        return member
+
+    def restart(self, name: str) -> Member:
+        """Stop the node if it runs (even paused), start it on its port and data again."""
+        member = self.node(name)
+        if member.proc is not None:
+            member.proc.stop()
+        if not _port_free(self.spec.host, member.port):
+            raise ClusterError(f"port {member.port} for {name} is in use by another program")
+        self._spawn_node(member)
+        self.save()
+        self._await_ready([member])
+        return member
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _spawn_node(self, member: Member) -> None:
+        folder = self.dir / member.name
+        argv = [sys.executable, "-m", "kvlab.net.node", "--name", member.name,
+                "--host", self.spec.host, "--port", str(member.port), "--data", str(folder),
+                "--durability", self.spec.durability]
+        member.proc = Proc.spawn(argv, folder / "node.log", self.dir)
+
+    def _spawn_proxy(self) -> None:
+        spec = self.spec
+        argv = [sys.executable, "-m", "kvlab.net.proxy", "--host", spec.host,
+                "--port", str(self.proxy.port), "--replicas", str(spec.replicas),
+                "--read-quorum", str(spec.read_quorum), "--write-quorum",
+                str(spec.write_quorum), "--vnodes", str(spec.vnodes),
+                "--timeout-ms", str(spec.timeout_ms)]
+        for node in self.nodes:
+            argv += ["--node", f"{node.name}={node.url(spec.host)}"]
+        folder = self.dir / "proxy"
+        self.proxy.proc = Proc.spawn(argv, folder / "proxy.log", self.dir)
+
+    def _await_ready(self, members: list[Member]) -> None:
+        """Wait until each member answers /health and the proxy has a link to each node."""
+        host = self.spec.host
+        names = {m.name for m in members if m is not self.proxy}
+
+        def ready() -> bool:
+            for m in members:
+                if m.proc is None or not m.proc.alive():
+                    raise ClusterError(f"{m.name} exited while starting; its log says:\n"
+                                       f"{self._log_tail(m)}")
+                if not _healthy(m.url(host)):
+                    return False
+            links = _get_json(f"{self.url}/health")
+            return links is not None and all(
+                links.get("nodes", {}).get(n) == UP for n in names)
+
+        if not wait_until(ready, READY_TIMEOUT_S, 0.05):
+            slow = [m.name for m in members if not _healthy(m.url(host))]
+            raise ClusterError(f"cluster {self.spec.name!r} not ready after "
+                               f"{READY_TIMEOUT_S:.0f}s (not answering: "
+                               f"{', '.join(slow) or 'proxy links'})")
+
+    def _log_tail(self, member: Member, lines: int = 15) -> str:
+        name = "proxy.log" if member is self.proxy else "node.log"
+        try:
+            text = (self.dir / member.name / name).read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        # As the servers do: connections in TIME_WAIT from a killed node don't block it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _get_json(url: str, timeout: float = 0.5) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _healthy(url: str) -> bool:
+    return _get_json(f"{url}/health") is not None
+
+
+def up(spec: ClusterSpec) -> Cluster:
+    """Start the cluster `spec` describes; reuses its data if it ran before."""
+    try:
+        previous = Cluster.load(spec.name)
+    except ClusterError:
+        previous = None
+    if previous is not None:
+        alive = previous.running()
+        if alive:
+            raise ClusterError(
+                f"cluster {spec.name!r} is already running (proxy on port "
+                f"{previous.proxy.port}); `kvlab down --name {spec.name}` stops it")
+    cluster = Cluster.new(spec)
+    cluster.start()
+    return cluster
+
+
+def down(name: str) -> Cluster:
+    cluster = Cluster.load(name)
+    cluster.stop()
+    return cluster
+
+
+@contextmanager
+def running(spec: ClusterSpec) -> Iterator[Cluster]:
+    """A cluster for the length of a `with` block (tests, benchmarks, the dashboard)."""
+    cluster = up(spec)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

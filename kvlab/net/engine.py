@@ -1,0 +1,67 @@
+"""Drive a `Coordinator` with asyncio: carry out its effects and await its outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from kvlab.core.coordinator import Coordinator
+from kvlab.core.messages import Done, Effect, Outcome, Reply, Send, SetTimer
+from kvlab.net.link import ReplicaLink
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Engine:
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.links: dict[str, ReplicaLink] = {}
+        self._waiting: dict[int, asyncio.Future[Outcome]] = {}
+
+    async def run(self, start: Callable[[int], tuple[int, list[Effect]]]) -> Outcome:
+        """Start an operation (`start(now_ms)` on the coordinator) and wait for its outcome."""
+        op, effects = start(now_ms())
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[op] = future
+        try:
+            self._apply(effects)
+            return await future
+        finally:
+            self._waiting.pop(op, None)
+
+    # Callbacks for the links.
+
+    def on_replies(self, node: str, replies: list[Reply]) -> None:
+        now = now_ms()
+        receive = self.coordinator.receive
+        for reply in replies:
+            effects = receive(node, reply, now)
+            if effects:
+                self._apply(effects)
+
+    def on_lost(self, node: str, reqs: list[int], reason: str) -> None:
+        now = now_ms()
+        for req in reqs:
+            self._apply(self.coordinator.unreachable(node, req, reason, now))
+
+    def _apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                link = self.links.get(effect.node)
+                if link is None or not link.send(effect.request):
+                    self._apply(self.coordinator.unreachable(
+                        effect.node, effect.request.req, "node down", now_ms()))
+            elif isinstance(effect, SetTimer):
+                delay = max(0.0, (effect.at_ms - now_ms()) / 1000)
+                asyncio.get_running_loop().call_later(delay, self._timeout, effect.op)
+            elif isinstance(effect, Done):
+                future = self._waiting.get(effect.outcome.op)
+                if future is not None and not future.done():
+                    future.set_result(effect.outcome)
+
+    def _timeout(self, op: int) -> None:
+        self._apply(self.coordinator.timeout(op, now_ms()))
+

@@ -1,0 +1,65 @@
+"""Virtual time: an integer microsecond clock and the queue of events waiting for it.
+
+Events that fall due at the same microsecond run in the order they were scheduled (the
+heap is keyed by (time, sequence number)), so a run never depends on how Python compares
+the callbacks, and one seed replays one run exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from heapq import heappop, heappush
+from itertools import count
+
+US_PER_MS = 1000
+
+
+class EventQueue:
+    """A virtual clock (`now`, in microseconds) and the events scheduled on it."""
+
+    __slots__ = ("now", "_heap", "_seq", "_halted")
+
+    def __init__(self) -> None:
+        self.now = 0
+        self._halted = False
+        self._heap: list[tuple[int, int, Callable[..., object], tuple]] = []
+        self._seq = count()
+
+    def at(self, when_us: int, fn: Callable[..., object], *args: object) -> None:
+        """Call `fn(*args)` at virtual time `when_us` (never earlier than now)."""
+        heappush(self._heap, (max(when_us, self.now), next(self._seq), fn, args))
+
+    def after(self, delay_us: int, fn: Callable[..., object], *args: object) -> None:
+        """Call `fn(*args)` `delay_us` microseconds from now."""
+        heappush(self._heap, (self.now + max(delay_us, 0), next(self._seq), fn, args))
+
+    def run_until(self, until_us: int) -> int:
+        """Run every event due at or before `until_us`, then set the clock to `until_us`.
+
+        If an event calls `halt()`, return right after it instead (the clock then stays at
+        that event's time). Returns how many events ran.
+        """
+        heap = self._heap
+        ran = 0
+        self._halted = False
+        while heap and heap[0][0] <= until_us:
+            when, _, fn, args = heappop(heap)
+            self.now = when
+            fn(*args)
+            ran += 1
+            if self._halted:
+                return ran
+        if until_us > self.now:
+            self.now = until_us
+        return ran
+
+    def halt(self) -> None:
+        """Make the running `run_until` return after the current event."""
+        self._halted = True
+
+    def next_time(self) -> int | None:
+        """When the next event is due, or None if nothing is scheduled."""
+        return self._heap[0][0] if self._heap else None
+
+    def __len__(self) -> int:
+        return len(self._heap)

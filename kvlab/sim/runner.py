@@ -1,0 +1,173 @@
+"""A full simulated chaos run: a workload of clients and a nemesis, on a `World`.
+
+Clients are closed-loop processes: each has one operation outstanding, records its invoke
+and completion in a `Recorder` history, thinks, and goes again until the workload's
+operations are used up. The nemesis schedule is played alongside. Everything runs on the
+virtual clock from one seed, so the same options give the same history, byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from kvlab.chaos.history import Event, Recorder
+from kvlab.chaos.nemesis import Fault, schedule
+from kvlab.chaos.workload import READ, Workload
+from kvlab.core.messages import NOT_FOUND, OK, UNAVAILABLE, Outcome
+from kvlab.sim.clock import US_PER_MS
+from kvlab.sim.world import World, WorldConfig
+
+NS_PER_US = 1000
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    seed: int = 7
+    world: WorldConfig = field(default_factory=WorldConfig)
+    ops: int = 3000
+    clients: int = 10
+    keys: int = 20
+    reads: float = 0.5
+    deletes: float = 0.1
+    think_ms: float = 1.0
+    nemesis: tuple[str, ...] = ()
+    nemesis_gap_ms: tuple[int, int] = (100, 500)
+    fault_ms: tuple[int, int] = (200, 1000)
+    # A run whose clients are stuck past this much virtual time is cut short (a guard).
+    max_virtual_ms: int = 24 * 3600 * 1000
+
+
+@dataclass
+class SimResult:
+    events: list[Event]
+    summary: dict[str, Any]
+    faults: list[Fault]
+
+
+def history_type(f: str, outcome: Outcome) -> str:
+    """The history event type for an outcome: did the operation happen?
+
+    A read that could not reach its quorum changed nothing (fail); a write that could not
+    may still be stored on some replicas (info); a timeout is unknown either way (info).
+    """
+    status = outcome.status
+    if status == OK or status == NOT_FOUND:
+        return "ok"
+    if status == UNAVAILABLE and f == READ:
+        return "fail"
+    return "info"
+
+
+class Simulation:
+    """A world, a workload and a nemesis. `run()` plays it out; `advance(ms)` steps it."""
+
+    def __init__(self, options: SimOptions | None = None) -> None:
+        self.options = options = options or SimOptions()
+        self.world = world = World(options.world, options.seed)
+        self.workload = Workload(options.seed, options.clients, options.keys, options.ops,
+                                 options.reads, options.deletes, options.think_ms)
+        self.recorder = Recorder()
+        self.faults: list[Fault] = []  # started so far
+        self.finished = False
+        self._active = options.clients
+        self._coordinators = world.coordinator_names
+        self._quorum = {"read": options.world.r, "write": options.world.w,
+                        "delete": options.world.w}
+        self._done = [partial(self._complete, p) for p in range(options.clients)]
+        self._pending: list[str] = [""] * options.clients  # each client's current f
+        clock = world.clock
+        for process in range(options.clients):
+            clock.after(self._think_us(process), self._invoke, process)
+        self._schedule = schedule(options.nemesis, world.node_names, self._coordinators,
+                                  options.seed, gap_ms=options.nemesis_gap_ms,
+                                  duration_ms=options.fault_ms)
+        self._next_fault()
+
+    # -- stepping ------------------------------------------------------------------------
+
+    def advance(self, ms: float) -> int:
+        """Run `ms` of virtual time (stopping early if the workload finishes)."""
+        return self.world.advance(ms)
+
+    def run(self) -> SimResult:
+        """Run until every client has finished its operations."""
+        clock = self.world.clock
+        limit = self.options.max_virtual_ms * US_PER_MS
+        while not self.finished and clock.now < limit and clock.next_time() is not None:
+            clock.run_until(limit)
+        return self.result()
+
+    def result(self) -> SimResult:
+        events = self.recorder.events
+        counts = {"ok": 0, "fail": 0, "info": 0}
+        for event in events:
+            if event.type != "invoke":
+                counts[event.type] += 1
+        world = self.world
+        summary: dict[str, Any] = {
+            "seed": self.options.seed,
+            "ops": sum(1 for e in events if e.type == "invoke"),
+            **counts,
+            "virtual_ms": world.clock.now // US_PER_MS,
+            "faults": [f.describe() for f in self.faults],
+            "messages": world.network.sent,
+            "messages_dropped": world.network.dropped,
+            "unpersisted_writes_lost": sum(n.lost_writes for n in world.nodes()),
+        }
+        return SimResult(list(events), summary, list(self.faults))
+
+    # -- clients -------------------------------------------------------------------------
+
+    def _think_us(self, process: int) -> int:
+        return int(self.workload.think_ms(process) * US_PER_MS)
+
+    def _invoke(self, process: int) -> None:
+        op = self.workload.next_op(process)
+        world = self.world
+        if op is None:
+            self._active -= 1
+            if self._active == 0:
+                self.finished = True
+                world.clock.halt()
+            return
+        self.recorder.invoke(process, op.f, op.key, op.value, world.clock.now * NS_PER_US)
+        self._pending[process] = op.f
+        value = op.value.encode() if op.value is not None else None
+        world.submit(op.f, op.key, value,
+                     coordinator=self._coordinators[process % len(self._coordinators)],
+                     quorum=self._quorum[op.f], callback=self._done[process])
+
+    def _complete(self, process: int, outcome: Outcome) -> None:
+        f = self._pending[process]
+        kind = history_type(f, outcome)
+        value = None
+        if kind == "ok" and f == READ and outcome.status == OK:
+            value = outcome.record.value.decode()  # type: ignore[union-attr]
+        clock = self.world.clock
+        self.recorder.complete(process, kind, value, clock.now * NS_PER_US)  # type: ignore[arg-type]
+        clock.after(self._think_us(process), self._invoke, process)
+
+    # -- nemesis -------------------------------------------------------------------------
+
+    def _next_fault(self) -> None:
+        fault = next(self._schedule, None)
+        if fault is not None:
+            self.world.clock.at(fault.at_ms * US_PER_MS, self._start_fault, fault)
+
+    def _start_fault(self, fault: Fault) -> None:
+        if self.finished:
+            return
+        self.faults.append(fault)
+        self.world.start_fault(fault)
+        self.world.clock.at(fault.end_ms * US_PER_MS, self._end_fault, fault)
+
+    def _end_fault(self, fault: Fault) -> None:
+        self.world.end_fault(fault)
+        self._next_fault()
+
+
+def run(options: SimOptions | None = None) -> SimResult:
+    """Build and run a simulation."""
+    return Simulation(options).run()
