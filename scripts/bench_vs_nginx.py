@@ -182,9 +182,12 @@ def start_nginx(root: Path, value_size: int, cleanup: contextlib.ExitStack) -> s
     return url
 
 
-def kvlab(*args: str, env: dict[str, str], timeout: float = 180) -> None:
-    subprocess.run([sys.executable, "-m", "kvlab", *args], env=env, check=True,
-                   stdin=subprocess.DEVNULL, timeout=timeout)
+def kvlab(*args: str, env: dict[str, str], timeout: float = 180) -> str:
+    """Run a kvlab command; returns its stdout (its stderr, progress included, passes through)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kvlab", *args], env=env, check=True, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, text=True, timeout=timeout,
+    ).stdout
 
 
 def start_cluster(home: Path, args: argparse.Namespace, cleanup: contextlib.ExitStack) -> str:
@@ -200,9 +203,14 @@ def start_cluster(home: Path, args: argparse.Namespace, cleanup: contextlib.Exit
 
 
 def preload(args: argparse.Namespace, url: str) -> None:
-    kvlab("bench", "--url", url, "--api", "compat", "--preload", "--requests", "0",
-          "--keys", str(args.keys), "--value-size", str(args.value_size), "--w", "2",
-          "--concurrency", str(args.connections), env=dict(os.environ))
+    out = kvlab("bench", "--url", url, "--api", "compat", "--preload", "--requests", "0",
+                "--keys", str(args.keys), "--value-size", str(args.value_size), "--w", "2",
+                "--concurrency", str(args.connections), "--json", env=dict(os.environ))
+    done = json.loads(out)["preload"]
+    print(f"bench_vs_nginx: preloaded {done['keys']:,} keys in {done['duration_s']:.1f}s",
+          file=sys.stderr)
+    if done["errors"]:
+        raise RuntimeError(f"preload failed {done['errors']:,} of {done['keys']:,} writes")
 
 
 def wrk(args: argparse.Namespace, url: str, mode: str, quorum: int | None = None) -> dict:

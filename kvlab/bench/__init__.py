@@ -1,4 +1,4 @@
-"""`kvlab bench`: a load generator for any URL that speaks kvlab's REST API or the Go-compatible one.
+"""`kvlab bench`: a load generator for any URL speaking kvlab's REST API or the Go-compatible one.
 
 `stats` holds the pure parts (the read:write mix, latency percentiles, error tallies, the report);
 `load` drives one aiohttp session against the target and fills them in.

@@ -186,13 +186,16 @@ class Report:
         """The human report."""
         lat = self.latency
         lines = [
-            f"target       {self.url} ({self.api} API), concurrency {self.concurrency}, mix {self.mix}",
+            f"target       {self.url} ({self.api} API), concurrency {self.concurrency},"
+            f" mix {self.mix}",
         ]
         if self.preload is not None:
             lines.append(
                 f"preload      {self.preload['keys']:,} keys in {self.preload['duration_s']:.2f}s"
                 f", {self.preload['errors']:,} errors"
             )
+        if self.ops == 0 and self.preload is not None:
+            return "\n".join(lines)  # a preload-only run measured nothing more
         lines += [
             f"operations   {self.ops:,} in {self.duration_s:.2f}s"
             f" ({self.reads:,} reads, {self.writes:,} writes)",
@@ -209,7 +212,9 @@ class Report:
         return "\n".join(lines)
 
 
-def progress_line(label: str, elapsed: float, done: int, errors: int, fraction: float | None) -> str:
+def progress_line(
+    label: str, elapsed: float, done: int, errors: int, fraction: float | None
+) -> str:
     """One status line for stderr: elapsed time, rate so far, errors, and how far along."""
     rate = done / elapsed if elapsed > 0 else 0.0
     line = f"{label} {elapsed:6.1f}s  {done:>10,} ops  {rate:>9,.0f} ops/s  {errors:,} errors"

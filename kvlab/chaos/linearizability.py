@@ -26,7 +26,7 @@ from kvlab.chaos.history import Operation
 # How many search steps pass between looks at the clock: often enough to stop promptly,
 # rarely enough that time.monotonic() stays off the profile.
 _CLOCK_EVERY = 512
-_REJECT = object()  # the model refuses the operation in this state
+_DEAD = object()  # a register state that no unplaced read returns
 
 
 @dataclass(slots=True)
@@ -61,97 +61,138 @@ def linearizable(ops: Sequence[Operation], budget: Budget | None = None) -> bool
 
     Returns True or False, or None if `budget` ran out first.
     """
-    ops = relevant(ops)
+    ops = sorted(relevant(ops), key=lambda op: op.invoke_time)
     need = sum(op.status == "ok" for op in ops)
     if need == 0:
         return True
-    budget = budget or Budget()
+    return _Search(ops, budget or Budget()).run(need)
 
-    # Entries 1..n in time order; at a tie, invokes first so touching operations overlap.
-    # Entry 0 is the list head. An unknown-outcome operation gets no return entry.
-    marks = [(op.invoke_time, 0, index) for index, op in enumerate(ops)]
-    marks += [(op.complete_time, 1, index) for index, op in enumerate(ops) if op.status == "ok"]
-    marks.sort()
-    count = len(marks)
-    is_call = [False] * (count + 1)
-    op_of = [0] * (count + 1)
-    partner = [0] * (count + 1)  # call entry -> its return entry (0 for none)
-    call_entry = [0] * len(ops)
-    for entry, (_, kind, index) in enumerate(marks, 1):
-        op_of[entry] = index
-        if kind == 0:
-            is_call[entry] = True
-            call_entry[index] = entry
-        else:
-            partner[call_entry[index]] = entry
-    after = list(range(1, count + 2))
-    after[count] = 0  # 0 ends the list as well as heading it
-    before = list(range(-1, count))
 
-    functions = [op.f for op in ops]
-    values = [op.value for op in ops]
-    is_ok = [op.status == "ok" for op in ops]
+class _Search:
+    """One WGL search, with two prunings that keep hot keys tractable.
 
-    def unlink(entry: int) -> None:
-        after[before[entry]] = after[entry]
-        before[after[entry]] = before[entry]
+    - A pending read that the current state satisfies is placed at once, and that choice is
+      never revisited: in any linearization that extends the current prefix, the read can be
+      moved up to right after the prefix (it changes no state, and everything that must
+      precede it is already in the prefix). So if the prefix plus the read fails, so does the
+      prefix.
+    - A state that no unplaced read returns is as good as any other such state: they are all
+      folded into `_DEAD`, so the memo recognises them as one.
 
-    def relink(entry: int) -> None:
-        after[before[entry]] = entry
-        before[after[entry]] = entry
+    The placed set is stored as (base, rest): every operation (in invoke order) below `base`
+    is placed, and bit i of `rest` marks operation base + i. Old operations are all placed, so
+    the integers stay as small as the window of concurrent operations, not the history.
+    """
 
-    seen: set[tuple[int, str | None]] = set()
-    stack: list[tuple[int, str | None]] = []
-    state: str | None = None
-    placed = 0  # linearized bitmask
-    placed_ok = 0
-    steps = 0
-    max_states = budget.max_states
-    entry = after[0]
-    while True:
-        steps += 1
-        if steps % _CLOCK_EVERY == 1 and budget.expired():
-            return None
-        if is_call[entry]:
-            index = op_of[entry]
-            function = functions[index]
-            if function == "read":
-                new_state = state if values[index] == state else _REJECT
-            elif function == "write":
-                new_state = values[index]
+    def __init__(self, ops: list[Operation], budget: Budget) -> None:
+        self.budget = budget
+        self.is_read = [op.f == "read" for op in ops]
+        self.is_ok = [op.status == "ok" for op in ops]
+        self.values = [op.value for op in ops]
+        # Entries 1..n in time order; at a tie, invokes first so touching operations
+        # overlap. Entry 0 heads the list and also ends it. Unknown outcomes never return.
+        marks = [(op.invoke_time, 0, index) for index, op in enumerate(ops)]
+        marks += [(op.complete_time, 1, i) for i, op in enumerate(ops) if op.status == "ok"]
+        marks.sort()
+        count = len(marks)
+        self.is_call = [False] * (count + 1)
+        self.op_of = [0] * (count + 1)
+        self.partner = [0] * (count + 1)  # call entry -> its return entry, 0 for none
+        call_entry = [0] * len(ops)
+        for entry, (_, kind, index) in enumerate(marks, 1):
+            self.op_of[entry] = index
+            if kind == 0:
+                self.is_call[entry] = True
+                call_entry[index] = entry
             else:
-                new_state = None
-            if new_state is not _REJECT:
-                config = (placed | (1 << index), new_state)
-                if config not in seen:
-                    if max_states is not None and len(seen) >= max_states:
-                        return None
-                    seen.add(config)
-                    stack.append((entry, state))
-                    placed, state = config
-                    unlink(entry)
-                    if partner[entry]:
-                        unlink(partner[entry])
-                    if is_ok[index]:
-                        placed_ok += 1
-                        if placed_ok == need:
-                            return True
-                    entry = after[0]
+                self.partner[call_entry[index]] = entry
+        self.after = list(range(1, count + 2))
+        self.after[count] = 0
+        self.before = list(range(-1, count))
+        # Unplaced ok reads by the value they returned: which states are still alive.
+        self.wanted: dict[str | None, int] = {}
+        for op in ops:
+            if op.f == "read":
+                self.wanted[op.value] = self.wanted.get(op.value, 0) + 1
+
+    def _settle(self, value: object) -> object:
+        return value if self.wanted.get(value) else _DEAD  # type: ignore[call-overload]
+
+    def _lift(self, entry: int) -> None:
+        after, before = self.after, self.before
+        for node in (entry, self.partner[entry]):
+            if node:
+                after[before[node]] = after[node]
+                before[after[node]] = before[node]
+
+    def _restore(self, entry: int) -> None:
+        after, before = self.after, self.before
+        for node in (self.partner[entry], entry):
+            if node:
+                after[before[node]] = node
+                before[after[node]] = node
+
+    def run(self, need: int) -> bool | None:
+        after, is_call, op_of = self.after, self.is_call, self.op_of
+        is_read, is_ok, values, wanted = self.is_read, self.is_ok, self.values, self.wanted
+        budget, max_states = self.budget, self.budget.max_states
+        seen: set[tuple[int, int, object]] = set()
+        # Frames: (entry placed, base, rest, state before it, whether it was forced).
+        stack: list[tuple[int, int, int, object, bool]] = []
+        base, rest, state = 0, 0, self._settle(None)
+        placed_ok = 0
+        reads_pass = True  # first place every satisfied read, then try writes
+        entry = after[0]
+        steps = 0
+        while True:
+            steps += 1
+            if steps % _CLOCK_EVERY == 1 and budget.expired():
+                return None
+            if not is_call[entry]:
+                if reads_pass:
+                    reads_pass, entry = False, after[0]
                     continue
-            entry = after[entry]
-        else:
-            # The return of an operation not yet placed: everything placed so far must go.
-            if not stack:
-                return False
-            entry, state = stack.pop()
+                # The return of an unplaced operation: undo back to the last free choice.
+                while True:
+                    if not stack:
+                        return False
+                    entry, base, rest, state, forced = stack.pop()
+                    index = op_of[entry]
+                    self._restore(entry)
+                    if is_read[index]:
+                        wanted[values[index]] += 1
+                    placed_ok -= is_ok[index]
+                    if not forced:
+                        break
+                entry = after[entry]
+                continue
             index = op_of[entry]
-            placed &= ~(1 << index)
-            if is_ok[index]:
-                placed_ok -= 1
-            if partner[entry]:
-                relink(partner[entry])
-            relink(entry)
-            entry = after[entry]
+            if is_read[index] != reads_pass or (reads_pass and values[index] != state):
+                entry = after[entry]
+                continue
+            if reads_pass:
+                wanted[values[index]] -= 1
+            new_rest = rest | (1 << (index - base))
+            shift = ((new_rest + 1) & ~new_rest).bit_length() - 1  # trailing ones
+            config = (base + shift, new_rest >> shift, self._settle(values[index]))
+            if config in seen:
+                if not reads_pass:
+                    entry = after[entry]
+                    continue
+                # The prefix plus this read already failed, so the prefix fails: backtrack.
+                wanted[values[index]] += 1
+                reads_pass, entry = False, 0
+                continue
+            if max_states is not None and len(seen) >= max_states:
+                return None
+            seen.add(config)
+            stack.append((entry, base, rest, state, reads_pass))
+            self._lift(entry)
+            base, rest, state = config
+            placed_ok += is_ok[index]
+            if placed_ok == need:
+                return True
+            reads_pass, entry = True, after[0]
 
 
 def blame(ops: Sequence[Operation], budget: Budget) -> list[Operation]:
@@ -174,9 +215,8 @@ def blame(ops: Sequence[Operation], budget: Budget) -> list[Operation]:
         while start < len(ops):
             if budget.expired():
                 return ops
-            dropped = ops[start : start + chunk]
-            kept = ops[:start] + ops[start + chunk :]
-            if _drop_is_sound(dropped, kept) and linearizable(kept, budget) is False:
+            kept = _without(ops, start, chunk)
+            if kept and linearizable(kept, budget) is False:
                 ops = kept
                 changed = True
             else:
@@ -187,8 +227,8 @@ def blame(ops: Sequence[Operation], budget: Budget) -> list[Operation]:
             return ops
 
 
-def _drop_is_sound(dropped: Sequence[Operation], kept: Sequence[Operation]) -> bool:
-    if not kept:
-        return False
-    written = {op.value for op in dropped if op.f != "read"}
-    return not any(op.f == "read" and op.value in written for op in kept)
+def _without(ops: list[Operation], start: int, count: int) -> list[Operation]:
+    """`ops` less `ops[start:start + count]` and the reads of values those wrote."""
+    written = {op.value for op in ops[start : start + count] if op.f != "read"}
+    kept = ops[:start] + ops[start + count :]
+    return [op for op in kept if op.f != "read" or op.value not in written]

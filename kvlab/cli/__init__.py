@@ -20,6 +20,7 @@ COMMANDS = (
     "kvlab.cli.cluster_cmds",
     "kvlab.cli.kv_cmds",
     "kvlab.cli.bench_cmd",
+    "kvlab.cli.sim_cmd",
 )
 
 
@@ -42,17 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_COMMAND = "ui"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    # `kvlab` alone, or with only options (`kvlab --name demo`), opens the dashboard.
+    if DEFAULT_COMMAND in commands and (not argv or (
+            argv[0].startswith("-") and argv[0] not in ("-h", "--help"))):
+        argv = [DEFAULT_COMMAND, *argv]
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
-        # `kvlab` alone opens the dashboard once it exists; until then, help.
-        default = getattr(parser, "default_func", None)
-        if default is None:
-            parser.print_help()
-            return EXIT_USAGE
-        func = default
+        parser.print_help()
+        return EXIT_USAGE
     from kvlab.client import Unavailable as ClientUnavailable
 
     try:

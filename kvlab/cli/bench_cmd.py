@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -88,8 +90,8 @@ def _mix(text: str) -> Mix:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _number(kind: type, ok: object, what: str) -> object:
-    def parse(text: str):
+def _number(kind: type, ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:

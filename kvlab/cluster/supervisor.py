@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvlab.cluster.ports import port_free
 from kvlab.cluster.process import DOWN, PAUSED, STARTING, UP, Proc, wait_until
 from kvlab.cluster.spec import ClusterSpec, cluster_dir
 
@@ -139,7 +139,7 @@ class Cluster:
             pids = ", ".join(f"{m.name} pid {m.proc.pid}" for m in alive)
             raise ClusterError(f"cluster {self.spec.name!r} is already running ({pids}); "
                                f"`kvlab down --name {self.spec.name}` stops it")
-        busy = [m for m in self.members() if not _port_free(self.spec.host, m.port)]
+        busy = [m for m in self.members() if not port_free(self.spec.host, m.port)]
         if busy:
             ports = ", ".join(f"{m.port} ({m.name})" for m in busy)
             raise ClusterError(f"port {ports} is in use by another program; pick other ports "
@@ -188,7 +188,7 @@ class Cluster:
         member = self.node(name)
         if member.proc is not None:
             member.proc.stop()
-        if not _port_free(self.spec.host, member.port):
+        if not port_free(self.spec.host, member.port):
             raise ClusterError(f"port {member.port} for {name} is in use by another program")
         self._spawn_node(member)
         self.save()
@@ -245,17 +245,6 @@ class Cluster:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        # As the servers do: connections in TIME_WAIT from a killed node don't block it.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _get_json(url: str, timeout: float = 0.5) -> dict | None:

@@ -17,21 +17,24 @@ US_PER_MS = 1000
 class EventQueue:
     """A virtual clock (`now`, in microseconds) and the events scheduled on it."""
 
-    __slots__ = ("now", "_heap", "_seq", "_halted")
+    __slots__ = ("now", "heap", "seq", "_halted")
 
     def __init__(self) -> None:
         self.now = 0
         self._halted = False
-        self._heap: list[tuple[int, int, Callable[..., object], tuple]] = []
-        self._seq = count()
+        # Entries are (time, sequence number, fn, args). Hot paths in this package may push
+        # onto `heap` directly, with `next(seq)` and a time no earlier than `now`.
+        self.heap: list[tuple[int, int, Callable[..., object], tuple]] = []
+        self.seq = count()
 
     def at(self, when_us: int, fn: Callable[..., object], *args: object) -> None:
         """Call `fn(*args)` at virtual time `when_us` (never earlier than now)."""
-        heappush(self._heap, (max(when_us, self.now), next(self._seq), fn, args))
+        heappush(self.heap, (when_us if when_us > self.now else self.now, next(self.seq), fn,
+                             args))
 
     def after(self, delay_us: int, fn: Callable[..., object], *args: object) -> None:
-        """Call `fn(*args)` `delay_us` microseconds from now."""
-        heappush(self._heap, (self.now + max(delay_us, 0), next(self._seq), fn, args))
+        """Call `fn(*args)` `delay_us` (>= 0) microseconds from now."""
+        heappush(self.heap, (self.now + delay_us, next(self.seq), fn, args))
 
     def run_until(self, until_us: int) -> int:
         """Run every event due at or before `until_us`, then set the clock to `until_us`.
@@ -39,7 +42,7 @@ class EventQueue:
         If an event calls `halt()`, return right after it instead (the clock then stays at
         that event's time). Returns how many events ran.
         """
-        heap = self._heap
+        heap = self.heap
         ran = 0
         self._halted = False
         while heap and heap[0][0] <= until_us:
@@ -59,7 +62,7 @@ class EventQueue:
 
     def next_time(self) -> int | None:
         """When the next event is due, or None if nothing is scheduled."""
-        return self._heap[0][0] if self._heap else None
+        return self.heap[0][0] if self.heap else None
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self.heap)

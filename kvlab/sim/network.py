@@ -18,6 +18,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from heapq import heappush
 
 from kvlab.sim.clock import EventQueue
 
@@ -47,9 +48,9 @@ class Latency:
         if mean == 0:
             return lambda: base
         if self.shape == "exp":
-            lambd = 1.0 / mean
-            expo = rng.expovariate
-            return lambda: base + int(expo(lambd))
+            # Random.expovariate's formula, inlined: this runs for every message.
+            rnd, log = rng.random, math.log
+            return lambda: base + int(-log(1.0 - rnd()) * mean)
         # Choose mu so that the jitter's mean is `mean`: E = exp(mu + sigma^2 / 2).
         sigma = self.sigma
         mu = math.log(mean) - sigma * sigma / 2
@@ -67,6 +68,7 @@ class Network:
         self.default_latency = latency
         self.default_loss = loss
         self._default_sample = latency.sampler(rng)
+        self._heap, self._seq = clock.heap, clock.seq
         # Per directed link: (sample, loss) overriding the defaults, and last arrival time.
         self._links: dict[tuple[str, str], tuple[Callable[[], int], float]] = {}
         self._last: dict[tuple[str, str], int] = {}
@@ -121,21 +123,18 @@ class Network:
         if cuts and link in cuts:
             self.dropped += 1
             return
-        custom = self._links.get(link)
-        if custom is None:
-            sample, loss = self._default_sample, self.default_loss
-        else:
-            sample, loss = custom
+        custom = self._links.get(link) if self._links else None
+        sample, loss = custom or (self._default_sample, self.default_loss)
         if loss and self.rng.random() < loss:
             self.dropped += 1
             return
-        clock = self.clock
-        arrive = clock.now + sample()
+        arrive = self.clock.now + sample()
         last = self._last.get(link, 0)
         if arrive < last:
             arrive = last  # FIFO: wait behind the previous message on this link
         self._last[link] = arrive
-        clock.at(arrive, self._arrive, link, deliver, args)
+        # The hot path: push onto the clock's heap directly (`arrive` is never in the past).
+        heappush(self._heap, (arrive, next(self._seq), self._arrive, (link, deliver, args)))
 
     def _arrive(self, link: tuple[str, str], deliver: Callable[..., object], args: tuple) -> None:
         # A link cut while the message was on the wire drops it too.

@@ -18,7 +18,7 @@ Lifecycle faults:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from kvlab.core import replica
@@ -100,16 +100,15 @@ class SimNode:
         self._committing = None
         self.store.apply([w.record for _, w in batch])
         self.commits += 1
-        acks = [(c, reply) for (c, _), reply in
-                zip(batch, replica.acknowledge(w for _, w in batch))]
+        acks = zip([c for c, _ in batch], replica.acknowledge([w for _, w in batch]))
         if self.state is PAUSED:
-            self._unacked = acks
+            self._unacked = list(acks)
             return
         self._send_acks(acks)
         if self._waiting:
             self._start_commit()
 
-    def _send_acks(self, acks: list[tuple[str, Reply]]) -> None:
+    def _send_acks(self, acks: Iterable[tuple[str, Reply]]) -> None:
         send, name, peers = self.network.send, self.name, self.peers
         for coordinator, reply in acks:
             send(name, coordinator, peers[coordinator].receive, name, reply)

@@ -29,18 +29,28 @@ Callback = Callable[[Outcome], object]
 
 class SimCoordinator:
     def __init__(self, core: Coordinator, clock: EventQueue, network: Network,
-                 nodes: dict[str, SimNode]) -> None:
+                 nodes: dict[str, SimNode], epoch_ms: int = 0) -> None:
         self.core = core
         self.name = core.name
         self.clock = clock
         self.network = network
         self.nodes = nodes
-        self.skew_us = 0
+        self._epoch_us = epoch_ms * US_PER_MS
+        self._offset_us = self._epoch_us  # epoch + skew, added to virtual time
         self._callbacks: dict[int, Callback] = {}
 
+    @property
+    def skew_us(self) -> int:
+        """How far this proxy's clock runs ahead of true time (negative: behind)."""
+        return self._offset_us - self._epoch_us
+
+    @skew_us.setter
+    def skew_us(self, skew: int) -> None:
+        self._offset_us = self._epoch_us + skew
+
     def now_ms(self) -> int:
-        """This proxy's own idea of the time (skewed), as the core takes it."""
-        return (self.clock.now + self.skew_us) // US_PER_MS
+        """This proxy's own idea of the time (epoch and skew included), as the core takes it."""
+        return (self.clock.now + self._offset_us) // US_PER_MS
 
     def start(self, f: str, key: str, value: bytes | None, callback: Callback,
               quorum: int | None = None) -> int:
@@ -64,7 +74,10 @@ class SimCoordinator:
     # -- events (scheduled by the network and the clock) ---------------------------------
 
     def receive(self, node: str, reply: Reply) -> None:
-        self._perform(self.core.receive(node, reply, self.now_ms()))
+        # The busiest handler: now_ms() inlined, and most late replies have no effects.
+        effects = self.core.receive(node, reply, (self.clock.now + self._offset_us) // US_PER_MS)
+        if effects:
+            self._perform(effects)
 
     def unreachable(self, node: str, req: int, reason: str) -> None:
         self._perform(self.core.unreachable(node, req, reason, self.now_ms()))
@@ -81,7 +94,7 @@ class SimCoordinator:
                                   effect.request, node.incarnation)
             elif kind is SetTimer:
                 # A deadline on this proxy's clock, whatever its skew: wait that long.
-                now_us = self.clock.now + self.skew_us
+                now_us = self.clock.now + self._offset_us
                 self.clock.after(effect.at_ms * US_PER_MS - now_us, self._timer, effect.op)
             else:
                 outcome = effect.outcome

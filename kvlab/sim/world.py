@@ -37,6 +37,9 @@ class WorldConfig:
     latency: Latency = field(default_factory=Latency)
     loss: float = 0.0
     fsync: Latency = field(default_factory=lambda: Latency(base_us=500, jitter_us=200))
+    # Where the coordinators' clocks start (ms since the Unix epoch): versions look like
+    # real ones, and a clock skewed behind the start doesn't go negative.
+    epoch_ms: int = 1_700_000_000_000
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -93,8 +96,8 @@ class World:
         for i in range(1, config.coordinators + 1):
             core = Coordinator(f"c{i}", self.ring, quorum, config.timeout_ms)
             self._proxies[core.name] = SimCoordinator(core, self.clock, self.network,
-                                                      self._nodes)
-        self._recent: deque[OpView] = deque(maxlen=recent)
+                                                      self._nodes, config.epoch_ms)
+        self._recent: deque[tuple] = deque(maxlen=recent)
         self.crashes = 0
 
     # -- time ----------------------------------------------------------------------------
@@ -131,12 +134,11 @@ class World:
         """
         proxy = self.coordinator(coordinator)
         started = self.clock.now
+        recent = self._recent
 
         def done(outcome: Outcome) -> None:
-            read = outcome.record.value if f == "read" and outcome.record else None
-            self._recent.append(OpView(proxy.name, f, key, value if f != "read" else read,
-                                       started // US_PER_MS, self.clock.now // US_PER_MS,
-                                       outcome))
+            # A plain tuple here; `recent_ops` builds the views only when someone looks.
+            recent.append((proxy.name, f, key, value, started, self.clock.now, outcome))
             if callback is not None:
                 callback(outcome)
 
@@ -243,4 +245,11 @@ class World:
 
     def recent_ops(self) -> list[OpView]:
         """The last finished client operations, oldest first."""
-        return list(self._recent)
+        views = []
+        for proxy, f, key, value, started, finished, outcome in self._recent:
+            if f == "read":
+                record = outcome.record
+                value = record.value if record is not None else None
+            views.append(OpView(proxy, f, key, value, started // US_PER_MS,
+                                finished // US_PER_MS, outcome))
+        return views

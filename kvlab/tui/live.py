@@ -1,0 +1,262 @@
+"""The live `ClusterSource`: a real local cluster of processes.
+
+It reads the cluster the way any other terminal would: `cluster.json` through the supervisor
+(re-read on every snapshot, so `kvlab kill n3` elsewhere shows up), process states from /proc,
+the coordinator's `/cluster`, and each node's `/stats`. Blocking supervisor calls run in a
+thread; HTTP goes through one aiohttp session and one `AsyncKV`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import aiohttp
+
+from kvlab.client import AsyncKV, KeyNotFound, KVError
+from kvlab.cluster import supervisor
+from kvlab.cluster.spec import ClusterSpec
+from kvlab.cluster.supervisor import Cluster, ClusterError, Member
+from kvlab.core.ring import Ring
+from kvlab.tui.source import (
+    DOWN,
+    STARTING,
+    UP,
+    ClusterView,
+    KeyView,
+    NodeView,
+    OpResult,
+    ReplicaView,
+    SourceError,
+    TrafficSettings,
+    TrafficStats,
+)
+from kvlab.tui.traffic import TrafficGenerator
+
+POLL_TIMEOUT_S = 0.5
+OP_TIMEOUT_S = 3.0
+
+
+class LiveSource:
+    """A `ClusterSource` over the cluster named `name` in the current $KVLAB_HOME."""
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._kv: AsyncKV | None = None
+        self._traffic: TrafficGenerator | None = None
+        self._ring: Ring | None = None
+        # node -> (pid, reads + writes, when): the previous /stats, for ops per second
+        self._counts: dict[str, tuple[int, int, float]] = {}
+        # node -> link error count when first seen: errors from before the dashboard opened
+        # (startup races) are not news; later ones are shown until a newer one replaces them.
+        self._link_errors: dict[str, int] = {}
+        self._last_error: dict[str, str] = {}
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    async def _cluster(self) -> Cluster:
+        try:
+            return await asyncio.to_thread(Cluster.load, self.name)
+        except ClusterError as exc:
+            raise SourceError(str(exc)) from None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT_S))
+        return self._session
+
+    def _client(self, url: str) -> AsyncKV:
+        if self._kv is None or self._kv.url != url:
+            self._kv = AsyncKV(url, timeout=OP_TIMEOUT_S)
+        return self._kv
+
+    async def _get_json(self, url: str) -> dict | None:
+        try:
+            async with self._http().get(url) as response:
+                if response.status != 200:
+                    return None
+                return await response.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def snapshot(self) -> ClusterView:
+        cluster = await self._cluster()
+        host = cluster.spec.host
+        members = cluster.members()
+        procs = await asyncio.to_thread(
+            lambda: {m.name: m.proc.state() if m.proc else DOWN for m in members})
+        polls = [self._get_json(f"{cluster.url}/cluster") if procs["proxy"] == UP else _none()]
+        polls += [self._get_json(f"{m.url(host)}/stats") if procs[m.name] == UP else _none()
+                  for m in cluster.nodes]
+        coordinator, *stats = await asyncio.gather(*polls)
+        links = {n["name"]: n for n in (coordinator or {}).get("nodes", [])}
+        now = self._clock()
+        nodes = tuple(self._node_view(m, procs[m.name], s, links.get(m.name), now)
+                      for m, s in zip(cluster.nodes, stats))
+        spec = cluster.spec
+        names = tuple(links) or tuple(m.name for m in cluster.nodes)
+        vnodes = (coordinator or {}).get("vnodes", spec.vnodes)
+        if self._ring is None or self._ring.nodes != names or self._ring.vnodes != vnodes:
+            self._ring = Ring(names, vnodes)
+        proxy_state = procs["proxy"]
+        if proxy_state == UP and coordinator is None:
+            proxy_state = STARTING
+        return ClusterView(
+            name=spec.name,
+            n=(coordinator or {}).get("n", spec.replicas),
+            r=(coordinator or {}).get("r", spec.read_quorum),
+            w=(coordinator or {}).get("w", spec.write_quorum),
+            vnodes=vnodes, nodes=nodes, ring=self._ring,
+            proxy_state=proxy_state, proxy_url=cluster.url,
+        )
+
+    def _node_view(self, member: Member, proc_state: str, stats: dict | None,
+                   link: dict | None, now: float) -> NodeView:
+        state = proc_state
+        if state == UP and stats is None:
+            state = STARTING  # alive but not answering (yet)
+        ops = None
+        if stats is not None:
+            count = stats["reads"] + stats["writes"]
+            previous = self._counts.get(member.name)
+            if previous and previous[0] == stats["pid"] and now > previous[2]:
+                ops = max(0.0, (count - previous[1]) / (now - previous[2]))
+            self._counts[member.name] = (stats["pid"], count, now)
+        return NodeView(
+            name=member.name, port=member.port,
+            pid=member.proc.pid if member.proc and state != DOWN else None,
+            state=state,
+            keys=stats["keys"] if stats else None,
+            ops_per_s=ops,
+            p99_ms=link.get("p99_ms") if link else None,
+            last_error=(stats or {}).get("last_error") or self._link_error(member.name, link),
+        )
+
+    def _link_error(self, node: str, link: dict | None) -> str | None:
+        if link is None:
+            return self._last_error.get(node)
+        errors = link.get("errors", 0)
+        baseline = self._link_errors.setdefault(node, errors)
+        if errors > baseline and link.get("last_error"):
+            self._link_errors[node] = errors
+            self._last_error[node] = link["last_error"]
+        return self._last_error.get(node)
+
+    async def inspect(self, key: str) -> KeyView:
+        cluster = await self._cluster()
+        try:
+            data = await self._client(cluster.url).inspect(key)
+        except KVError as exc:
+            return KeyView(key, error=str(exc))
+        return KeyView(key, tuple(
+            ReplicaView(node=r["node"], state=r["state"], version=r.get("version"),
+                        value=r.get("value"), deleted=bool(r.get("deleted")),
+                        reason=r.get("reason"))
+            for r in data["replicas"]))
+
+    async def read(self, key: str) -> OpResult:
+        cluster = await self._cluster()
+        try:
+            result = await self._client(cluster.url).read(key)
+        except KeyNotFound:
+            return OpResult(True, f"read {key}: not found")
+        except KVError as exc:
+            return OpResult(False, f"read {key} failed: {exc}")
+        return OpResult(True, f"read {key} = {result.text!r} "
+                              f"(replied: {', '.join(result.acked) or '-'})")
+
+    async def write(self, key: str, value: str) -> OpResult:
+        cluster = await self._cluster()
+        try:
+            result = await self._client(cluster.url).set(key, value)
+        except KVError as exc:
+            return OpResult(False, f"write {key} failed: {exc}")
+        return OpResult(True, f"write {key} = {value!r} "
+                              f"(acked: {', '.join(result.acked) or '-'})")
+
+    # -- chaos --------------------------------------------------------------------------
+
+    async def _act(self, action: str, node: str) -> None:
+        def run() -> None:
+            getattr(Cluster.load(self.name), action)(node)
+
+        try:
+            await asyncio.to_thread(run)
+        except ClusterError as exc:
+            raise SourceError(str(exc)) from None
+
+    async def kill(self, node: str) -> None:
+        await self._act("kill", node)
+
+    async def pause(self, node: str) -> None:
+        await self._act("pause", node)
+
+    async def resume(self, node: str) -> None:
+        await self._act("resume", node)
+
+    async def restart(self, node: str) -> None:
+        await self._act("restart", node)
+
+    # -- traffic ------------------------------------------------------------------------
+
+    async def start_traffic(self, settings: TrafficSettings) -> None:
+        cluster = await self._cluster()
+        if self._traffic is None:
+            # Its own client: a slow workload must not delay the dashboard's inspections.
+            self._traffic = TrafficGenerator(AsyncKV(cluster.url, timeout=OP_TIMEOUT_S))
+        self._traffic.start(settings)
+
+    async def stop_traffic(self) -> None:
+        if self._traffic is not None:
+            await self._traffic.stop()
+
+    def traffic_stats(self) -> TrafficStats:
+        return self._traffic.stats() if self._traffic else TrafficStats()
+
+    async def close(self) -> None:
+        await self.stop_traffic()
+        if self._traffic is not None:
+            await self._traffic.close()
+        if self._kv is not None:
+            await self._kv.close()
+        if self._session is not None:
+            await self._session.close()
+        self._traffic = self._kv = self._session = None
+
+
+async def _none() -> None:
+    return None
+
+
+# -- attaching to a cluster, or starting one ---------------------------------------------
+
+
+@contextmanager
+def attach_or_start(spec: ClusterSpec, announce: Callable[[str], object] = print
+                    ) -> Iterator[tuple[Cluster, bool]]:
+    """The cluster `spec.name` for the dashboard's lifetime: `(cluster, started)`.
+
+    A cluster already running is attached to and left running afterwards; otherwise a fresh
+    one is started from `spec` and stopped when the block exits, however it exits.
+    """
+    try:
+        existing: Cluster | None = Cluster.load(spec.name)
+    except ClusterError:
+        existing = None
+    if existing is not None and existing.running():
+        yield existing, False
+        return
+    announce(f"starting cluster {spec.name!r}: {spec.nodes} nodes, proxy on port {spec.port} "
+             f"(N={spec.replicas} R={spec.read_quorum} W={spec.write_quorum}) ...")
+    cluster = supervisor.up(spec)
+    try:
+        yield cluster, True
+    finally:
+        cluster.stop()

@@ -1,0 +1,179 @@
+"""What the dashboard reads and does, independent of where the cluster runs.
+
+The screens never talk HTTP or touch processes: they hold a `ClusterSource` and call it from
+workers. `kvlab.tui.live.LiveSource` implements it over a real local cluster (proxy API, node
+`/stats`, the supervisor); a simulated source can feed the very same screens.
+
+Everything a source returns is a plain frozen dataclass, so a test can build one by hand.
+
+Contract for implementers:
+
+- Every method may be awaited from the app's event loop; none may block it (run blocking
+  calls in a thread). Calls can overlap: a poll, an inspection and a chaos action at once.
+- `snapshot()` is called about twice a second and must reflect changes made from outside the
+  dashboard (another terminal killing a node).
+- Actions that can't be done raise `SourceError` with a message fit for the event log.
+- `traffic_stats()` is synchronous and cheap (it reads counters, no IO).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from kvlab.core.ring import Ring
+
+# Node states, as the supervisor names them.
+UP, DOWN, PAUSED, STARTING = "up", "down", "paused", "starting"
+# Replica states in a `KeyView`, as `GET /cluster/keys/{key}` names them.
+OK, MISSING, UNREACHABLE = "ok", "missing", "unreachable"
+
+ACTIONS = ("kill", "pause", "resume", "restart")
+
+
+class SourceError(Exception):
+    """An action the source could not carry out; the message says why."""
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One data node as the dashboard shows it. None means unknown (the node is not answering)."""
+
+    name: str
+    port: int | None
+    pid: int | None
+    state: str  # UP, DOWN, PAUSED or STARTING
+    keys: int | None = None
+    ops_per_s: float | None = None
+    p99_ms: float | None = None  # replica round trips as the coordinator measures them
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """One snapshot of the whole cluster."""
+
+    name: str
+    n: int
+    r: int
+    w: int
+    vnodes: int
+    nodes: tuple[NodeView, ...]
+    ring: Ring
+    proxy_state: str = UP  # the coordinator: UP, DOWN, PAUSED or STARTING
+    proxy_url: str | None = None
+
+    def node(self, name: str) -> NodeView | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    @property
+    def states(self) -> dict[str, str]:
+        return {n.name: n.state for n in self.nodes}
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One replica's own copy of a key."""
+
+    node: str
+    state: str  # OK, MISSING or UNREACHABLE
+    version: str | None = None
+    value: str | None = None
+    deleted: bool = False
+    reason: str | None = None  # why it was unreachable
+
+
+@dataclass(frozen=True)
+class KeyView:
+    """Each replica of `key`, in preference-list order; `error` if nobody could be asked."""
+
+    key: str
+    replicas: tuple[ReplicaView, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """What a single read or write through the coordinator returned, for the event log."""
+
+    ok: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class TrafficSettings:
+    rate: int = 100  # operations per second
+    read_fraction: float = 0.8
+    r: int | None = None  # None: the cluster's default quorum
+    w: int | None = None
+
+
+@dataclass(frozen=True)
+class TrafficStats:
+    """The workload generator's counters since it was (re)started."""
+
+    running: bool = False
+    settings: TrafficSettings = field(default_factory=TrafficSettings)
+    ops_per_s: float = 0.0  # completed operations in the last full second
+    ok: int = 0
+    not_found: int = 0  # a read of a key never written: a correct answer, not an error
+    errors: dict[str, int] = field(default_factory=dict)  # unavailable, timeout, connection, ...
+    p99_ms: float | None = None  # over the last full second
+    latency_ms: tuple[float, ...] = ()  # p99 per second, oldest first, for a sparkline
+    throughput: tuple[float, ...] = ()  # completed ops per second, oldest first
+    error_rate: tuple[float, ...] = ()  # failed ops per second, oldest first
+
+    @property
+    def failed(self) -> int:
+        return sum(self.errors.values())
+
+
+@runtime_checkable
+class ClusterSource(Protocol):
+    """Where the dashboard's data comes from and where its actions go."""
+
+    async def snapshot(self) -> ClusterView:
+        """The cluster now: membership, settings, each node's state and counters."""
+        ...
+
+    async def inspect(self, key: str) -> KeyView:
+        """Each replica's copy of `key` without repairing anything."""
+        ...
+
+    async def read(self, key: str) -> OpResult:
+        """A normal quorum read of `key` (it repairs stale replicas, as every read does)."""
+        ...
+
+    async def write(self, key: str, value: str) -> OpResult:
+        """A normal quorum write of `key`."""
+        ...
+
+    async def kill(self, node: str) -> None:
+        """Crash the node at once (SIGKILL)."""
+        ...
+
+    async def pause(self, node: str) -> None:
+        """Freeze the node (SIGSTOP): its connections stay open but it answers nothing."""
+        ...
+
+    async def resume(self, node: str) -> None:
+        """Unfreeze a paused node (SIGCONT)."""
+        ...
+
+    async def restart(self, node: str) -> None:
+        """Stop the node if it runs and start it again on its own data."""
+        ...
+
+    async def start_traffic(self, settings: TrafficSettings) -> None:
+        """Start (or retune) the built-in workload against the coordinator."""
+        ...
+
+    async def stop_traffic(self) -> None:
+        ...
+
+    def traffic_stats(self) -> TrafficStats:
+        ...
+
+    async def close(self) -> None:
+        """Stop the traffic and release connections; the cluster itself keeps running."""
+        ...

@@ -1,0 +1,138 @@
+"""The proxy's HTTP API against a real 3-node cluster: contract, keys, errors, overrides."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from urllib.parse import quote
+
+import pytest
+
+from kvlab.client import KV, AsyncKV, BadRequest, KeyNotFound
+
+ODD_KEYS = ["a&b=c", "with space", "q?x#frag", "100%", "a/b/c", "tab\there", "ünï©ødé ✓",
+            "%2F", "+plus+", "semi;colon", "back\\slash", "x" * 1024]
+
+
+def http(url: str, method: str = "GET", body: bytes | None = None, headers=None):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_go_compatible_routes(cluster3):
+    url = cluster3.url
+    status, headers, body = http(f"{url}/set", "POST", json.dumps({"key": "g", "value": "v"}).encode())
+    assert (status, body) == (200, b"OK")
+    assert headers["X-Kvlab-Version"] and len(headers["X-Kvlab-Acked"].split(",")) >= 2
+    status, _, body = http(f"{url}/get?key=g")
+    assert status == 200 and json.loads(body) == {"value": "v"}
+    assert http(f"{url}/delete?key=g", "DELETE")[:3:2] == (200, b"OK")
+    status, _, body = http(f"{url}/get?key=g")
+    assert status == 404 and json.loads(body)["error"] == "not_found"
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_odd_keys_round_trip_through_every_endpoint(cluster3, key):
+    url, q = cluster3.url, quote(key, safe="")
+    value = f"value of {key}"
+    assert http(f"{url}/set", "POST", json.dumps({"key": key, "value": value}).encode())[0] == 200
+    assert json.loads(http(f"{url}/get?key={q}")[2]) == {"value": value}
+    assert http(f"{url}/kv/{q}")[2] == value.encode()
+    view = json.loads(http(f"{url}/cluster/keys/{q}")[2])
+    # W=2: the third replica may still be applying the write.
+    assert view["key"] == key and sum(r["value"] == value for r in view["replicas"]) >= 2
+    with KV(url) as kv:
+        kv.set(key, value + "!")
+        assert kv.get(key) == value + "!"
+    out = subprocess.run([sys.executable, "-m", "kvlab", "get", key, "--url", url],
+                         capture_output=True, check=True)
+    assert out.stdout == (value + "!\n").encode()
+
+
+def test_a_key_that_looks_like_a_query_never_returns_another_keys_value(cluster3):
+    with KV(cluster3.url) as kv:
+        kv.set("a", "value of a")
+        kv.set("a&b=c", "value of a&b=c")
+        assert kv.get("a&b=c") == "value of a&b=c"
+        assert kv.get("a") == "value of a"
+
+
+def test_rest_is_binary_safe(cluster3):
+    blob = bytes(range(256)) * 4
+    status, _, body = http(f"{cluster3.url}/kv/blob", "PUT", blob)
+    assert status == 200 and json.loads(body)["version"]
+    assert http(f"{cluster3.url}/kv/blob")[2] == blob
+
+
+def test_errors_are_json_with_the_right_status(cluster3):
+    url = cluster3.url
+    cases = [
+        (f"{url}/set", "POST", b"not json", 400),
+        (f"{url}/set", "POST", b'{"key": "", "value": "v"}', 400),
+        (f"{url}/set", "POST", b'{"key": "k", "value": 5}', 400),
+        (f"{url}/get", "GET", None, 400),
+        (f"{url}/get?key=", "GET", None, 400),
+        (f"{url}/kv/", "GET", None, 400),
+        (f"{url}/kv/{'k' * 1025}", "PUT", b"v", 413),
+        (f"{url}/kv/big", "PUT", b"x" * (1024 * 1024 + 1), 413),
+        (f"{url}/kv/k?r=0", "GET", None, 400),
+        (f"{url}/kv/k?w=4", "PUT", b"v", 400),
+        (f"{url}/kv/k?r=two", "GET", None, 400),
+        (f"{url}/kv/%FF%FE", "GET", None, 400),
+        (f"{url}/nowhere", "GET", None, 404),
+    ]
+    for target, method, body, expected in cases:
+        status, headers, text = http(target, method, body)
+        assert status == expected, (target, method, status, text[:200])
+        data = json.loads(text)
+        assert data["error"] and data["message"], data
+    # Nothing was stored by the refused writes.
+    assert http(f"{url}/kv/big")[0] == 404
+
+
+def test_quorum_overrides_are_reported(cluster3):
+    url = cluster3.url
+    status, headers, body = http(f"{url}/kv/q?w=3", "PUT", b"v")
+    assert status == 200 and len(json.loads(body)["acked"]) == 3
+    status, headers, _ = http(f"{url}/kv/q?r=1")
+    assert status == 200 and len(headers["X-Kvlab-Acked"].split(",")) >= 1
+    status, headers, _ = http(f"{url}/get?key=q&r=3")
+    assert status == 200 and len(headers["X-Kvlab-Acked"].split(",")) == 3
+
+
+def test_cluster_and_health_describe_the_cluster(cluster3):
+    data = json.loads(http(f"{cluster3.url}/cluster")[2])
+    assert (data["n"], data["r"], data["w"], data["vnodes"]) == (3, 2, 2, 64)
+    assert [n["name"] for n in data["nodes"]] == ["n1", "n2", "n3"]
+    assert all(n["state"] == "up" for n in data["nodes"])
+    health = json.loads(http(f"{cluster3.url}/health")[2])
+    assert health["status"] == "ok" and set(health["nodes"]) == {"n1", "n2", "n3"}
+
+
+def test_sync_client_errors(cluster3):
+    with KV(cluster3.url) as kv:
+        assert kv.get("never-written") is None
+        with pytest.raises(KeyNotFound):
+            kv.read("never-written")
+        with pytest.raises(BadRequest):
+            kv.set("k", b"x" * (1024 * 1024 + 1))
+        result = kv.set("k", b"\x00bytes")
+        assert result.version and len(result.acked) >= 2
+        assert kv.read("k").value == b"\x00bytes"
+
+
+async def test_async_client(cluster3):
+    async with AsyncKV(cluster3.url) as kv:
+        await kv.set("async-key", "v")
+        assert await kv.get("async-key") == "v"
+        await kv.delete("async-key")
+        assert await kv.get("async-key") is None
+        view = await kv.inspect("async-key")
+        assert sum(r["state"] == "ok" and r["deleted"] for r in view["replicas"]) >= 2

@@ -1,0 +1,59 @@
+"""`kvlab sim` on the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvlab.chaos.history import read_history
+from kvlab.cli import main
+
+
+def test_json_summary_with_checker(capsys, tmp_path):
+    history = tmp_path / "h.jsonl"
+    assert main(["sim", "--ops", "300", "--json", "--history", str(history)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ops"] == summary["ok"] == 300
+    assert summary["linearizable"] is True and summary["lost_writes"] == 0
+    assert summary["seed"] == 7 and summary["violations"] == []
+    assert len(read_history(history)) == 600
+
+
+def test_no_check_leaves_checker_fields_null(capsys):
+    assert main(["sim", "--ops", "50", "--json", "--no-check", "--nemesis", "kill"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert all(summary[k] is None for k in ("lost_writes", "stale_reads", "linearizable",
+                                            "violations"))
+
+
+def test_text_summary(capsys):
+    assert main(["sim", "--ops", "100", "--nemesis", "pause"]) == 0
+    out = capsys.readouterr().out
+    assert "ops 100" in out and "linearizable yes" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--r", "4"], "read quorum (R) must be between 1 and N=3"),
+    (["--replicas", "6"], "needs at least that many --nodes"),
+    (["--nemesis", "kill,flood"], "unknown nemesis flood"),
+    (["--ops", "-1"], "must not be negative"),
+    (["--loss", "2"], "between 0 and 1"),
+    (["--reads", "0.8", "--deletes", "0.5"], "add up to at most 1"),
+])
+def test_bad_options_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) if argv[0] in ("--nemesis", "--ops", "--loss") else \
+            _returns(2):
+        assert main(["sim", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+class _returns:
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return False

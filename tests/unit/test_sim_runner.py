@@ -1,0 +1,86 @@
+"""Full simulated runs: the workload, the nemesis schedule and the history they produce."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from kvlab.chaos.checker import check
+from kvlab.chaos.nemesis import KINDS, PARTITION, SKEW, parse_kinds, schedule
+from kvlab.chaos.workload import Workload
+from kvlab.sim import SimOptions, Simulation, WorldConfig, run
+
+
+def test_default_settings_without_faults_are_linearizable():
+    result = run(SimOptions(ops=2000))
+    assert result.summary["ops"] == result.summary["ok"] == 2000
+    verdict = check(result.events)
+    assert verdict.linearizable is True
+    assert verdict.lost_writes == 0 and verdict.stale_reads == 0
+
+
+def test_history_pairs_every_invoke_with_a_completion():
+    result = run(SimOptions(ops=500, nemesis=KINDS, nemesis_gap_ms=(10, 30),
+                            fault_ms=(30, 100)))
+    types = [e.type for e in result.events]
+    assert types.count("invoke") == 500
+    assert len(types) == 1000
+    assert result.summary["ok"] + result.summary["fail"] + result.summary["info"] == 500
+    times = [e.time for e in result.events]
+    assert times == sorted(times)
+
+
+def test_weak_quorums_with_partitions_are_caught_by_the_checker():
+    options = SimOptions(ops=1500, nemesis=(PARTITION,), world=WorldConfig(r=1, w=1),
+                         nemesis_gap_ms=(20, 50), fault_ms=(100, 200), seed=2)
+    verdict = check(run(options).events)
+    assert verdict.linearizable is False
+    assert verdict.stale_reads > 0
+
+
+def test_skewed_second_coordinator_loses_writes():
+    options = SimOptions(ops=1500, nemesis=(SKEW,), world=WorldConfig(coordinators=2),
+                         nemesis_gap_ms=(20, 50), fault_ms=(200, 400), seed=3)
+    verdict = check(run(options).events)
+    assert verdict.linearizable is False
+
+
+def test_stepping_a_simulation():
+    sim = Simulation(SimOptions(ops=200))
+    sim.advance(10)
+    assert 0 < len(sim.recorder.events) and not sim.finished
+    assert sim.world.now_ms == 10
+    result = sim.run()
+    assert sim.finished and result.summary["ops"] == 200
+
+
+def test_workload_is_per_client_deterministic_and_unique_valued():
+    a = Workload(seed=1, clients=3, keys=5, ops=100)
+    b = Workload(seed=1, clients=3, keys=5, ops=100)
+    # Different interleavings of the clients: each client still gets the same operations.
+    ops_a = [a.next_op(p) for p in itertools.islice(itertools.cycle([0, 1, 2]), 30)]
+    ops_b = [b.next_op(p) for p in [0] * 10 + [1] * 10 + [2] * 10]
+    strip = lambda ops, p: [(o.f, o.key) for o in ops if o.process == p]  # noqa: E731
+    assert all(strip(ops_a, p) == strip(ops_b, p) for p in range(3))
+    values = [o.value for o in ops_a if o.value is not None]
+    assert len(values) == len(set(values)) and {o.key for o in ops_a} <= {f"k{i}" for i in range(5)}
+    assert Workload(seed=1, clients=1, ops=2).next_op(0) is not None
+    done = Workload(seed=1, clients=1, ops=0)
+    assert done.next_op(0) is None
+
+
+def test_nemesis_schedule_is_seeded_and_never_overlaps():
+    faults = list(itertools.islice(schedule(KINDS, ["n1", "n2", "n3"], ["c1", "c2"], 5), 50))
+    again = list(itertools.islice(schedule(KINDS, ["n1", "n2", "n3"], ["c1", "c2"], 5), 50))
+    assert faults == again
+    assert {f.kind for f in faults} == set(KINDS)
+    assert all(b.at_ms > a.end_ms for a, b in itertools.pairwise(faults))
+    assert list(schedule((), ["n1"], ["c1"], 5)) == []
+
+
+def test_parse_kinds():
+    assert parse_kinds("kill, pause,kill") == ("kill", "pause")
+    assert parse_kinds("none") == ()
+    with pytest.raises(ValueError, match="unknown nemesis bogus"):
+        parse_kinds("kill,bogus")

@@ -1,0 +1,73 @@
+"""SQLite store: the supersede rule, group commit, durability across reopen, tombstones."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from kvlab.core.record import Record
+from kvlab.core.version import Version
+from kvlab.storage.memory import MemoryStore
+from kvlab.storage.sqlite import SqliteStore
+
+
+def rec(key: str, value: bytes | None, t: int) -> Record:
+    return Record(key, value, Version(t, 0, "p"))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteStore(tmp_path / "data.db")
+    yield s
+    s.close()
+
+
+async def test_newer_versions_win_and_older_ones_are_refused(store):
+    assert await store.apply([rec("k", b"v2", 2)]) == [True]
+    assert await store.apply([rec("k", b"v1", 1)]) == [False]
+    assert await store.apply([rec("k", b"v2", 2)]) == [False]  # same write again
+    assert store.get("k").value == b"v2"
+
+
+async def test_concurrent_writes_share_commits(store):
+    results = await asyncio.gather(*[store.apply([rec(f"k{i}", b"v", 1)]) for i in range(300)])
+    assert all(r == [True] for r in results)
+    assert store.writes == 300
+    assert store.commits < 300 / 5, f"{store.commits} commits for 300 writes: no group commit"
+    assert store.count() == 300
+
+
+async def test_racing_writes_to_one_key_keep_the_newest(store):
+    await asyncio.gather(*[store.apply([rec("k", str(t).encode(), t)]) for t in range(100)])
+    assert store.get("k").value == b"99"
+
+
+async def test_acknowledged_writes_are_in_the_file(tmp_path):
+    s = SqliteStore(tmp_path / "d.db")
+    await s.apply([rec("a", b"1", 1), rec("b", None, 2)])
+    # Read with a brand-new connection, as a restarted node would.
+    rows = sqlite3.connect(tmp_path / "d.db").execute(
+        "SELECT key, value FROM records ORDER BY key").fetchall()
+    s.close()
+    assert rows == [("a", b"1"), ("b", None)]
+    again = SqliteStore(tmp_path / "d.db")
+    assert again.get("a").value == b"1" and again.get("b").tombstone and again.count() == 1
+    again.close()
+
+
+async def test_tombstones_count_and_purge(store):
+    await store.apply([rec("a", b"1", 1), rec("b", b"2", 1)])
+    await store.apply([rec("a", None, 5)])
+    assert store.count() == 1
+    assert store.purge(now_ms=10, grace_ms=100) == 0
+    assert store.purge(now_ms=200, grace_ms=100) == 1
+    assert store.get("a") is None and store.get("b").value == b"2"
+
+
+def test_memory_store_follows_the_same_rule():
+    m = MemoryStore()
+    assert m.apply([rec("k", b"2", 2), rec("k", b"1", 1), rec("x", None, 1)]) == [True, False, True]
+    assert m.get("k").value == b"2" and m.count() == 1
+    assert m.purge(now_ms=1000, grace_ms=10) == 1 and m.get("x") is None
