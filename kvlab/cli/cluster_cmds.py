@@ -1,18 +1,106 @@
-# TEMP STUB (bench engineer) - delete
-import os, subprocess, sys, time, urllib.request, signal
-def register(sub):
-    up = sub.add_parser("up"); up.add_argument("--name"); up.add_argument("--nodes"); up.add_argument("--replicas"); up.add_argument("--write-quorum"); up.add_argument("--read-quorum"); up.add_argument("--port", type=int); up.set_defaults(func=run_up)
-    down = sub.add_parser("down"); down.add_argument("--name"); down.set_defaults(func=run_down)
-def run_up(a):
-    home = os.environ["KVLAB_HOME"]; os.makedirs(home, exist_ok=True)
-    p = subprocess.Popen([sys.executable, "/tmp/fakeserver.py", str(a.port)], start_new_session=True, stdin=subprocess.DEVNULL)
-    open(f"{home}/{a.name}.pid", "w").write(str(p.pid))
-    for _ in range(100):
-        try: urllib.request.urlopen(f"http://127.0.0.1:{a.port}/get?key=x"); break
-        except urllib.error.HTTPError: break
-        except OSError: time.sleep(0.05)
-    return 0
-def run_down(a):
-    f = f"{os.environ['KVLAB_HOME']}/{a.name}.pid"
-    if os.path.exists(f): os.kill(int(open(f).read()), signal.SIGTERM)
-    return 0
+"""`kvlab up|down|status|kill|pause|resume|restart`: run and break a local cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from kvlab.cli import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from kvlab.cli.options import add_name, add_spec, spec_from
+from kvlab.cluster import supervisor
+from kvlab.cluster.supervisor import Cluster, ClusterError, NoCluster
+
+ACTIONS = {
+    "kill": ("SIGKILL a node: it dies at once, losing nothing it acknowledged", "killed"),
+    "pause": ("SIGSTOP a node: it stays connected but answers nothing", "paused"),
+    "resume": ("SIGCONT a paused node", "resumed"),
+    "restart": ("stop a node if it runs, then start it again on its data", "restarted"),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start a local cluster (returns when all are healthy)",
+                       description="Start the proxy and N data nodes as background processes "
+                                   "on 127.0.0.1 and wait until every one answers /health.")
+    add_name(p)
+    add_spec(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop every process of a cluster",
+                       description="SIGTERM every process of the cluster, SIGKILL after a "
+                                   "short grace. The data stays in its folder.")
+    add_name(p)
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="show each process and its state",
+                       description="Each process with its URL, PID and state: up, down, "
+                                   "paused or starting.")
+    add_name(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    for action, (text, _) in ACTIONS.items():
+        p = sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("node", metavar="NODE", help="n1..nN")
+        add_name(p)
+        p.set_defaults(func=cmd_action, action=action)
+
+
+def _fail(exc: ClusterError) -> int:
+    print(f"kvlab: {exc}", file=__import__("sys").stderr)
+    return EXIT_UNAVAILABLE if isinstance(exc, NoCluster) else EXIT_USAGE
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    spec = spec_from(args)
+    began = time.monotonic()
+    try:
+        cluster = supervisor.up(spec)
+    except ClusterError as exc:
+        return _fail(exc)
+    took = time.monotonic() - began
+    first, last = cluster.nodes[0], cluster.nodes[-1]
+    print(f"cluster {spec.name}: proxy {cluster.url}, nodes {first.name}..{last.name} "
+          f"(ports {first.port}-{last.port}), N={spec.replicas} R={spec.read_quorum} "
+          f"W={spec.write_quorum}, healthy in {took:.1f}s")
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    try:
+        cluster = Cluster.load(args.name)
+    except ClusterError as exc:
+        return _fail(exc)
+    running = len(cluster.running())
+    cluster.stop()
+    print(f"cluster {args.name}: stopped {running} process{'es' if running != 1 else ''}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        status = Cluster.load(args.name).status()
+    except ClusterError as exc:
+        return _fail(exc)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    spec = status["spec"]
+    print(f"cluster {status['name']}  N={spec['replicas']} R={spec['read_quorum']} "
+          f"W={spec['write_quorum']}  vnodes {spec['vnodes']}  durability {spec['durability']}")
+    for m in [status["proxy"], *status["nodes"]]:
+        pid = m["pid"] if m["pid"] else "-"
+        print(f"  {m['name']:<6} {m['url']:<24} pid {pid!s:<8} {m['state']}")
+    return EXIT_OK
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    try:
+        cluster = Cluster.load(args.name)
+        member = getattr(cluster, args.action)(args.node)
+    except ClusterError as exc:
+        return _fail(exc)
+    pid = f" (pid {member.proc.pid})" if member.proc else ""
+    print(f"{args.node} {ACTIONS[args.action][1]}{pid}")
+    return EXIT_OK
