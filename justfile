@@ -1,3 +1,25 @@
+# Everyday recipes. `just` is on PyPI as rust-just: `pip install rust-just`.
+
+# the test suite, exactly as CI runs it
+test:
+    bash .ci/run
+
+# fast tests only: the sans-IO core, storage, simulator and checker
+unit:
+    python -m pytest tests/unit -q
+
+# start a local cluster in the background (arguments go to `kvlab up`)
+up *ARGS:
+    kvlab up {{ARGS}}
+
+# stop it
+down *ARGS:
+    kvlab down {{ARGS}}
+
+# the dashboard on a fresh cluster (stopped again on quit)
+demo *ARGS:
+    kvlab ui {{ARGS}}
+
 # Installs Debian's wrk and nginx-light when missing; arguments go to the script,
 # e.g. `just bench --duration 5 --json`, or `just bench --nginx-only --ceiling`.
 # kvlab and nginx side by side under wrk, against the speed goals
