@@ -24,6 +24,7 @@ from kvlab.client.protocol import (
     get_call,
     inspect_call,
     json_result,
+    partition_call,
     read_result,
     set_call,
     write_result,
@@ -93,6 +94,10 @@ class KV:
     def cluster(self) -> dict:
         return json_result(*self._status_body(Call("GET", "/cluster")))
 
+    def partition(self, node: str, on: bool = True) -> dict:
+        """Cut (or heal) the proxy's link to `node`: a fault hook for chaos experiments."""
+        return json_result(*self._status_body(partition_call(node, on)))
+
     def _status_body(self, call: Call) -> tuple[int, bytes]:
         status, _, body = self._send(call)
         return status, body
@@ -150,6 +155,10 @@ class AsyncKV:
 
     async def cluster(self) -> dict:
         status, _, body = await self._send(Call("GET", "/cluster"))
+        return json_result(status, body)
+
+    async def partition(self, node: str, on: bool = True) -> dict:
+        status, _, body = await self._send(partition_call(node, on))
         return json_result(status, body)
 
     async def close(self) -> None:

@@ -81,6 +81,11 @@ def inspect_call(key: str) -> Call:
     return Call("GET", "/cluster/keys/" + quote(key, safe=""))
 
 
+def partition_call(node: str, on: bool) -> Call:
+    return Call("PUT", "/cluster/faults/" + quote(node, safe=""),
+                json.dumps({"partitioned": on}).encode())
+
+
 def _split(header: str | None) -> list[str]:
     return [p for p in (header or "").split(",") if p]
 

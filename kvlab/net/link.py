@@ -39,6 +39,9 @@ class ReplicaLink:
         self._task: asyncio.Task | None = None
         # What the dashboard shows about this node, as seen from the proxy.
         self.state = DOWN
+        # Fault hook for chaos runs: a partitioned link silently drops both directions, so
+        # the coordinator sees silence (timeouts), as with a cut network, not an error.
+        self.partitioned = False
         self.sent = 0
         self.replies = 0
         self.errors = 0
@@ -60,10 +63,18 @@ class ReplicaLink:
         """Queue `request` for the node; False if the link is down (the caller fails it)."""
         if self._writer is None:
             return False
+        if self.partitioned:
+            return True
         self._inflight[request.req] = time.perf_counter()
         self.sent += 1
         self._writer.push(request)
         return True
+
+    def partition(self, on: bool) -> None:
+        self.partitioned = on
+        if on:
+            # Requests in flight are lost with the link; their operations time out.
+            self._inflight.clear()
 
     def p99_ms(self) -> float | None:
         if not self.latencies:
@@ -97,7 +108,7 @@ class ReplicaLink:
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.BINARY:
+            if msg.type != aiohttp.WSMsgType.BINARY or self.partitioned:
                 continue
             replies = codec.decode_replies(msg.data)
             now = time.perf_counter()

@@ -239,7 +239,8 @@ async def cluster(request: web.Request) -> web.Response:
     for name in coord.ring.nodes:
         link = proxy.engine.links[name]
         nodes.append({
-            "name": name, "url": link.url, "state": link.state, "sent": link.sent,
+            "name": name, "url": link.url, "state": link.state,
+            "partitioned": link.partitioned, "sent": link.sent,
             "replies": link.replies, "errors": link.errors, "last_error": link.last_error,
             "p99_ms": link.p99_ms(),
         })
@@ -301,6 +302,24 @@ async def remove_node(request: web.Request) -> web.Response:
     return json_response({"nodes": list(coord.ring.nodes)})
 
 
+async def set_fault(request: web.Request) -> web.Response:
+    """Cut or heal the link between the proxy and a node (`{"partitioned": bool}`)."""
+    proxy = request.app[PROXY]
+    name = request.match_info["name"]
+    link = proxy.engine.links.get(name)
+    if link is None:
+        raise ApiError(404, "not_found", f"no node {name} in the ring")
+    try:
+        body = orjson.loads(await request.read())
+        on = body["partitioned"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        on = None
+    if not isinstance(on, bool):
+        raise ApiError(400, "bad_request", "body must be {\"partitioned\": true|false}")
+    link.partition(on)
+    return json_response({"node": name, "partitioned": on})
+
+
 async def _links(app: web.Application):
     proxy = app[PROXY]
     proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -329,6 +348,7 @@ def make_app(proxy: Proxy) -> web.Application:
     app.router.add_get("/cluster/keys/{key:.+}", cluster_key)
     app.router.add_post("/cluster/nodes", add_node)
     app.router.add_delete("/cluster/nodes/{name}", remove_node)
+    app.router.add_put("/cluster/faults/{name}", set_fault)
     app.cleanup_ctx.append(_links)
     return app
 

@@ -136,3 +136,20 @@ async def test_async_client(cluster3):
         assert await kv.get("async-key") is None
         view = await kv.inspect("async-key")
         assert sum(r["state"] == "ok" and r["deleted"] for r in view["replicas"]) >= 2
+
+
+def test_a_partitioned_link_times_out_and_heals(cluster3):
+    with KV(cluster3.url) as kv:
+        kv.set("part", "v")
+        assert kv.partition("n1")["partitioned"] is True
+        assert kv.partition("n2")["partitioned"] is True
+        try:
+            status, _, body = http(f"{cluster3.url}/kv/part")
+            assert status == 504 and json.loads(body)["error"] == "timeout"
+            assert kv.get("part", r=1) == "v"  # n3 still answers
+        finally:
+            kv.partition("n1", False)
+            kv.partition("n2", False)
+        assert kv.get("part", r=3) == "v"
+        assert http(f"{cluster3.url}/cluster/faults/n9", "PUT", b'{"partitioned": true}')[0] == 404
+        assert http(f"{cluster3.url}/cluster/faults/n1", "PUT", b'{"on": 1}')[0] == 400
