@@ -2,9 +2,12 @@
 
 Every client operation fans out to all N replicas of its key at once:
 - a write completes after W acknowledgements;
-- a read completes after R replies with the newest version among them, and then keeps
-  listening: every replica that answered (or answers late) with an older version or nothing
-  is sent the newest record (read repair);
+- a read gathers R replies and takes the newest version among them; every replica that
+  answered (or answers late) with an older version or nothing is sent the newest record
+  (read repair). When R + W > N the read also waits until the newest version is known to be
+  on W replicas before answering (a write-back, as in the ABD register): a value that one
+  read returned is then seen by every later read, even if the write that produced it failed
+  half-way. The common case, where the R replies agree, costs nothing extra;
 - an operation that can no longer reach its quorum fails at once (unavailable); one still
   missing replies at its deadline times out.
 
@@ -64,7 +67,7 @@ class Quorum:
 class _Op:
     __slots__ = (
         "id", "kind", "key", "replicas", "need", "record", "answers", "acked", "failed",
-        "newest", "repaired", "outcome",
+        "newest", "holders", "write_back", "repaired", "repairs", "reqs", "outcome",
     )
 
     def __init__(self, op_id: int, kind: str, key: str, replicas: tuple[str, ...], need: int,
@@ -79,16 +82,16 @@ class _Op:
         self.acked: list[str] = []
         self.failed: dict[str, str] = {}
         self.newest: Record | None = None
-        self.repaired: dict[str, object] = {}
+        self.holders: set[str] = set()  # replicas known to hold `newest`
+        self.write_back = 0  # holders a read needs before answering (0: no write-back)
+        self.repaired: dict[str, object] = {}  # node -> version sent to it
+        self.repairs: dict[int, object] = {}  # repair request -> version it carries
+        self.reqs: list[int] = []  # every request of this op, to forget them on timeout
         self.outcome: Outcome | None = None
 
     @property
     def heard(self) -> int:
         return len(self.answers) + len(self.acked) + len(self.failed)
-
-    @property
-    def successes(self) -> int:
-        return len(self.acked) if self.kind == WRITE else len(self.answers)
 
 
 class Coordinator:
@@ -136,6 +139,8 @@ class Coordinator:
         self._next_op += 1
         replicas = self.ring.preference_list(key, n)
         op = _Op(self._next_op, kind, key, replicas, need, record)
+        if kind == READ and need + self.quorum.w > n:
+            op.write_back = min(self.quorum.w, len(replicas))
         effects: list[Effect] = []
         if len(replicas) < need:
             # The ring holds fewer nodes than the quorum needs: fail now, ask nobody.
@@ -146,6 +151,7 @@ class Coordinator:
         for node in replicas:
             self._next_req += 1
             self._requests[self._next_req] = (op, node)
+            op.reqs.append(self._next_req)
             request = (WriteRequest(self._next_req, record) if record is not None
                        else ReadRequest(self._next_req, key))
             effects.append(Send(node, request))
@@ -158,12 +164,18 @@ class Coordinator:
         """A replica's reply arrived."""
         entry = self._requests.pop(reply.req, None)
         if entry is None:
-            return []  # a repair's acknowledgement, or a reply after the deadline
+            return []  # a reply after the deadline
         op, expected = entry
         if node != expected:
             raise ValueError(f"reply {reply.req} came from {node}, was sent to {expected}")
         effects: list[Effect] = []
-        if isinstance(reply, ErrorReply):
+        repaired = op.repairs.pop(reply.req, None)
+        if repaired is not None:
+            if isinstance(reply, WriteReply) and op.newest is not None \
+                    and repaired == op.newest.version:
+                op.holders.add(node)
+                self._finish_read_if_ready(op, effects)
+        elif isinstance(reply, ErrorReply):
             self._fail(op, node, reply.error, effects)
         elif isinstance(reply, WriteReply):
             op.acked.append(node)
@@ -181,7 +193,8 @@ class Coordinator:
             return []
         op, _ = entry
         effects: list[Effect] = []
-        self._fail(op, node, reason, effects)
+        if op.repairs.pop(req, None) is None:  # a lost repair is not a failed answer
+            self._fail(op, node, reason, effects)
         self._retire_if_heard(op)
         return effects
 
@@ -193,15 +206,16 @@ class Coordinator:
         effects: list[Effect] = []
         silent = [n for n in op.replicas
                   if n not in op.answers and n not in op.failed and n not in op.acked]
-        for req in [req for req, (o, _) in self._requests.items() if o is op]:
-            del self._requests[req]
+        for req in op.reqs:
+            self._requests.pop(req, None)
         if op.outcome is None:
             if op.kind == INSPECT:
                 for node in silent:
                     op.failed[node] = "timeout"
                 self._finish(op, OK, effects)
             else:
-                self._finish(op, TIMEOUT if silent else UNAVAILABLE, effects)
+                waiting = silent or (op.kind == READ and len(op.answers) >= op.need)
+                self._finish(op, TIMEOUT if waiting else UNAVAILABLE, effects)
         return effects
 
     def pending_ops(self) -> int:
@@ -215,15 +229,25 @@ class Coordinator:
             self.clock.observe(record.version)
             if op.newest is None or record.version > op.newest.version:
                 op.newest = record
+                op.holders = {node}
+            elif record.version == op.newest.version:
+                op.holders.add(node)
         if op.kind == INSPECT:
             if op.outcome is None and len(op.answers) + len(op.failed) == len(op.replicas):
                 self._finish(op, OK, effects)
             return
-        if op.outcome is None and len(op.answers) >= op.need:
-            newest = op.newest
-            self._finish(op, NOT_FOUND if newest is None or newest.tombstone else OK, effects)
-        if op.outcome is not None:
+        if len(op.answers) >= op.need:
             self._repair(op, effects)
+            self._finish_read_if_ready(op, effects)
+
+    def _finish_read_if_ready(self, op: _Op, effects: list[Effect]) -> None:
+        if op.outcome is not None or len(op.answers) < op.need:
+            return
+        newest = op.newest
+        if newest is None:
+            self._finish(op, NOT_FOUND, effects)
+        elif len(op.holders) >= op.write_back:
+            self._finish(op, NOT_FOUND if newest.tombstone else OK, effects)
 
     def _repair(self, op: _Op, effects: list[Effect]) -> None:
         """Send the newest record to every replica that answered with less."""
@@ -235,6 +259,9 @@ class Coordinator:
                     op.repaired.get(node) != newest.version:
                 op.repaired[node] = newest.version
                 self._next_req += 1
+                self._requests[self._next_req] = (op, node)
+                op.repairs[self._next_req] = newest.version
+                op.reqs.append(self._next_req)
                 effects.append(Send(node, WriteRequest(self._next_req, newest)))
 
     def _fail(self, op: _Op, node: str, reason: str, effects: list[Effect]) -> None:
@@ -260,6 +287,7 @@ class Coordinator:
         effects.append(Done(op.outcome))
 
     def _retire_if_heard(self, op: _Op) -> None:
-        # Every replica has spoken: nothing left to repair or wait for.
-        if op.heard == len(op.replicas) and op.outcome is not None:
+        # Every replica has spoken, every repair is acknowledged, the outcome is out: nothing
+        # left to wait for. Otherwise the op's timer cleans up.
+        if op.heard == len(op.replicas) and op.outcome is not None and not op.repairs:
             self._ops.pop(op.id, None)

@@ -225,3 +225,52 @@ def test_finished_operations_leave_no_state_behind():
         h.write(f"k{i}", b"v")
         h.read(f"k{i}")
     assert h.coord.pending_ops() == 0
+
+
+def test_a_read_writes_back_a_half_applied_write_before_answering():
+    """R+W>N: once a read has returned a value, no later read may return an older one."""
+    h = Harness()
+    a, b, c = h.replicas("k")
+    h.write("k", b"v1")
+    h.down.update({b, c})
+    assert h.write("k", b"v2").status == UNAVAILABLE  # only `a` stored v2
+    h.down.clear()
+    h.silent.add(c)
+    first = h.read("k")  # answered by a (v2) and b (v1)
+    assert first.status == OK and first.record.value == b"v2"
+    assert h.stores[b].get("k").value == b"v2", "the read answered before writing v2 back"
+    h.silent.clear()
+    h.held.clear()
+    h.down.add(a)
+    second = h.read("k")  # b and c: without the write-back this would be v1
+    assert second.record.value == b"v2"
+
+
+def test_weak_reads_do_not_wait_for_the_write_back():
+    h = Harness(Quorum(3, 1, 1))
+    a, b, c = h.replicas("k")
+    h.silent.update({b, c})
+    h.write("k", b"v1")
+    h.silent = {c}
+    h.held.clear()
+    op, effects = h.coord.read("k", h.now)
+    h.apply(effects)
+    assert h.done[op].status == OK  # answered by the first reply
+
+
+def test_a_read_whose_write_back_cannot_finish_times_out():
+    h = Harness()
+    a, b, c = h.replicas("k")
+    h.down.update({b, c})
+    h.write("k", b"v")  # only `a` has it
+    h.down.clear()
+    h.silent.update({b, c})
+    op, effects = h.coord.read("k", h.now)
+    h.apply(effects)
+    read_to_b = next(s for s in h.held if s.node == b)
+    h.deliver(read_to_b)  # b answers "missing"; the repair to b is then held: b went quiet
+    assert any(isinstance(s.request, WriteRequest) and s.node == b for s in h.held)
+    assert op not in h.done, "answered before the value was on W replicas"
+    h.fire_timers()
+    assert h.done[op].status == TIMEOUT
+    assert h.coord.pending_ops() == 0
