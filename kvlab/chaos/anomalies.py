@@ -23,7 +23,7 @@ later read may credit another write of the same value, which can only hide a los
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,19 +35,20 @@ _NEVER = float("inf")  # the completion time of an unknown-outcome source
 
 @dataclass(frozen=True, slots=True)
 class Anomalies:
-    """Counts for one key or a whole history."""
+    """What one key's history shows.
+
+    `evidence` is a handful of operations that on their own prove the key non-linearizable,
+    or empty: the first stale read with its witness and the writes that could explain it, or
+    a read of a value that nothing wrote.
+    """
 
     stale_reads: int = 0
     lost_writes: int = 0
-
-    def __add__(self, other: Anomalies) -> Anomalies:
-        return Anomalies(
-            self.stale_reads + other.stale_reads, self.lost_writes + other.lost_writes
-        )
+    evidence: tuple[Operation, ...] = ()
 
 
 class _Latest:
-    """Answers: of the operations invoked before time t, the latest completion?"""
+    """Answers: of the operations invoked by time t, the latest completion?"""
 
     def __init__(self, spans: list[tuple[int, float]]) -> None:
         spans.sort()
@@ -59,7 +60,7 @@ class _Latest:
             self.latest.append(best)
 
     def before(self, time: int) -> float:
-        count = bisect_left(self.invokes, time)
+        count = bisect_right(self.invokes, time)  # a tie is concurrent: it may come first
         return self.latest[count - 1] if count else -_NEVER
 
 
@@ -86,31 +87,48 @@ def find_anomalies(ops: Sequence[Operation]) -> Anomalies:
         latest_invoke.append(running)
 
     reads = [op for op in ops if op.f == "read" and op.status == "ok"]
-    last_read_of: dict[str | None, int] = {}
-    for read in reads:
-        last_read_of[read.value] = max(last_read_of.get(read.value, read.invoke_time), read.invoke_time)
+    # value -> the latest invoke of a read that returned it
+    last_read_of = {read.value: read.invoke_time for read in sorted(reads, key=_invoked)}
 
     stale = 0
+    evidence: tuple[Operation, ...] = ()
     displaced_at: dict[int, int] = {}  # write index -> earliest completion of a read it witnesses
     for read in reads:
         value_sources = sources.get(read.value)
-        if value_sources is not None:
-            settled = value_sources.before(read.complete_time)
-        elif read.value is None:
-            settled = -_NEVER  # only the initial state could explain it
-        else:
-            continue  # nothing wrote this value: not a stale read
+        # An absent result can always come from the initial state, which settles at once.
+        settled = value_sources.before(read.complete_time) if value_sources else -_NEVER
+        if settled == -_NEVER and read.value is not None:
+            evidence = evidence or (read,)  # nothing wrote this value in time: not stale
+            continue
         earlier = bisect_left(write_completes, read.invoke_time)
         if not earlier or latest_invoke[earlier - 1] <= settled:
             continue
         stale += 1
-        for index in range(earlier):
-            if writes[index].invoke_time > settled:
-                seen = displaced_at.get(index, read.complete_time)
-                displaced_at[index] = min(seen, read.complete_time)
+        witnesses = [index for index in range(earlier) if writes[index].invoke_time > settled]
+        for index in witnesses:
+            seen = displaced_at.get(index, read.complete_time)
+            displaced_at[index] = min(seen, read.complete_time)
+        if len(evidence) < 2:
+            evidence = (read, writes[witnesses[0]], *_sources(ops, read))
 
     lost = sum(
         last_read_of.get(writes[index].value, -_NEVER) <= time
         for index, time in displaced_at.items()
     )
-    return Anomalies(stale, lost)
+    return Anomalies(stale, lost, evidence)
+
+
+def _invoked(op: Operation) -> int:
+    return op.invoke_time
+
+
+def _sources(ops: Sequence[Operation], read: Operation) -> list[Operation]:
+    """The writes or deletes that could have produced `read`'s value."""
+    return [
+        op
+        for op in ops
+        if op.f != "read"
+        and op.status != "fail"
+        and op.value == read.value
+        and op.invoke_time <= read.complete_time
+    ]

@@ -93,8 +93,8 @@ def _schedule(
             effect = None
         elif status == "info":
             effect = rng.randrange(invoke, complete + 10 * _MS)  # maybe after the timeout
-        history.append(_Op(process, f, f"k{rng.randrange(keys)}", value, invoke, complete,
-                           status, effect))
+        key = f"k{rng.randrange(keys)}"
+        history.append(_Op(process, f, key, value, invoke, complete, status, effect))
     return history
 
 
@@ -129,15 +129,14 @@ def _make_stale(read: _Op, history: list[_Op]) -> None:
 
 
 def _events(history: list[_Op]) -> list[Event]:
-    events: list[tuple[int, int, Event]] = []
+    timed: list[tuple[int, int, Event]] = []
     for order, op in enumerate(history):
-        events.append((op.invoke, order, Event(op.process, "invoke", op.f, op.key,
-                                               op.value if op.f == "write" else None,
-                                               op.invoke)))
-        events.append((op.complete, order, Event(op.process, op.status, op.f, op.key, op.value,
-                                                 op.complete)))
-    events.sort(key=lambda item: item[:2])
-    return [event for _, _, event in events]
+        sent = op.value if op.f == "write" else None
+        timed.append((op.invoke, order, Event(op.process, "invoke", op.f, op.key, sent, op.invoke)))
+        done = Event(op.process, op.status, op.f, op.key, op.value, op.complete)
+        timed.append((op.complete, order, done))
+    timed.sort(key=lambda item: item[:2])
+    return [event for _, _, event in timed]
 
 
 def main(argv: list[str] | None = None) -> int:
