@@ -22,10 +22,8 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from kvlab.cluster.ports import free_port_block
 
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk_kvlab.lua"
@@ -120,21 +120,6 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
 
 
-def free_port(span: int = 1) -> int:
-    """A port with `span` free ports from it (a cluster may take the ports after its proxy's)."""
-    for _ in range(200):
-        base = random.randint(20_000, 40_000)
-        with contextlib.ExitStack() as held:
-            try:
-                for port in range(base, base + span):
-                    s = held.enter_context(socket.socket())
-                    s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no free port range found")
-
-
 def wait_http(url: str, timeout: float) -> None:
     """Return once `url` answers anything over HTTP; raise after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -168,7 +153,7 @@ def start_nginx(root: Path, value_size: int, cleanup: contextlib.ExitStack) -> s
     for folder in (root.parent, root, root / "www"):
         folder.chmod(0o755)
     (root / "www" / "small.txt").write_text("v" * value_size + "\n")
-    port = free_port()
+    port = free_port_block(1)
     conf = root / "nginx.conf"
     conf.write_text(NGINX_CONF.format(root=root, port=port, value="v" * value_size))
     proc = subprocess.Popen(
@@ -193,10 +178,11 @@ def kvlab(*args: str, env: dict[str, str], timeout: float = 180) -> str:
 def start_cluster(home: Path, args: argparse.Namespace, cleanup: contextlib.ExitStack) -> str:
     env = {**os.environ, "KVLAB_HOME": str(home)}
     name = f"bench{os.getpid() % 1000:03d}"
-    port = free_port(span=args.nodes + 4)
+    port = free_port_block(1 + args.nodes)  # the proxy's port, then one per node
     # Registered before `up` so that a half-started cluster is stopped as well.
+    # Its report goes to stderr so that stdout stays one table or one JSON object.
     cleanup.callback(subprocess.run, [sys.executable, "-m", "kvlab", "down", "--name", name],
-                     env=env, stdin=subprocess.DEVNULL, timeout=60)
+                     env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr, timeout=60)
     kvlab("up", "--name", name, "--nodes", str(args.nodes), "--replicas", "3",
           "--write-quorum", "2", "--read-quorum", "2", "--port", str(port), env=env)
     return f"http://127.0.0.1:{port}"
