@@ -94,9 +94,11 @@ class KV:
     def cluster(self) -> dict:
         return json_result(*self._status_body(Call("GET", "/cluster")))
 
-    def partition(self, node: str, on: bool = True) -> dict:
-        """Cut (or heal) the proxy's link to `node`: a fault hook for chaos experiments."""
-        return json_result(*self._status_body(partition_call(node, on)))
+    def partition(self, node: str, on: bool = True, direction: str = "both") -> dict:
+        """Cut (or heal) the proxy's link to `node`: a fault hook for chaos experiments.
+
+        `direction`: "both", "to" (requests are lost) or "from" (replies are lost)."""
+        return json_result(*self._status_body(partition_call(node, on, direction)))
 
     def _status_body(self, call: Call) -> tuple[int, bytes]:
         status, _, body = self._send(call)
@@ -157,8 +159,8 @@ class AsyncKV:
         status, _, body = await self._send(Call("GET", "/cluster"))
         return json_result(status, body)
 
-    async def partition(self, node: str, on: bool = True) -> dict:
-        status, _, body = await self._send(partition_call(node, on))
+    async def partition(self, node: str, on: bool = True, direction: str = "both") -> dict:
+        status, _, body = await self._send(partition_call(node, on, direction))
         return json_result(status, body)
 
     async def close(self) -> None:

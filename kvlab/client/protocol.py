@@ -81,9 +81,9 @@ def inspect_call(key: str) -> Call:
     return Call("GET", "/cluster/keys/" + quote(key, safe=""))
 
 
-def partition_call(node: str, on: bool) -> Call:
+def partition_call(node: str, on: bool, direction: str) -> Call:
     return Call("PUT", "/cluster/faults/" + quote(node, safe=""),
-                json.dumps({"partitioned": on}).encode())
+                json.dumps({"partitioned": on, "direction": direction}).encode())
 
 
 def _split(header: str | None) -> list[str]:

@@ -39,9 +39,10 @@ class ReplicaLink:
         self._task: asyncio.Task | None = None
         # What the dashboard shows about this node, as seen from the proxy.
         self.state = DOWN
-        # Fault hook for chaos runs: a partitioned link silently drops both directions, so
-        # the coordinator sees silence (timeouts), as with a cut network, not an error.
-        self.partitioned = False
+        # Fault hook for chaos runs: a partitioned link silently drops requests ("to" the
+        # node), replies ("from" it) or both, so the coordinator sees silence (timeouts), as
+        # with a cut network, not an error. With "from", writes still apply on the node.
+        self.partitioned: str | None = None
         self.sent = 0
         self.replies = 0
         self.errors = 0
@@ -63,16 +64,17 @@ class ReplicaLink:
         """Queue `request` for the node; False if the link is down (the caller fails it)."""
         if self._writer is None:
             return False
-        if self.partitioned:
+        if self.partitioned in ("both", "to"):
             return True
         self._inflight[request.req] = time.perf_counter()
         self.sent += 1
         self._writer.push(request)
         return True
 
-    def partition(self, on: bool) -> None:
-        self.partitioned = on
-        if on:
+    def partition(self, direction: str | None) -> None:
+        """Cut the link one way ("to", "from"), both ways ("both"), or heal it (None)."""
+        self.partitioned = direction
+        if direction:
             # Requests in flight are lost with the link; their operations time out.
             self._inflight.clear()
 
@@ -108,7 +110,7 @@ class ReplicaLink:
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.BINARY or self.partitioned:
+            if msg.type != aiohttp.WSMsgType.BINARY or self.partitioned in ("both", "from"):
                 continue
             replies = codec.decode_replies(msg.data)
             now = time.perf_counter()

@@ -302,8 +302,15 @@ async def remove_node(request: web.Request) -> web.Response:
     return json_response({"nodes": list(coord.ring.nodes)})
 
 
+PARTITION_DIRECTIONS = ("both", "to", "from")
+
+
 async def set_fault(request: web.Request) -> web.Response:
-    """Cut or heal the link between the proxy and a node (`{"partitioned": bool}`)."""
+    """Cut or heal the link between the proxy and a node.
+
+    Body: `{"partitioned": true|false, "direction": "both"|"to"|"from"}` ("to": requests to
+    the node are lost; "from": its replies are lost, though its writes still apply).
+    """
     proxy = request.app[PROXY]
     name = request.match_info["name"]
     link = proxy.engine.links.get(name)
@@ -311,13 +318,15 @@ async def set_fault(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"no node {name} in the ring")
     try:
         body = orjson.loads(await request.read())
-        on = body["partitioned"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        on = None
-    if not isinstance(on, bool):
-        raise ApiError(400, "bad_request", "body must be {\"partitioned\": true|false}")
-    link.partition(on)
-    return json_response({"node": name, "partitioned": on})
+    except orjson.JSONDecodeError:
+        body = None
+    on = body.get("partitioned") if isinstance(body, dict) else None
+    direction = body.get("direction", "both") if isinstance(body, dict) else None
+    if not isinstance(on, bool) or direction not in PARTITION_DIRECTIONS:
+        raise ApiError(400, "bad_request", "body must be {\"partitioned\": true|false, "
+                       "\"direction\": \"both\"|\"to\"|\"from\"}")
+    link.partition(direction if on else None)
+    return json_response({"node": name, "partitioned": link.partitioned})
 
 
 async def _links(app: web.Application):

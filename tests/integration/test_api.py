@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from kvlab.client import KV, AsyncKV, BadRequest, KeyNotFound
+from kvlab.client import KV, AsyncKV, BadRequest, KeyNotFound, Unavailable
 
 ODD_KEYS = ["a&b=c", "with space", "q?x#frag", "100%", "a/b/c", "tab\there", "ünï©ødé ✓",
             "%2F", "+plus+", "semi;colon", "back\\slash", "x" * 1024]
@@ -141,8 +141,8 @@ async def test_async_client(cluster3):
 def test_a_partitioned_link_times_out_and_heals(cluster3):
     with KV(cluster3.url) as kv:
         kv.set("part", "v")
-        assert kv.partition("n1")["partitioned"] is True
-        assert kv.partition("n2")["partitioned"] is True
+        assert kv.partition("n1")["partitioned"] == "both"
+        assert kv.partition("n2", direction="to")["partitioned"] == "to"
         try:
             status, _, body = http(f"{cluster3.url}/kv/part")
             assert status == 504 and json.loads(body)["error"] == "timeout"
@@ -153,3 +153,15 @@ def test_a_partitioned_link_times_out_and_heals(cluster3):
         assert kv.get("part", r=3) == "v"
         assert http(f"{cluster3.url}/cluster/faults/n9", "PUT", b'{"partitioned": true}')[0] == 404
         assert http(f"{cluster3.url}/cluster/faults/n1", "PUT", b'{"on": 1}')[0] == 400
+        # "from": the node applies the write but the proxy never hears its acknowledgement.
+        kv.partition("n3", direction="from")
+        try:
+            kv.set("oneway", "applied", w=3)
+        except Unavailable as exc:
+            assert exc.status == 504
+        else:
+            raise AssertionError("a write needing n3's acknowledgement succeeded")
+        finally:
+            kv.partition("n3", False)
+        view = {r["node"]: r for r in kv.inspect("oneway")["replicas"]}
+        assert view["n3"]["value"] == "applied"
