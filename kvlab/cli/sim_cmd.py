@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from kvlab.chaos.checker import check as check_history
 from kvlab.chaos.history import write_history
 from kvlab.chaos.nemesis import KINDS, parse_kinds
 from kvlab.cli import EXIT_OK, UsageError
@@ -16,6 +18,7 @@ from kvlab.sim.network import Latency
 from kvlab.sim.runner import SimOptions, SimResult, run
 from kvlab.sim.world import WorldConfig
 
+COUNT_FIELDS = ("ops", "ok", "fail", "info")
 CHECK_FIELDS = ("lost_writes", "stale_reads", "linearizable", "violations")
 
 DESCRIPTION = """\
@@ -53,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cluster.add_argument("--loss", type=_fraction, default=0.0,
                          help="fraction of messages lost at all times (default 0)")
     cluster.add_argument("--fsync-ms", type=_non_negative_float, default=0.5,
-                         help="time for a group commit to become durable (default 0.5)")
+                         help="mean time for a group commit to become durable; 40%% of it is "
+                              "exponential jitter (default 0.5)")
 
     work = p.add_argument_group("workload")
     work.add_argument("--ops", type=_non_negative, default=3000,
@@ -118,7 +122,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
             coordinators=args.coordinators, timeout_ms=args.timeout_ms,
             latency=Latency(round(args.latency_ms * 1000), round(args.jitter_ms * 1000)),
             loss=args.loss,
-            fsync=Latency(round(args.fsync_ms * 1000), round(args.fsync_ms * 400)),
+            fsync=Latency(round(args.fsync_ms * 600), round(args.fsync_ms * 400)),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -133,15 +137,14 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
 def summarize(result: SimResult, options: SimOptions, check: bool = True,
               time_limit: float = 30.0) -> dict[str, Any]:
     """The run's summary, with the checker's verdict (or nulls when not checked)."""
-    summary = dict(result.summary)
-    for name in CHECK_FIELDS:
-        summary[name] = None
+    run_summary = dict(result.summary)
+    summary: dict[str, Any] = {name: run_summary.pop(name) for name in COUNT_FIELDS}
+    summary.update(dict.fromkeys(CHECK_FIELDS))
     if check:
-        from kvlab.chaos.checker import check as check_history
-
         verdict = check_history(result.events, time_limit=time_limit).to_json()
         summary.update({name: verdict[name] for name in CHECK_FIELDS})
-        summary["unknown_keys"] = verdict.get("unknown_keys", [])
+        run_summary["unknown_keys"] = verdict.get("unknown_keys", [])
+    summary.update(run_summary)
     world = options.world
     summary["config"] = {
         "nodes": world.nodes, "replicas": world.replicas, "r": world.r, "w": world.w,
@@ -176,48 +179,44 @@ def render(summary: dict[str, Any], options: SimOptions) -> str:
         lines.append(f"  {violation['key']}: {violation['reason']}")
         for op in violation["operations"]:
             lines.append(f"    process {op['process']} {op['f']} {op['value']!r} {op['status']} "
-                         f"[{op['invoke_time']}, {op['complete_time']}] ns")
+                         f"{_ms(op['invoke_time'])}..{_ms(op['complete_time'])} ms")
     if len(summary["violations"]) > 5:
         lines.append(f"  ... and {len(summary['violations']) - 5} more keys")
     return "\n".join(lines)
 
 
-# -- argument types (argparse turns their ValueError/ArgumentTypeError into exit code 2) ---
+def _ms(time_ns: int | None) -> str:
+    return "?" if time_ns is None else f"{time_ns / 1e6:.3f}"
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+# -- argument types (argparse turns their ArgumentTypeError into exit code 2) ---------------
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
+def _ranged(convert: Callable[[str], Any], low: float, high: float | None = None,
+            strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: `convert(text)`, then check low <= value (<) and value <= high."""
+    if high is not None:
+        rule = f"must be between {low:g} and {high:g}"
+    else:
+        rule = f"must be {'greater than' if strict else 'at least'} {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ((value > low if strict else value >= low) and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+_positive = _ranged(int, 1)
+_non_negative = _ranged(int, 0)
+_non_negative_float = _ranged(float, 0)
+_positive_float = _ranged(float, 0, strict=True)
+_fraction = _ranged(float, 0, 1)
 
 
 def _kinds(text: str) -> tuple[str, ...]:

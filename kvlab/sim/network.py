@@ -68,6 +68,7 @@ class Network:
         self.default_latency = latency
         self.default_loss = loss
         self._default_sample = latency.sampler(rng)
+        self._default = (self._default_sample, loss)
         self._heap, self._seq = clock.heap, clock.seq
         # Per directed link: (sample, loss) overriding the defaults, and last arrival time.
         self._links: dict[tuple[str, str], tuple[Callable[[], int], float]] = {}
@@ -80,10 +81,14 @@ class Network:
 
     def set_link(self, src: str, dst: str, latency: Latency | None = None,
                  loss: float | None = None, both: bool = True) -> None:
-        """Give the link src -> dst (and dst -> src unless `both=False`) its own behaviour."""
+        """Give the link src -> dst (and dst -> src unless `both=False`) its own behaviour.
+
+        The link keeps the loss given here (or the default loss at the time of this call):
+        a later `set_loss` no longer reaches it.
+        """
         _check_loss(loss)
         for link in ((src, dst), (dst, src)) if both else ((src, dst),):
-            sample, old_loss = self._links.get(link, (self._default_sample, self.default_loss))
+            sample, old_loss = self._links.get(link, self._default)
             if latency is not None:
                 sample = latency.sampler(self.rng)
             self._links[link] = (sample, old_loss if loss is None else loss)
@@ -92,6 +97,7 @@ class Network:
         """Loss probability on every link without its own setting."""
         _check_loss(loss)
         self.default_loss = loss
+        self._default = (self._default_sample, loss)
 
     def cut(self, a: str, b: str, both: bool = True) -> None:
         """Partition a from b: drop messages a -> b (and b -> a when `both`)."""
@@ -123,8 +129,7 @@ class Network:
         if cuts and link in cuts:
             self.dropped += 1
             return
-        custom = self._links.get(link) if self._links else None
-        sample, loss = custom or (self._default_sample, self.default_loss)
+        sample, loss = self._links.get(link, self._default) if self._links else self._default
         if loss and self.rng.random() < loss:
             self.dropped += 1
             return

@@ -13,7 +13,9 @@ from functools import partial
 from typing import Any
 
 from kvlab.chaos.history import Event, Recorder
-from kvlab.chaos.nemesis import Fault, schedule
+from kvlab.chaos.nemesis import (
+    BOTH, FROM_NODES, KILL, LOSS, PARTITION, PAUSE, SKEW, Fault, schedule,
+)
 from kvlab.chaos.workload import READ, Workload
 from kvlab.core.messages import NOT_FOUND, OK, UNAVAILABLE, Outcome
 from kvlab.sim.clock import US_PER_MS
@@ -31,7 +33,7 @@ class SimOptions:
     keys: int = 20
     reads: float = 0.5
     deletes: float = 0.1
-    think_ms: float = 1.0
+    think_ms: float = 5.0
     nemesis: tuple[str, ...] = ()
     nemesis_gap_ms: tuple[int, int] = (100, 500)
     fault_ms: tuple[int, int] = (200, 1000)
@@ -160,12 +162,54 @@ class Simulation:
         if self.finished:
             return
         self.faults.append(fault)
-        self.world.start_fault(fault)
+        start_fault(self.world, fault)
         self.world.clock.at(fault.end_ms * US_PER_MS, self._end_fault, fault)
 
     def _end_fault(self, fault: Fault) -> None:
-        self.world.end_fault(fault)
+        end_fault(self.world, fault)
         self._next_fault()
+
+
+def start_fault(world: World, fault: Fault) -> None:
+    """Begin a nemesis fault on the simulated cluster."""
+    kind = fault.kind
+    if kind == KILL:
+        for node in fault.nodes:
+            world.crash(node)
+    elif kind == PAUSE:
+        for node in fault.nodes:
+            world.pause(node)
+    elif kind == PARTITION:
+        assert fault.coordinator is not None
+        for node in fault.nodes:
+            if fault.direction == FROM_NODES:
+                world.partition(node, fault.coordinator, both=False)
+            else:
+                world.partition(fault.coordinator, node, both=fault.direction == BOTH)
+    elif kind == SKEW:
+        assert fault.coordinator is not None
+        world.skew(fault.coordinator, fault.skew_ms)
+    elif kind == LOSS:
+        world.set_loss(fault.loss)
+    else:
+        raise ValueError(f"unknown fault {kind!r}")
+
+
+def end_fault(world: World, fault: Fault) -> None:
+    """Undo `fault`: restart, resume, heal, unskew, stop losing."""
+    kind = fault.kind
+    for node in fault.nodes:
+        if kind == KILL:
+            world.restart(node)
+        elif kind == PAUSE:
+            world.resume(node)
+        elif kind == PARTITION:
+            world.heal(fault.coordinator, node)
+    if kind == SKEW:
+        assert fault.coordinator is not None
+        world.skew(fault.coordinator, 0)
+    elif kind == LOSS:
+        world.set_loss(world.config.loss)
 
 
 def run(options: SimOptions | None = None) -> SimResult:

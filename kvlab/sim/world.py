@@ -12,7 +12,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvlab.chaos.nemesis import BOTH, FROM_NODES, KILL, LOSS, PARTITION, PAUSE, SKEW, Fault
 from kvlab.core.coordinator import Coordinator, Quorum
 from kvlab.core.messages import Outcome
 from kvlab.core.record import Record
@@ -36,7 +35,7 @@ class WorldConfig:
     vnodes: int = DEFAULT_VNODES
     latency: Latency = field(default_factory=Latency)
     loss: float = 0.0
-    fsync: Latency = field(default_factory=lambda: Latency(base_us=500, jitter_us=200))
+    fsync: Latency = field(default_factory=lambda: Latency(base_us=300, jitter_us=200))
     # Where the coordinators' clocks start (ms since the Unix epoch): versions look like
     # real ones, and a clock skewed behind the start doesn't go negative.
     epoch_ms: int = 1_700_000_000_000
@@ -59,6 +58,13 @@ class NodeView:
     pending_writes: int  # received, not yet durable
     queued: int  # requests waiting for a paused node
     lost_writes: int  # unpersisted writes lost to crashes so far
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorView:
+    name: str
+    skew_ms: float  # how far its clock runs ahead of true time (negative: behind)
+    pending: int  # client operations in progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +104,6 @@ class World:
             self._proxies[core.name] = SimCoordinator(core, self.clock, self.network,
                                                       self._nodes, config.epoch_ms)
         self._recent: deque[tuple] = deque(maxlen=recent)
-        self.crashes = 0
 
     # -- time ----------------------------------------------------------------------------
 
@@ -171,7 +176,6 @@ class World:
 
     def crash(self, node: str) -> int:
         """Kill a node process; returns how many unpersisted writes it lost."""
-        self.crashes += 1
         return self._nodes[node].crash()
 
     def restart(self, node: str) -> None:
@@ -197,48 +201,15 @@ class World:
     def set_loss(self, loss: float) -> None:
         self.network.set_loss(loss)
 
-    def start_fault(self, fault: Fault) -> None:
-        """Begin a nemesis fault (see `kvlab.chaos.nemesis`)."""
-        kind = fault.kind
-        if kind == KILL:
-            for node in fault.nodes:
-                self.crash(node)
-        elif kind == PAUSE:
-            for node in fault.nodes:
-                self.pause(node)
-        elif kind == PARTITION:
-            for node in fault.nodes:
-                if fault.direction == FROM_NODES:
-                    self.partition(node, fault.coordinator, both=False)
-                else:
-                    self.partition(fault.coordinator, node, both=fault.direction == BOTH)
-        elif kind == SKEW:
-            self.skew(fault.coordinator, fault.skew_ms)
-        elif kind == LOSS:
-            self.set_loss(fault.loss)
-        else:
-            raise ValueError(f"unknown fault {kind!r}")
-
-    def end_fault(self, fault: Fault) -> None:
-        """Undo `fault`: restart, resume, heal, unskew, stop losing."""
-        kind = fault.kind
-        for node in fault.nodes:
-            if kind == KILL:
-                self.restart(node)
-            elif kind == PAUSE:
-                self.resume(node)
-            elif kind == PARTITION:
-                self.heal(fault.coordinator, node)
-        if kind == SKEW:
-            self.skew(fault.coordinator, 0)
-        elif kind == LOSS:
-            self.set_loss(self.config.loss)
-
     # -- views ---------------------------------------------------------------------------
 
     def nodes(self) -> list[NodeView]:
         return [NodeView(n.name, n.state, n.store.count(), n.pending_writes, n.queued,
                          n.lost_writes) for n in self._nodes.values()]
+
+    def coordinators(self) -> list[CoordinatorView]:
+        return [CoordinatorView(p.name, p.skew_us / US_PER_MS, p.pending)
+                for p in self._proxies.values()]
 
     def node(self, name: str) -> SimNode:
         return self._nodes[name]

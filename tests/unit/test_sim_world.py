@@ -20,6 +20,7 @@ def test_world_views_and_inspect():
     assert sum(n.keys for n in w.nodes()) == 3  # N=3 copies
     recent = w.recent_ops()
     assert [(op.f, op.key, op.value) for op in recent] == [("write", "k1", b"v1")]
+    assert [(c.name, c.pending) for c in w.coordinators()] == [("c1", 0)]
     inspection = w.inspect("k1")
     assert inspection.kind == "inspect"
     assert {n: r.value for n, r in inspection.answers.items()} == \
