@@ -21,6 +21,7 @@ COMMANDS = (
     "kvlab.cli.kv_cmds",
     "kvlab.cli.bench_cmd",
     "kvlab.cli.sim_cmd",
+    "kvlab.cli.chaos_cmd",
     "kvlab.cli.ui_cmd",
     "kvlab.cli.check_cmd",
 )

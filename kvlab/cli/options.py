@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from kvlab.cluster.spec import DEFAULT_NAME, DEFAULT_PORT, ClusterSpec
 
@@ -13,14 +15,34 @@ def add_name(parser: argparse.ArgumentParser) -> None:
                              "default: %(default)s")
 
 
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def ranged(convert: Callable[[str], Any], low: float, high: float | None = None,
+           strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: `convert(text)`, then check low <= value (<) and value <= high.
+
+    argparse turns its ArgumentTypeError into a clear message and exit code 2.
+    """
+    if high is not None:
+        rule = f"must be between {low:g} and {high:g}"
+    else:
+        rule = f"must be {'greater than' if strict else 'at least'} {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ((value > low if strict else value >= low) and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+        return value
+
+    return parse
+
+
+positive = ranged(int, 1)
+non_negative = ranged(int, 0)
+non_negative_float = ranged(float, 0)
+positive_float = ranged(float, 0, strict=True)
+fraction = ranged(float, 0, 1)
 
 
 def add_spec(parser: argparse.ArgumentParser) -> None:

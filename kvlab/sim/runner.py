@@ -13,11 +13,12 @@ from functools import partial
 from typing import Any
 
 from kvlab.chaos.history import Event, Recorder
+from kvlab.chaos.outcomes import history_type
 from kvlab.chaos.nemesis import (
     BOTH, FROM_NODES, KILL, LOSS, PARTITION, PAUSE, SKEW, Fault, schedule,
 )
 from kvlab.chaos.workload import READ, Workload
-from kvlab.core.messages import NOT_FOUND, OK, UNAVAILABLE, Outcome
+from kvlab.core.messages import OK, Outcome
 from kvlab.sim.clock import US_PER_MS
 from kvlab.sim.world import World, WorldConfig
 
@@ -46,20 +47,6 @@ class SimResult:
     events: list[Event]
     summary: dict[str, Any]
     faults: list[Fault]
-
-
-def history_type(f: str, outcome: Outcome) -> str:
-    """The history event type for an outcome: did the operation happen?
-
-    A read that could not reach its quorum changed nothing (fail); a write that could not
-    may still be stored on some replicas (info); a timeout is unknown either way (info).
-    """
-    status = outcome.status
-    if status == OK or status == NOT_FOUND:
-        return "ok"
-    if status == UNAVAILABLE and f == READ:
-        return "fail"
-    return "info"
 
 
 class Simulation:
@@ -143,7 +130,7 @@ class Simulation:
 
     def _complete(self, process: int, outcome: Outcome) -> None:
         f = self._pending[process]
-        kind = history_type(f, outcome)
+        kind = history_type(f, outcome.status)
         value = None
         if kind == "ok" and f == READ and outcome.status == OK:
             value = outcome.record.value.decode()  # type: ignore[union-attr]

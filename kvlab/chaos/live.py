@@ -1,0 +1,172 @@
+"""The chaos workload and nemesis, played on a real local cluster in wall-clock time.
+
+The same seeded `Workload` and nemesis `schedule` as the simulator, executed for real:
+clients are asyncio tasks talking to the proxy over HTTP; kill, pause and restart are
+signals from the supervisor; partitions cut the proxy's link to a node through the replica
+channel's fault hook. Every operation goes into a history for the checker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvlab.chaos.history import Event, Recorder
+from kvlab.chaos.nemesis import KILL, PARTITION, PAUSE, Fault, schedule
+from kvlab.chaos.outcomes import history_type
+from kvlab.chaos.workload import DELETE, READ, Op, Workload
+from kvlab.client import AsyncKV, BadRequest, KeyNotFound, Unavailable
+from kvlab.cluster.supervisor import Cluster
+from kvlab.core.messages import NOT_FOUND, OK, TIMEOUT, UNAVAILABLE
+
+LIVE_NEMESES = (KILL, PAUSE, PARTITION)
+
+
+@dataclass(frozen=True)
+class ChaosOptions:
+    duration_s: float = 60.0
+    seed: int = 7
+    clients: int = 10
+    keys: int = 20
+    reads: float = 0.5
+    deletes: float = 0.1
+    think_ms: float = 10.0
+    r: int | None = None
+    w: int | None = None
+    max_ops: int | None = None  # stop early after this many operations
+    nemesis: tuple[str, ...] = ()
+    # Real processes need longer faults than the simulator to show anything.
+    first_fault_ms: int = 1000
+    gap_ms: tuple[int, int] = (1000, 3000)
+    fault_ms: tuple[int, int] = (1000, 4000)
+
+
+@dataclass
+class ChaosRun:
+    events: list[Event]
+    faults: list[Fault] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+async def run_chaos(cluster: Cluster, options: ChaosOptions,
+                    progress: Callable[[str], None] | None = None) -> ChaosRun:
+    unsupported = [k for k in options.nemesis if k not in LIVE_NEMESES]
+    if unsupported:
+        raise ValueError(f"nemesis {', '.join(unsupported)} runs only in the simulator "
+                         f"(a real cluster supports {', '.join(LIVE_NEMESES)})")
+    # Unless capped, a workload the clients can't exhaust in time: the deadline ends the run.
+    workload = Workload(options.seed, options.clients, options.keys,
+                        ops=options.max_ops if options.max_ops is not None else 10**12,
+                        reads=options.reads, deletes=options.deletes, think_ms=options.think_ms)
+    recorder = Recorder()
+    began = time.monotonic_ns()
+    deadline = time.monotonic() + options.duration_s
+    run = ChaosRun(recorder.events)
+
+    def now_ns() -> int:
+        return time.monotonic_ns() - began
+
+    async with AsyncKV(cluster.url, timeout=5.0) as kv:
+        async def client(process: int) -> None:
+            while time.monotonic() < deadline:
+                op = workload.next_op(process)
+                if op is None:
+                    return
+                recorder.invoke(process, op.f, op.key, op.value, now_ns())
+                status, value = await perform(kv, op, options.r, options.w)
+                kind = history_type(op.f, status)
+                recorder.complete(process, kind, value if kind == "ok" else None, now_ns())
+                await asyncio.sleep(workload.think_ms(process) / 1000)
+
+        nemesis = asyncio.create_task(_nemesis(cluster, kv, options, run, deadline, progress))
+        try:
+            await asyncio.gather(*(client(p) for p in range(options.clients)))
+        finally:
+            nemesis.cancel()
+            await asyncio.gather(nemesis, return_exceptions=True)
+            await _heal(cluster, kv, run.faults)
+    run.elapsed_s = (time.monotonic_ns() - began) / 1e9
+    return run
+
+
+async def perform(kv: AsyncKV, op: Op, r: int | None = None, w: int | None = None
+                  ) -> tuple[str, str | None]:
+    """Run one operation; the core's outcome status it amounts to, and the value read."""
+    try:
+        if op.f == READ:
+            result = await kv.read(op.key, r)
+            return OK, result.text
+        if op.f == DELETE:
+            await kv.delete(op.key, w)
+        else:
+            await kv.set(op.key, op.value or "", w)
+        return OK, None
+    except KeyNotFound:
+        return NOT_FOUND, None
+    except Unavailable as exc:
+        # 503: quorum unreachable. 504 or no answer at all: the outcome is unknown.
+        return (UNAVAILABLE if exc.status == 503 else TIMEOUT), None
+    except BadRequest:
+        return UNAVAILABLE, None
+
+
+async def _nemesis(cluster: Cluster, kv: AsyncKV, options: ChaosOptions, run: ChaosRun,
+                   deadline: float, progress: Callable[[str], None] | None) -> None:
+    start = time.monotonic()
+    names = [n.name for n in cluster.nodes]
+    faults = schedule(options.nemesis, names, ["proxy"], options.seed,
+                      first_ms=options.first_fault_ms, gap_ms=options.gap_ms,
+                      duration_ms=options.fault_ms)
+    for fault in faults:
+        begin = start + fault.at_ms / 1000
+        end = min(start + fault.end_ms / 1000, deadline)
+        if begin >= deadline:
+            return
+        await asyncio.sleep(max(0.0, begin - time.monotonic()))
+        run.faults.append(fault)
+        if progress:
+            progress(f"nemesis: {fault.describe()}")
+        await _start_fault(cluster, kv, fault)
+        try:
+            await asyncio.sleep(max(0.0, end - time.monotonic()))
+        finally:
+            await _end_fault(cluster, kv, fault)
+
+
+async def _start_fault(cluster: Cluster, kv: AsyncKV, fault: Fault) -> None:
+    for node in fault.nodes:
+        if fault.kind == KILL:
+            await asyncio.to_thread(cluster.kill, node)
+        elif fault.kind == PAUSE:
+            await asyncio.to_thread(cluster.pause, node)
+        else:
+            await kv.partition(node, True, fault.direction)
+
+
+async def _end_fault(cluster: Cluster, kv: AsyncKV, fault: Fault) -> None:
+    for node in fault.nodes:
+        if fault.kind == KILL:
+            await asyncio.to_thread(cluster.restart, node)
+        elif fault.kind == PAUSE:
+            await asyncio.to_thread(cluster.resume, node)
+        else:
+            await kv.partition(node, False)
+
+
+async def _heal(cluster: Cluster, kv: AsyncKV, faults: list[Fault]) -> None:
+    """Leave the cluster whole whatever happened: every node up, every link healed."""
+    for member in cluster.nodes:
+        state = await asyncio.to_thread(cluster.state, member)
+        if state == "paused":
+            await asyncio.to_thread(cluster.resume, member.name)
+        elif state == "down":
+            await asyncio.to_thread(cluster.restart, member.name)
+    for fault in faults:
+        if fault.kind == PARTITION:
+            for node in fault.nodes:
+                try:
+                    await kv.partition(node, False)
+                except Unavailable:
+                    pass

@@ -1,0 +1,100 @@
+"""`kvlab chaos`: the chaos workload, nemesis and checker against a real local cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import orjson
+
+from kvlab.chaos.live import LIVE_NEMESES, ChaosOptions, run_chaos
+from kvlab.chaos.summary import render_outcome, summarize
+from kvlab.cli import EXIT_OK, UsageError
+from kvlab.cli.chaos_args import add_faults_and_output, add_workload, check_workload, save_history
+from kvlab.cli.options import add_name, add_spec, positive, positive_float, spec_from
+from kvlab.cluster import supervisor
+from kvlab.cluster.supervisor import Cluster, ClusterError
+
+DESCRIPTION = """\
+Drive the --name cluster with concurrent clients for --duration seconds while a nemesis
+breaks it (kill: SIGKILL a node and restart it later; pause: SIGSTOP it, then SIGCONT;
+partition: cut the proxy's link to some nodes, then heal), record every operation, and
+check the history for lost writes, stale reads and linearizability. If no cluster of that
+name is running, a fresh one is started (with --nodes, --replicas, ...) and stopped after.
+The same workload and fault schedule as `kvlab sim`, in real time on real processes.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chaos", help="chaos test a real local cluster and check the history",
+                       description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_name(p)
+    p.add_argument("--duration", type=positive_float, default=60.0, metavar="SECONDS",
+                   help="how long the clients run (default 60)")
+    p.add_argument("--seed", type=int, default=7, help="seed for the workload and the nemesis")
+    p.add_argument("--r", type=positive, help="read quorum per request (default: the cluster's)")
+    p.add_argument("--w", type=positive, help="write quorum per request (default: the cluster's)")
+    add_workload(p, ops=None, think_ms=10.0)
+    add_faults_and_output(p, LIVE_NEMESES)
+    new = p.add_argument_group("a cluster started for the run (when --name is not running)")
+    add_spec(new)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    check_workload(args)
+    options = ChaosOptions(duration_s=args.duration, seed=args.seed, clients=args.clients,
+                           keys=args.keys, reads=args.reads, deletes=args.deletes,
+                           think_ms=args.think_ms, r=args.r, w=args.w, nemesis=args.nemesis,
+                           max_ops=args.ops)
+    cluster, started = _attach_or_start(args)
+    try:
+        n = cluster.spec.replicas
+        for name, value in (("--r", args.r), ("--w", args.w)):
+            if value is not None and value > n:
+                raise UsageError(f"{name} {value} exceeds the cluster's N={n}")
+        print(f"chaos on cluster {cluster.spec.name} ({cluster.url}) for {args.duration:g}s, "
+              f"nemesis: {','.join(args.nemesis) or 'none'}", file=sys.stderr)
+        run = asyncio.run(run_chaos(cluster, options,
+                                    progress=lambda line: print(line, file=sys.stderr)))
+    finally:
+        if started:
+            cluster.stop()
+    save_history(args.history, run.events)
+    spec = cluster.spec
+    config = {"cluster": spec.name, "nodes": spec.nodes, "replicas": spec.replicas,
+              "r": args.r or spec.read_quorum, "w": args.w or spec.write_quorum,
+              "clients": args.clients, "keys": args.keys, "nemesis": list(args.nemesis),
+              "duration_s": args.duration}
+    extra: dict[str, Any] = {"seed": args.seed, "elapsed_s": round(run.elapsed_s, 3),
+                             "faults": [f.describe() for f in run.faults]}
+    summary = summarize(run.events, extra, config, not args.no_check, args.check_time_limit)
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        c = summary["config"]
+        lines = [f"cluster {c['cluster']}: {c['nodes']} nodes, N={c['replicas']} R={c['r']} "
+                 f"W={c['w']}, {c['clients']} clients on {c['keys']} keys, "
+                 f"{summary['elapsed_s']:.1f} s",
+                 f"faults ({', '.join(c['nemesis']) or 'none'}): {len(run.faults)}"]
+        lines += [f"  {fault}" for fault in summary["faults"]]
+        print("\n".join(lines + render_outcome(summary)))
+    return EXIT_OK
+
+
+def _attach_or_start(args: argparse.Namespace) -> tuple[Cluster, bool]:
+    try:
+        cluster = Cluster.load(args.name)
+        if cluster.running():
+            return cluster, False
+    except ClusterError:
+        pass
+    spec = spec_from(args)
+    print(f"starting cluster {spec.name} on port {spec.port} for the run", file=sys.stderr)
+    try:
+        return supervisor.up(spec), True
+    except ClusterError as exc:
+        raise UsageError(str(exc)) from None
