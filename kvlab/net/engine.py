@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,10 @@ class Engine:
         self.coordinator = coordinator
         self.links: dict[str, ReplicaLink] = {}
         self._waiting: dict[int, asyncio.Future[Outcome]] = {}
+        # Deadlines of every operation in one heap behind a single loop timer: far cheaper
+        # than a TimerHandle per operation, and nearly all of them find the op long done.
+        self._deadlines: list[tuple[int, int]] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     async def run(self, start: Callable[[int], tuple[int, list[Effect]]]) -> Outcome:
         """Start an operation (`start(now_ms)` on the coordinator) and wait for its outcome."""
@@ -55,13 +60,26 @@ class Engine:
                     self._apply(self.coordinator.unreachable(
                         effect.node, effect.request.req, "node down", now_ms()))
             elif isinstance(effect, SetTimer):
-                delay = max(0.0, (effect.at_ms - now_ms()) / 1000)
-                asyncio.get_running_loop().call_later(delay, self._timeout, effect.op)
+                heapq.heappush(self._deadlines, (effect.at_ms, effect.op))
+                if self._timer is None:
+                    self._arm()
             elif isinstance(effect, Done):
                 future = self._waiting.get(effect.outcome.op)
                 if future is not None and not future.done():
                     future.set_result(effect.outcome)
 
-    def _timeout(self, op: int) -> None:
-        self._apply(self.coordinator.timeout(op, now_ms()))
+    def _arm(self) -> None:
+        delay = max(0.0, (self._deadlines[0][0] - now_ms()) / 1000)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = now_ms()
+        deadlines, timeout = self._deadlines, self.coordinator.timeout
+        while deadlines and deadlines[0][0] <= now:
+            effects = timeout(heapq.heappop(deadlines)[1], now)
+            if effects:
+                self._apply(effects)
+        if deadlines and self._timer is None:
+            self._arm()
 
