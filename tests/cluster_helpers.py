@@ -23,9 +23,12 @@ def real_cluster(**spec: object) -> Iterator[Cluster]:
     spec.setdefault("port", free_port_block(nodes + 1))
     spec.setdefault("durability", "none")
     with supervisor.running(ClusterSpec(**spec)) as cluster:  # type: ignore[arg-type]
-        yield cluster
-        cluster.stop()
-    assert not cluster.running(), "a cluster process outlived its test"
+        try:
+            yield cluster
+        finally:
+            cluster.refresh()  # a node restarted by another command has a new PID
+            procs = [m.proc for m in cluster.members() if m.proc]
+    assert not any(p.alive() for p in procs), "a cluster process outlived its test"
 
 
 def eventually(condition, timeout_s: float = 10.0, message: str = "condition") -> None:

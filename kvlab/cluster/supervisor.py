@@ -88,6 +88,14 @@ class Cluster:
         return cls(ClusterSpec.from_json(data["spec"]), Member.from_json(data["proxy"]),
                    [Member.from_json(n) for n in data["nodes"]])
 
+    def refresh(self) -> None:
+        """Re-read the PIDs from cluster.json: another command may have restarted a node."""
+        try:
+            fresh = Cluster.load(self.spec.name)
+        except ClusterError:
+            return
+        self.proxy, self.nodes = fresh.proxy, fresh.nodes
+
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         data = {"spec": self.spec.to_json(), "proxy": self.proxy.to_json(),
@@ -289,4 +297,5 @@ def running(spec: ClusterSpec) -> Iterator[Cluster]:
     try:
         yield cluster
     finally:
+        cluster.refresh()
         cluster.stop()
