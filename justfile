@@ -27,3 +27,9 @@ bench *ARGS:
     command -v wrk >/dev/null && (command -v nginx || test -x /usr/sbin/nginx) >/dev/null \
         || (apt-get update && apt-get install -y wrk nginx-light)
     python scripts/bench_vs_nginx.py {{ARGS}}
+
+# Installs Debian's librsvg2-bin (rsvg-convert) when missing.
+# screenshots/*.png from the real dashboard on a throwaway local cluster
+screenshots *ARGS:
+    command -v rsvg-convert >/dev/null || (apt-get update && apt-get install -y librsvg2-bin)
+    python scripts/screenshots.py {{ARGS}}

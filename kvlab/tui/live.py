@@ -21,6 +21,7 @@ from kvlab.cluster.spec import ClusterSpec
 from kvlab.cluster.supervisor import Cluster, ClusterError, Member
 from kvlab.core.ring import Ring
 from kvlab.tui.source import (
+    ActionsByName,
     DOWN,
     STARTING,
     UP,
@@ -39,7 +40,7 @@ POLL_TIMEOUT_S = 0.5
 OP_TIMEOUT_S = 3.0
 
 
-class LiveSource:
+class LiveSource(ActionsByName):
     """A `ClusterSource` over the cluster named `name` in the current $KVLAB_HOME."""
 
     def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
@@ -128,6 +129,8 @@ class LiveSource:
             previous = self._counts.get(member.name)
             if previous and previous[0] == stats["pid"] and now > previous[2]:
                 ops = max(0.0, (count - previous[1]) / (now - previous[2]))
+            elif previous:
+                self._last_error.pop(member.name, None)  # a new process: old errors are history
             self._counts[member.name] = (stats["pid"], count, now)
         return NodeView(
             name=member.name, port=member.port,
@@ -183,7 +186,7 @@ class LiveSource:
 
     # -- chaos --------------------------------------------------------------------------
 
-    async def _act(self, action: str, node: str) -> None:
+    async def act(self, action: str, node: str) -> None:
         def run() -> None:
             getattr(Cluster.load(self.name), action)(node)
 
@@ -191,18 +194,6 @@ class LiveSource:
             await asyncio.to_thread(run)
         except ClusterError as exc:
             raise SourceError(str(exc)) from None
-
-    async def kill(self, node: str) -> None:
-        await self._act("kill", node)
-
-    async def pause(self, node: str) -> None:
-        await self._act("pause", node)
-
-    async def resume(self, node: str) -> None:
-        await self._act("resume", node)
-
-    async def restart(self, node: str) -> None:
-        await self._act("restart", node)
 
     # -- traffic ------------------------------------------------------------------------
 
@@ -259,4 +250,11 @@ def attach_or_start(spec: ClusterSpec, announce: Callable[[str], object] = print
     try:
         yield cluster, True
     finally:
-        cluster.stop()
+        # Re-read it: a node restarted meanwhile (from the dashboard or another terminal)
+        # has a new PID that only cluster.json knows.
+        try:
+            current = Cluster.load(spec.name)
+        except ClusterError:
+            current = cluster
+        current.stop()
+        cluster.stop()  # harmless for processes already gone: PIDs are checked with start times

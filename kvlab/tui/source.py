@@ -177,3 +177,23 @@ class ClusterSource(Protocol):
     async def close(self) -> None:
         """Stop the traffic and release connections; the cluster itself keeps running."""
         ...
+
+
+class ActionsByName:
+    """The four chaos methods of `ClusterSource`, each calling `act(action, node)`:
+    a source whose actions share one code path subclasses this and writes `act`."""
+
+    async def act(self, action: str, node: str) -> None:
+        raise NotImplementedError
+
+    async def kill(self, node: str) -> None:
+        await self.act("kill", node)
+
+    async def pause(self, node: str) -> None:
+        await self.act("pause", node)
+
+    async def resume(self, node: str) -> None:
+        await self.act("resume", node)
+
+    async def restart(self, node: str) -> None:
+        await self.act("restart", node)

@@ -1,0 +1,98 @@
+"""The `?` screen: the ideas on the dashboard in a few lines each, and the keys."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from kvlab.tui.theme import DIM
+
+TOPICS = (
+    ("Ring", "Keys and nodes hash onto one circle of 2^64 positions. Each node owns many "
+             "small arcs (virtual nodes, its colour on the ring), so load spreads evenly and "
+             "a node leaving hands its arcs to many others, not to one neighbour."),
+    ("Replicas", "A key lives on N nodes: walk clockwise from the key's position (◆) and take "
+                 "the first N distinct nodes. That ordered list is its preference list."),
+    ("Quorums", "A write is sent to all N replicas and succeeds after W acknowledge; a read "
+                "asks all N and answers after R reply, with the newest version among them."),
+    ("Failover", "With a replica down, reads and writes still succeed while R (or W) of the N "
+                 "answer. Kill more and clients get 503 unavailable; a paused node is worse: "
+                 "it says nothing, so requests wait for the timeout (504)."),
+    ("Repair", "A node that missed writes keeps its old copy (stale, or missing). Every read "
+               "compares the replies and writes the newest version back to every replica "
+               "that answered stale: inspect a key, then read it (g) and watch it heal."),
+)
+
+KEYS = (
+    ("↑ ↓ / 1-9", "select a node"), ("k", "kill it (SIGKILL)"),
+    ("p", "pause / resume it (SIGSTOP / SIGCONT)"), ("r", "restart it"),
+    ("/", "type a key; Enter inspects it"), ("g / u", "read / write the key"),
+    ("t", "start / stop traffic"), ("+ -", "traffic rate"), ("m", "read/write mix"),
+    ("R W", "traffic's read / write quorum"), ("?", "this help"), ("q", "quit"),
+)
+
+
+def overlap(n: int, r: int, w: int) -> Text:
+    """The R + W > N rule, worked out for these numbers."""
+    text = Text()
+    text.append(f"R + W = {r} + {w} = {r + w}", "bold")
+    if r + w > n:
+        text.append(f" > N = {n}", "bold #66bb6a")
+        text.append(f": any {r} replies share at least {r + w - n} replica with any {w} "
+                    "acknowledgements, so every read sees the newest acknowledged write.")
+    else:
+        text.append(f" ≤ N = {n}", "bold #fdd835")
+        text.append(f": {r} replies can all come from replicas outside the {w} that "
+                    "acknowledged, so a read may return an older value (until repair).")
+    return text
+
+
+def help_text(n: int, r: int, w: int, traffic_r: int | None, traffic_w: int | None) -> Text:
+    text = Text()
+    for title, body in TOPICS:
+        text.append(f"{title}\n", "bold #4fc3f7")
+        text.append(body + "\n\n")
+        if title == "Quorums":  # the rule, worked out for the cluster on screen
+            text.append("Overlap, this cluster\n", "bold #4fc3f7")
+            text.append_text(overlap(n, r, w))
+            text.append("\n")
+            if (traffic_r, traffic_w) != (None, None):
+                text.append("Traffic's own R/W: ", DIM)
+                text.append_text(overlap(n, traffic_r or r, traffic_w or w))
+                text.append("\n")
+            text.append("\n")
+    text.append("Keys\n", "bold #4fc3f7")
+    for key, what in KEYS:
+        text.append(f"  {key:<10}", "bold")
+        text.append(what + "\n")
+    return text
+
+
+class HelpScreen(ModalScreen[None]):
+    """Dismissed with escape, q or ?."""
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll {
+        width: 90%; max-width: 96; height: 90%;
+        border: round $accent; background: $surface; padding: 0 1;
+    }
+    """
+    BINDINGS = [
+        Binding("escape,q,question_mark", "dismiss", "Close", show=True),
+    ]
+
+    def __init__(self, n: int, r: int, w: int, traffic_r: int | None = None,
+                 traffic_w: int | None = None) -> None:
+        super().__init__()
+        self._text = help_text(n, r, w, traffic_r, traffic_w)
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll() as scroll:
+            scroll.border_title = "kvlab: how a Dynamo-style store works"
+            scroll.border_subtitle = "esc closes"
+            yield Static(self._text)

@@ -1,0 +1,92 @@
+"""A deterministic `ClusterSource` for screen tests: fixed data, no processes, no clock.
+
+It is a test double of the source *interface*; the tests of the live dashboard use a real
+cluster instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kvlab.core.ring import Ring
+from kvlab.tui.source import (
+    ActionsByName,
+    DOWN,
+    MISSING,
+    OK,
+    PAUSED,
+    UNREACHABLE,
+    UP,
+    ClusterView,
+    KeyView,
+    NodeView,
+    OpResult,
+    ReplicaView,
+    TrafficSettings,
+    TrafficStats,
+)
+
+# 2023-11-14 22:13:20 UTC, and 7.5 s before it: a fresh and a stale copy.
+NEW, OLD = "1700000000000.0@proxy", "1699999992500.0@proxy"
+
+
+def nodes() -> tuple[NodeView, ...]:
+    return (
+        NodeView("n1", 8001, 4101, UP, 1204, 212.0, 1.8, None),
+        NodeView("n2", 8002, 4102, UP, 1187, 198.0, 2.1, None),
+        NodeView("n3", 8003, None, DOWN, None, None, 2.0, "connect: ClientConnectorError"),
+        NodeView("n4", 8004, 4104, PAUSED, None, None, 950.4, None),
+        NodeView("n5", 8005, 4105, UP, 1230, 205.0, 1.9, None),
+    )
+
+
+class FakeSource(ActionsByName):
+    """Always the same cluster: n3 down, n4 paused, traffic running with some errors."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.view = ClusterView(name="demo", n=3, r=2, w=2, vnodes=16, nodes=nodes(),
+                                ring=Ring(("n1", "n2", "n3", "n4", "n5"), 16),
+                                proxy_url="http://127.0.0.1:8000")
+        self.traffic = TrafficStats(
+            running=True, settings=TrafficSettings(rate=200, read_fraction=0.8),
+            ops_per_s=187.0, ok=10_412, not_found=388,
+            errors={"unavailable": 21, "timeout": 9, "connection": 0}, p99_ms=38.5,
+            latency_ms=tuple(float(2 + (i * 7) % 11) for i in range(40)) + (950.0, 40.0),
+            throughput=tuple(200.0 for _ in range(42)),
+            error_rate=tuple(0.0 for _ in range(38)) + (9.0, 21.0, 0.0, 0.0))
+
+    async def snapshot(self) -> ClusterView:
+        return self.view
+
+    async def inspect(self, key: str) -> KeyView:
+        prefs = self.view.ring.preference_list(key, self.view.n)
+        copies = [ReplicaView(prefs[0], OK, NEW, "blue"),
+                  ReplicaView(prefs[1], OK, OLD, "green"),
+                  ReplicaView(prefs[2], MISSING)]
+        states = self.view.states
+        return KeyView(key, tuple(
+            ReplicaView(c.node, UNREACHABLE, reason="node down")
+            if states[c.node] in (DOWN, PAUSED) else c for c in copies))
+
+    async def read(self, key: str) -> OpResult:
+        return OpResult(True, f"read {key} = 'blue'")
+
+    async def write(self, key: str, value: str) -> OpResult:
+        return OpResult(True, f"write {key} = {value!r}")
+
+    async def act(self, action: str, node: str) -> None:
+        self.calls.append((action, node))
+
+
+    async def start_traffic(self, settings: TrafficSettings) -> None:
+        self.traffic = replace(self.traffic, running=True, settings=settings)
+
+    async def stop_traffic(self) -> None:
+        self.traffic = replace(self.traffic, running=False)
+
+    def traffic_stats(self) -> TrafficStats:
+        return self.traffic
+
+    async def close(self) -> None:
+        pass
