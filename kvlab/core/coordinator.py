@@ -128,8 +128,11 @@ class Coordinator:
         return self._start(INSPECT, key, now_ms, n, n, None)
 
     def _check(self, n: int | None, need: int | None, write: bool = False) -> tuple[int, int]:
-        n = self.quorum.n if n is None else n
-        default = self.quorum.w if write else self.quorum.r
+        q = self.quorum
+        if n is None and need is None:  # the common case: the cluster's own, already valid
+            return q.n, q.w if write else q.r
+        n = q.n if n is None else n
+        default = q.w if write else q.r
         need = min(default, n) if need is None else need
         Quorum(n, need, need)  # validates the override
         return n, need
