@@ -58,6 +58,7 @@ class SimNode:
         self._unacked: list[tuple[str, Reply]] | None = None  # durable while paused
         self._inbox: list[tuple[str, Request]] = []  # arrived while paused
         self.commits = 0
+        self.served = 0  # requests handled (reads and writes), for an ops/s figure
         self.lost_writes = 0  # writes received but lost to crashes before their commit
 
     # -- messages ------------------------------------------------------------------------
@@ -72,6 +73,7 @@ class SimNode:
             self._handle(coordinator, request)
 
     def _handle(self, coordinator: str, request: Request) -> None:
+        self.served += 1
         replies, writes = replica.serve((request,), self.store.get)
         if replies:
             peer = self.peers[coordinator]
