@@ -49,11 +49,15 @@ def test_ui_in_tmux_renders_every_node_and_quits_cleanly(kvlab_home: Path) -> No
 
         tmux("send-keys", "-t", "ui", "q")
         deadline = time.monotonic() + 15
-        while tmux("display-message", "-p", "-t", "ui", "#{pane_dead}").strip() != "1":
+        # tmux marks the pane dead a moment before it records the exit status: wait for both.
+        while True:
+            dead, status = tmux("display-message", "-p", "-t", "ui",
+                                "#{pane_dead} #{pane_dead_status}").split(" ", 1)
+            if dead.strip() == "1" and status.strip():
+                break
             assert time.monotonic() < deadline, "the dashboard did not exit on q"
             time.sleep(0.1)
-        status = tmux("display-message", "-p", "-t", "ui", "#{pane_dead_status}").strip()
-        assert status == "0", f"exit status {status}"
+        assert status.strip() == "0", f"exit status {status}"
     finally:
         subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
     assert Cluster.load("tx").running() == [], "a cluster process outlived the dashboard"
