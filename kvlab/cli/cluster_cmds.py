@@ -12,7 +12,7 @@ from kvlab.cluster import supervisor
 from kvlab.cluster.supervisor import Cluster, ClusterError, NoCluster
 
 ACTIONS = {
-    "kill": ("SIGKILL a node: it dies at once, losing nothing it acknowledged", "killed"),
+    "kill": ("SIGKILL a node: it dies at once (with fsync durability it keeps every write it acknowledged)", "killed"),
     "pause": ("SIGSTOP a node: it stays connected but answers nothing", "paused"),
     "resume": ("SIGCONT a paused node", "resumed"),
     "restart": ("stop a node if it runs, then start it again on its data", "restarted"),
