@@ -11,6 +11,7 @@ Both raise `Unavailable` when the cluster can't answer, never report it as a mis
 from __future__ import annotations
 
 import http.client
+import time
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -31,6 +32,8 @@ from kvlab.client.protocol import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# Reopen a connection idle for longer than this: well under aiohttp's 75 s keep-alive.
+IDLE_REUSE_S = 30.0
 
 
 class KV:
@@ -44,21 +47,29 @@ class KV:
         self._host, self._port = parts.hostname, parts.port or 80
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+        self._used = 0.0
 
     def _send(self, call: Call) -> tuple[int, http.client.HTTPMessage, bytes]:
+        now = time.monotonic()
+        if self._conn is not None and now - self._used > IDLE_REUSE_S:
+            self.close()  # the server may have closed it: don't find out with a write
+        self._used = now
         for attempt in (1, 2):
             fresh = self._conn is None
             if fresh:
                 self._conn = http.client.HTTPConnection(self._host, self._port,
                                                         timeout=self._timeout)
+            sent = False
             try:
                 self._conn.request(call.method, call.path, body=call.body)
+                sent = True
                 response = self._conn.getresponse()
                 return response.status, response.headers, response.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 self.close()
-                # A kept-alive connection the server closed while idle: retry once on a new one.
-                if fresh or attempt == 2:
+                # A reused connection closed under us: retry once on a new one, but a write
+                # only if it never left, since a repeated write could land twice.
+                if fresh or attempt == 2 or (sent and call.method != "GET"):
                     raise Unavailable(f"proxy at {self.url} closed the connection: {exc}") \
                         from None
             except (OSError, http.client.HTTPException) as exc:

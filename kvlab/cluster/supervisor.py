@@ -166,7 +166,8 @@ class Cluster:
         for member in self.members():
             if member.proc:
                 member.proc.stop()
-                member.proc = None
+                if not member.proc.alive():  # keep the PID of one that survived SIGKILL
+                    member.proc = None
         self.save()
 
     def kill(self, name: str) -> Member:

@@ -23,7 +23,9 @@ class Engine:
         self._waiting: dict[int, asyncio.Future[Outcome]] = {}
         # Deadlines of every operation in one heap behind a single loop timer: far cheaper
         # than a TimerHandle per operation, and nearly all of them find the op long done.
-        self._deadlines: list[tuple[int, int]] = []
+        # They are kept on the loop's monotonic clock, so a wall-clock step can't stretch or
+        # cut them short (wall time only stamps versions).
+        self._deadlines: list[tuple[float, int]] = []
         self._timer: asyncio.TimerHandle | None = None
 
     async def run(self, start: Callable[[int], tuple[int, list[Effect]]]) -> Outcome:
@@ -60,7 +62,8 @@ class Engine:
                     self._apply(self.coordinator.unreachable(
                         effect.node, effect.request.req, "node down", now_ms()))
             elif isinstance(effect, SetTimer):
-                heapq.heappush(self._deadlines, (effect.at_ms, effect.op))
+                due = asyncio.get_running_loop().time() + (effect.at_ms - now_ms()) / 1000
+                heapq.heappush(self._deadlines, (due, effect.op))
                 if self._timer is None:
                     self._arm()
             elif isinstance(effect, Done):
@@ -69,14 +72,13 @@ class Engine:
                     future.set_result(effect.outcome)
 
     def _arm(self) -> None:
-        delay = max(0.0, (self._deadlines[0][0] - now_ms()) / 1000)
-        self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+        self._timer = asyncio.get_running_loop().call_at(self._deadlines[0][0], self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        now = now_ms()
+        due, now = asyncio.get_running_loop().time(), now_ms()
         deadlines, timeout = self._deadlines, self.coordinator.timeout
-        while deadlines and deadlines[0][0] <= now:
+        while deadlines and deadlines[0][0] <= due:
             effects = timeout(heapq.heappop(deadlines)[1], now)
             if effects:
                 self._apply(effects)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,8 @@ import aiohttp
 from kvlab.core.messages import Reply, Request
 from kvlab.net import codec
 from kvlab.net.framing import FrameWriter
+
+logger = logging.getLogger(__name__)
 
 UP, DOWN = "up", "down"
 RETRY_MIN_S, RETRY_MAX_S = 0.05, 0.5
@@ -74,9 +77,9 @@ class ReplicaLink:
     def partition(self, direction: str | None) -> None:
         """Cut the link one way ("to", "from"), both ways ("both"), or heal it (None)."""
         self.partitioned = direction
-        if direction:
-            # Requests in flight are lost with the link; their operations time out.
-            self._inflight.clear()
+        # Requests in flight are lost with the link (their operations time out); replies to
+        # ones sent while replies were cut would never clear them either.
+        self._inflight.clear()
 
     def p99_ms(self) -> float | None:
         if not self.latencies:
@@ -100,6 +103,9 @@ class ReplicaLink:
             self._ws, self._writer, self.state = ws, FrameWriter(ws, codec.encode_requests), UP
             try:
                 await self._read(ws)
+            except Exception as exc:  # a bad frame must not end the link for good
+                logger.exception("link to %s failed", self.name)
+                self._note_error(f"bad frame: {exc.__class__.__name__}")
             finally:
                 self._writer.cancel()
                 self._ws, self._writer, self.state = None, None, DOWN

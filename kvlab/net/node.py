@@ -116,7 +116,10 @@ async def _purge_tombstones(app: web.Application):
     async def loop() -> None:
         while True:
             await asyncio.sleep(PURGE_EVERY_S)
-            node.store.purge(int(time.time() * 1000), node.tombstone_grace_ms)
+            try:
+                node.store.purge(int(time.time() * 1000), node.tombstone_grace_ms)
+            except Exception as exc:  # e.g. the writer held the lock too long: next time
+                node.last_error = f"purge: {exc}"
 
     task = asyncio.get_running_loop().create_task(loop())
     yield

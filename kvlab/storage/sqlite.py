@@ -105,11 +105,16 @@ class SqliteStore:
                 if purgeable(_record(k, rest), now_ms, grace_ms)]
         if dead:
             # The version in the WHERE clause spares a newer tombstone written meanwhile.
-            self._reader.execute("BEGIN IMMEDIATE")
-            self._reader.executemany(
-                "DELETE FROM records WHERE key = ? AND value IS NULL AND physical = ? "
-                "AND logical = ? AND coordinator = ?", dead)
-            self._reader.execute("COMMIT")
+            try:
+                self._reader.execute("BEGIN IMMEDIATE")
+                self._reader.executemany(
+                    "DELETE FROM records WHERE key = ? AND value IS NULL AND physical = ? "
+                    "AND logical = ? AND coordinator = ?", dead)
+                self._reader.execute("COMMIT")
+            except sqlite3.Error:
+                if self._reader.in_transaction:  # never keep the write lock from the writer
+                    self._reader.execute("ROLLBACK")
+                raise
         return len(dead)
 
     def close(self) -> None:
@@ -135,7 +140,11 @@ class SqliteStore:
                     stop = True
                     break
                 batches.append(more)
-            self._commit(db, batches)
+            try:
+                self._commit(db, batches)
+            except Exception as exc:  # keep the thread alive: a dead writer would hang writes
+                for b in batches:
+                    _resolve(b, None, exc)
             if stop:
                 break
         db.close()
@@ -151,12 +160,12 @@ class SqliteStore:
             self._live = db.execute(
                 "SELECT count(*) FROM records WHERE value IS NOT NULL").fetchone()[0]
             for b in batches:
-                b.loop.call_soon_threadsafe(_settle, b.future, None, exc)
+                _resolve(b, None, exc)
             return
         self.commits += 1
         for b, result in zip(batches, results):
             self.writes += len(result)
-            b.loop.call_soon_threadsafe(_settle, b.future, result, None)
+            _resolve(b, result, None)
 
     def _apply_one(self, db: sqlite3.Connection, record: Record) -> bool:
         existing = _record(record.key, db.execute(_SELECT, (record.key,)).fetchone())
@@ -166,6 +175,13 @@ class SqliteStore:
         db.execute(_UPSERT, (record.key, record.value, v.physical, v.logical, v.coordinator))
         self._live += (not record.tombstone) - (existing is not None and not existing.tombstone)
         return True
+
+
+def _resolve(batch: _Batch, result: list[bool] | None, exc: Exception | None) -> None:
+    try:
+        batch.loop.call_soon_threadsafe(_settle, batch.future, result, exc)
+    except RuntimeError:
+        pass  # the caller's loop is closed: nobody is waiting any more
 
 
 def _settle(future: asyncio.Future, result: list[bool] | None, exc: Exception | None) -> None:
