@@ -71,3 +71,12 @@ def test_memory_store_follows_the_same_rule():
     assert m.apply([rec("k", b"2", 2), rec("k", b"1", 1), rec("x", None, 1)]) == [True, False, True]
     assert m.get("k").value == b"2" and m.count() == 1
     assert m.purge(now_ms=1000, grace_ms=10) == 1 and m.get("x") is None
+
+
+async def test_a_failed_commit_fails_its_writes_and_the_store_keeps_working(store):
+    bad = Record("k", ["not", "bytes"], Version(1, 0, "p"))  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.Error):
+        await store.apply([rec("a", b"1", 1), bad])
+    assert store.get("a") is None  # the whole batch rolled back: nothing half-applied
+    assert await store.apply([rec("a", b"2", 2)]) == [True]
+    assert store.get("a").value == b"2" and store.count() == 1
