@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kvlab.core.version import Version
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One key's state on a replica. `value is None` marks a tombstone (a versioned delete)."""
 
     key: str
