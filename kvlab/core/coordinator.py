@@ -147,7 +147,6 @@ class Coordinator:
         effects: list[Effect] = []
         if len(replicas) < need:
             # The ring holds fewer nodes than the quorum needs: fail now, ask nobody.
-            op.failed = {}
             self._finish(op, UNAVAILABLE, effects)
             return op.id, effects
         self._ops[op.id] = op
