@@ -165,3 +165,17 @@ def test_a_partitioned_link_times_out_and_heals(cluster3):
             kv.partition("n3", False)
         view = {r["node"]: r for r in kv.inspect("oneway")["replicas"]}
         assert view["n3"]["value"] == "applied"
+
+
+@pytest.mark.parametrize("api", ["rest", "compat"])
+def test_bench_against_the_real_cluster(cluster3, api):
+    out = subprocess.run(
+        [sys.executable, "-m", "kvlab", "bench", "--url", cluster3.url, "--api", api,
+         "--requests", "400", "--preload", "--keys", "50", "--concurrency", "8", "--mix",
+         "3:1", "--r", "2", "--w", "2", "--json", "--quiet"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert (report["ops"], report["reads"], report["writes"]) == (400, 300, 100)
+    assert report["not_found"] == 0 and not any(report["errors"].values())
+    assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["max_ms"]
