@@ -17,7 +17,7 @@ from kvlab.chaos.history import Event, Recorder
 from kvlab.chaos.nemesis import KILL, PARTITION, PAUSE, Fault, schedule
 from kvlab.chaos.outcomes import history_type
 from kvlab.chaos.workload import DELETE, READ, Op, Workload
-from kvlab.client import AsyncKV, BadRequest, KeyNotFound, Unavailable
+from kvlab.client import AsyncKV, BadRequest, KeyNotFound, KVError, Unavailable
 from kvlab.cluster.supervisor import Cluster
 from kvlab.core.messages import NOT_FOUND, OK, TIMEOUT, UNAVAILABLE
 
@@ -80,12 +80,19 @@ async def run_chaos(cluster: Cluster, options: ChaosOptions,
                 recorder.complete(process, kind, value if kind == "ok" else None, now_ns())
                 await asyncio.sleep(workload.think_ms(process) / 1000)
 
-        nemesis = asyncio.create_task(_nemesis(cluster, kv, options, run, deadline, progress))
+        clients_done = asyncio.Event()
+        nemesis = asyncio.create_task(
+            _nemesis(cluster, kv, options, run, deadline, clients_done, progress))
         try:
             await asyncio.gather(*(client(p) for p in range(options.clients)))
+            # Let the nemesis end its fault itself rather than cancel it half-way through a
+            # restart that `_heal` would then race.
+            clients_done.set()
+            await nemesis
         finally:
-            nemesis.cancel()
-            await asyncio.gather(nemesis, return_exceptions=True)
+            if not nemesis.done():
+                nemesis.cancel()
+                await asyncio.gather(nemesis, return_exceptions=True)
             await _heal(cluster, kv, run.faults)
     run.elapsed_s = (time.monotonic_ns() - began) / 1e9
     return run
@@ -110,10 +117,14 @@ async def perform(kv: AsyncKV, op: Op, r: int | None = None, w: int | None = Non
         return (UNAVAILABLE if exc.status == 503 else TIMEOUT), None
     except BadRequest:
         return UNAVAILABLE, None
+    except KVError:  # any other error (a 500, say): whether it happened is unknown
+        return TIMEOUT, None
 
 
 async def _nemesis(cluster: Cluster, kv: AsyncKV, options: ChaosOptions, run: ChaosRun,
-                   deadline: float, progress: Callable[[str], None] | None) -> None:
+                   deadline: float, stop: asyncio.Event,
+                   progress: Callable[[str], None] | None) -> None:
+    """Play the fault schedule until the deadline, or until `stop` (the clients are done)."""
     start = time.monotonic()
     names = [n.name for n in cluster.nodes]
     faults = schedule(options.nemesis, names, ["proxy"], options.seed,
@@ -122,17 +133,25 @@ async def _nemesis(cluster: Cluster, kv: AsyncKV, options: ChaosOptions, run: Ch
     for fault in faults:
         begin = start + fault.at_ms / 1000
         end = min(start + fault.end_ms / 1000, deadline)
-        if begin >= deadline:
+        if begin >= deadline or await _stopped(stop, begin - time.monotonic()):
             return
-        await asyncio.sleep(max(0.0, begin - time.monotonic()))
         run.faults.append(fault)
         if progress:
             progress(f"nemesis: {fault.describe()}")
         await _start_fault(cluster, kv, fault)
         try:
-            await asyncio.sleep(max(0.0, end - time.monotonic()))
+            await _stopped(stop, end - time.monotonic())
         finally:
             await _end_fault(cluster, kv, fault)
+
+
+async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds`; True at once if `stop` is set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), max(0.0, seconds))
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _start_fault(cluster: Cluster, kv: AsyncKV, fault: Fault) -> None:

@@ -14,6 +14,7 @@ from kvlab.chaos.summary import render_outcome, summarize
 from kvlab.cli import EXIT_OK, UsageError
 from kvlab.cli.chaos_args import add_faults_and_output, add_workload, check_workload, save_history
 from kvlab.cli.options import add_name, add_spec, positive, positive_float, spec_from
+from kvlab.cli.signals import interrupt_on_termination
 from kvlab.cluster import supervisor
 from kvlab.cluster.supervisor import Cluster, ClusterError
 
@@ -50,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
                            keys=args.keys, reads=args.reads, deletes=args.deletes,
                            think_ms=args.think_ms, r=args.r, w=args.w, nemesis=args.nemesis,
                            max_ops=args.ops)
+    interrupt_on_termination()  # so a cluster started here is stopped on SIGTERM too
     cluster, started = _attach_or_start(args)
     try:
         n = cluster.spec.replicas

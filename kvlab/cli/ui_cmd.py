@@ -4,12 +4,12 @@ simulated one (`--sim`)."""
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
 from kvlab.cli import EXIT_OK, EXIT_UNAVAILABLE, UsageError
 from kvlab.cli.options import add_name, add_spec, positive_float, spec_from
+from kvlab.cli.signals import interrupt_on_termination, on_termination
 
 if TYPE_CHECKING:
     from kvlab.tui.app import KvlabApp
@@ -52,6 +52,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from kvlab.tui.live import LiveSource, attach_or_start
 
     spec = spec_from(args)
+    # Until the app runs, a termination signal unwinds through `attach_or_start`, which
+    # stops whatever it had started.
+    interrupt_on_termination()
     try:
         with attach_or_start(spec, announce=lambda line: print(line, flush=True)):
             _run(make_app(LiveSource(spec.name)))
@@ -79,6 +82,5 @@ def sim_app(args: argparse.Namespace, **options: Any) -> KvlabApp:
 def _run(app: KvlabApp) -> None:
     # A closed terminal (SIGHUP) or `kill` (SIGTERM) quits like `q`, so a cluster this
     # command started is stopped on the way out.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: app.call_later(app.action_quit))
+    on_termination(lambda *_: app.call_later(app.action_quit))
     app.run()

@@ -7,8 +7,11 @@ terminal acts on the cluster a dashboard started in another.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
+import tempfile
 import sys
 import urllib.error
 import urllib.request
@@ -97,12 +100,40 @@ class Cluster:
         self.proxy, self.nodes = fresh.proxy, fresh.nodes
 
     def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         data = {"spec": self.spec.to_json(), "proxy": self.proxy.to_json(),
                 "nodes": [n.to_json() for n in self.nodes]}
-        tmp = self.dir / "cluster.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(self.dir / "cluster.json")  # atomic: a reader never sees half a file
+        with self._locked():
+            self._write(data)
+
+    def _save_member(self, member: Member) -> None:
+        """Record one process's new PID without undoing what other commands recorded."""
+        with self._locked():
+            try:
+                data = json.loads((self.dir / "cluster.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                data = {"spec": self.spec.to_json(), "proxy": self.proxy.to_json(),
+                        "nodes": [n.to_json() for n in self.nodes]}
+            if member is self.proxy:
+                data["proxy"] = member.to_json()
+            else:
+                data["nodes"] = [member.to_json() if n["name"] == member.name else n
+                                 for n in data["nodes"]]
+            self._write(data)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Several commands (a dashboard, `kvlab restart` in another terminal) may record
+        # PIDs at once: they take turns, or one would overwrite the other's and orphan it.
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "cluster.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _write(self, data: dict) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".cluster.", suffix=".json")
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.dir / "cluster.json")  # atomic: a reader never sees half a file
 
     # -- queries ------------------------------------------------------------------------
 
@@ -200,7 +231,7 @@ class Cluster:
         if not port_free(self.spec.host, member.port):
             raise ClusterError(f"port {member.port} for {name} is in use by another program")
         self._spawn_node(member)
-        self.save()
+        self._save_member(member)
         self._await_ready([member])
         return member
 

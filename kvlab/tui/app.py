@@ -242,7 +242,7 @@ class KvlabApp(App[None]):
                 "restart": "restarted"}[action]
         try:
             await getattr(self.source, action)(node)
-        except SourceError as exc:
+        except Exception as exc:  # whatever went wrong, the event log says so
             self.post_message(Done(f"{action} {node} failed: {exc}", ok=False))
         else:
             self.post_message(Done(f"{node} {past}", ok=True))
@@ -326,8 +326,12 @@ class KvlabApp(App[None]):
 
     @work(group="ops", exit_on_error=False)
     async def _op(self, call: Callable) -> None:
-        result: OpResult = await call()
-        self.post_message(Done(result.text, result.ok))
+        try:
+            result: OpResult = await call()
+        except Exception as exc:
+            self.post_message(Done(f"failed: {exc}", ok=False))
+        else:
+            self.post_message(Done(result.text, result.ok))
 
     # -- traffic ------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from kvlab.tui.source import (
 )
 from kvlab.tui.traffic import TrafficGenerator
 
-POLL_TIMEOUT_S = 0.5
+POLL_TIMEOUT_S = 1.0
 OP_TIMEOUT_S = 3.0
 
 
@@ -48,6 +48,7 @@ class LiveSource(ActionsByName):
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._kv: AsyncKV | None = None
+        self._acting = asyncio.Lock()
         self._traffic: TrafficGenerator | None = None
         self._ring: Ring | None = None
         # node -> (pid, reads + writes, when): the previous /stats, for ops per second
@@ -73,6 +74,8 @@ class LiveSource(ActionsByName):
 
     def _client(self, url: str) -> AsyncKV:
         if self._kv is None or self._kv.url != url:
+            if self._kv is not None:  # the cluster moved: don't leak the old session
+                asyncio.get_running_loop().create_task(self._kv.close())
             self._kv = AsyncKV(url, timeout=OP_TIMEOUT_S)
         return self._kv
 
@@ -191,7 +194,8 @@ class LiveSource(ActionsByName):
             getattr(Cluster.load(self.name), action)(node)
 
         try:
-            await asyncio.to_thread(run)
+            async with self._acting:  # one chaos action at a time, in key-press order
+                await asyncio.to_thread(run)
         except ClusterError as exc:
             raise SourceError(str(exc)) from None
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 from kvlab.cluster.ports import free_port_block
+from kvlab.cluster.process import Proc
+from tests.cluster_helpers import eventually
 
 
 def test_chaos_with_kill_and_pause_loses_no_acknowledged_write(kvlab_home, tmp_path):
@@ -42,3 +45,35 @@ def test_chaos_refuses_simulator_only_faults(kvlab_home):
                          env={**os.environ, "KVLAB_HOME": str(kvlab_home)},
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "skew not available here" in out.stderr
+
+
+def test_sigterm_stops_the_cluster_chaos_started(kvlab_home):
+    port = free_port_block(6)
+    env = {**os.environ, "KVLAB_HOME": str(kvlab_home)}
+    chaos = subprocess.Popen(
+        [sys.executable, "-m", "kvlab", "chaos", "--name", "term", "--port", str(port),
+         "--duration", "60", "--durability", "none"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        path = kvlab_home / "term" / "cluster.json"
+        # Wait until the run is under way: the proxy answers through the running cluster.
+        eventually(lambda: path.exists() and _proxy_pid(path) and
+                   Proc(**_proxy_pid(path)).alive(), 30, "the chaos cluster to start")
+        procs = [Proc(m["pid"], m["started"]) for m in _members(path) if m["pid"]]
+        assert len(procs) == 6
+        chaos.send_signal(signal.SIGTERM)
+        chaos.wait(timeout=30)
+    finally:
+        if chaos.poll() is None:
+            chaos.kill()
+    assert not any(p.alive() for p in procs), "SIGTERM left cluster processes running"
+
+
+def _members(path) -> list[dict]:
+    data = json.loads(path.read_text())
+    return [data["proxy"], *data["nodes"]]
+
+
+def _proxy_pid(path) -> dict | None:
+    proxy = _members(path)[0]
+    return {"pid": proxy["pid"], "started": proxy["started"]} if proxy["pid"] else None
