@@ -40,6 +40,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("add-node", help="start one more node and join it to the ring",
+                       description="Start node n{k+1} on the port after the highest in use "
+                                   "and add it to the proxy's ring. No data is moved: the "
+                                   "keys it now owns reach it by read repair.")
+    add_name(p)
+    p.set_defaults(func=cmd_membership, action="add_node")
+
+    p = sub.add_parser("remove-node", help="take a node out of the ring and stop it",
+                       description="Remove NODE from the proxy's ring, stop it and forget "
+                                   "it (its data folder stays). Refused if fewer than N "
+                                   "nodes would remain.")
+    p.add_argument("node", metavar="NODE", help="n1..nN")
+    add_name(p)
+    p.set_defaults(func=cmd_membership, action="remove_node")
+
     for action, (text, _) in ACTIONS.items():
         p = sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("node", metavar="NODE", help="n1..nN")
@@ -61,7 +76,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _fail(exc)
     took = time.monotonic() - began
     first, last = cluster.nodes[0], cluster.nodes[-1]
-    print(f"cluster {spec.name}: proxy {cluster.url}, nodes {first.name}..{last.name} "
+    names = [n.name for n in cluster.nodes]
+    nodes = (f"{first.name}..{last.name}" if names == spec.node_names()
+             else ", ".join(names))  # nodes were added or removed since it first ran
+    print(f"cluster {spec.name}: proxy {cluster.url}, nodes {nodes} "
           f"(ports {first.port}-{last.port}), N={spec.replicas} R={spec.read_quorum} "
           f"W={spec.write_quorum}, healthy in {took:.1f}s")
     return EXIT_OK
@@ -92,6 +110,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     for m in [status["proxy"], *status["nodes"]]:
         pid = m["pid"] if m["pid"] else "-"
         print(f"  {m['name']:<6} {m['url']:<24} pid {pid!s:<8} {m['state']}")
+    return EXIT_OK
+
+
+def cmd_membership(args: argparse.Namespace) -> int:
+    try:
+        cluster = Cluster.load(args.name)
+        if args.action == "add_node":
+            member = cluster.add_node()
+            print(f"{member.name} added on {member.url(cluster.spec.host)} "
+                  f"(pid {member.proc.pid}); the ring has {len(cluster.nodes)} nodes")
+        else:
+            member = cluster.remove_node(args.node)
+            print(f"{member.name} removed; the ring has {len(cluster.nodes)} nodes")
+    except ClusterError as exc:
+        return _fail(exc)
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kvlab.cluster.ports import port_free
@@ -88,22 +88,25 @@ class Cluster:
                                f"start one with `kvlab up --name {name}`") from None
         except json.JSONDecodeError as exc:
             raise ClusterError(f"{path} is corrupt: {exc}") from None
+        return cls._from_json(data)
+
+    @classmethod
+    def _from_json(cls, data: dict) -> Cluster:
         return cls(ClusterSpec.from_json(data["spec"]), Member.from_json(data["proxy"]),
                    [Member.from_json(n) for n in data["nodes"]])
 
     def refresh(self) -> None:
-        """Re-read the PIDs from cluster.json: another command may have restarted a node."""
+        """Re-read cluster.json: another command may have restarted, added or removed a node."""
+        path = self.dir / "cluster.json"
         try:
-            fresh = Cluster.load(self.spec.name)
-        except ClusterError:
+            fresh = Cluster._from_json(json.loads(path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
             return
-        self.proxy, self.nodes = fresh.proxy, fresh.nodes
+        self.spec, self.proxy, self.nodes = fresh.spec, fresh.proxy, fresh.nodes
 
     def save(self) -> None:
-        data = {"spec": self.spec.to_json(), "proxy": self.proxy.to_json(),
-                "nodes": [n.to_json() for n in self.nodes]}
         with self._locked():
-            self._write(data)
+            self._write(self._data())
 
     def _save_member(self, member: Member) -> None:
         """Record one process's new PID without undoing what other commands recorded."""
@@ -111,8 +114,7 @@ class Cluster:
             try:
                 data = json.loads((self.dir / "cluster.json").read_text())
             except (FileNotFoundError, json.JSONDecodeError):
-                data = {"spec": self.spec.to_json(), "proxy": self.proxy.to_json(),
-                        "nodes": [n.to_json() for n in self.nodes]}
+                data = self._data()
             if member is self.proxy:
                 data["proxy"] = member.to_json()
             else:
@@ -235,7 +237,72 @@ class Cluster:
         self._await_ready([member])
         return member
 
+    def add_node(self) -> Member:
+        """Start a new node `n{k+1}` on the port after the highest in use and join it to the
+        proxy's ring. No data moves: its keys reach it by read repair."""
+        with self._locked():
+            self.refresh()
+            index = max(int(n.name[1:]) for n in self.nodes) + 1
+            port = max(m.port for m in self.members()) + 1
+            if not port_free(self.spec.host, port):
+                raise ClusterError(f"port {port} for n{index} is in use by another program")
+            member = Member(f"n{index}", port)
+            self._spawn_node(member)
+            self.nodes.append(member)
+            self.spec = replace(self.spec, nodes=len(self.nodes))
+            self._write(self._data())
+        try:
+            self._await_node(member)
+            self._membership("POST", "/cluster/nodes",
+                             {"name": member.name, "url": member.url(self.spec.host)})
+            self._await_ready([member])
+        except BaseException:
+            self.remove_node(member.name)
+            raise
+        return member
+
+    def remove_node(self, name: str) -> Member:
+        """Take a node out of the proxy's ring, stop it, and forget it (its data folder stays)."""
+        with self._locked():
+            self.refresh()
+            member = self.node(name)
+            if len(self.nodes) - 1 < self.spec.replicas:
+                raise ClusterError(f"removing {name} would leave {len(self.nodes) - 1} nodes, "
+                                   f"fewer than N={self.spec.replicas} replicas")
+            if self.proxy.proc is not None and self.proxy.proc.alive():
+                self._membership("DELETE", f"/cluster/nodes/{name}", None, missing_ok=True)
+            if member.proc is not None:
+                member.proc.stop()
+            self.nodes.remove(member)
+            self.spec = replace(self.spec, nodes=len(self.nodes))
+            self._write(self._data())
+        return member
+
     # -- internals ----------------------------------------------------------------------
+
+    def _data(self) -> dict:
+        return {"spec": self.spec.to_json(), "proxy": self.proxy.to_json(),
+                "nodes": [n.to_json() for n in self.nodes]}
+
+    def _membership(self, method: str, path: str, body: dict | None,
+                    missing_ok: bool = False) -> None:
+        """Tell the proxy about a ring change."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=5).close()
+        except urllib.error.HTTPError as exc:
+            if not (missing_ok and exc.code == 404):
+                raise ClusterError(f"the proxy refused the change: {exc.read().decode()}") \
+                    from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ClusterError(f"the proxy at {self.url} is unreachable: {exc}") from None
+
+    def _await_node(self, member: Member) -> None:
+        if not wait_until(lambda: _healthy(member.url(self.spec.host)), READY_TIMEOUT_S, 0.05):
+            raise ClusterError(f"{member.name} not ready after {READY_TIMEOUT_S:.0f}s:\n"
+                               f"{self._log_tail(member)}")
 
     def _spawn_node(self, member: Member) -> None:
         folder = self.dir / member.name
@@ -311,7 +378,12 @@ def up(spec: ClusterSpec) -> Cluster:
             raise ClusterError(
                 f"cluster {spec.name!r} is already running (proxy on port "
                 f"{previous.proxy.port}); `kvlab down --name {spec.name}` stops it")
-    cluster = Cluster.new(spec)
+    if previous is not None and previous.spec == spec:
+        cluster = previous  # the same cluster again: keep the nodes it had (added ones too)
+        for member in cluster.members():
+            member.proc = None
+    else:
+        cluster = Cluster.new(spec)
     cluster.start()
     return cluster
 
