@@ -91,7 +91,8 @@ class _Op:
 
     @property
     def heard(self) -> int:
-        return len(self.answers) + len(self.acked) + len(self.failed)
+        # A replica can both answer and then fail its repair: count it once.
+        return len(self.answers.keys() | self.failed.keys()) + len(self.acked)
 
 
 class Coordinator:
@@ -173,8 +174,9 @@ class Coordinator:
         effects: list[Effect] = []
         repaired = op.repairs.pop(reply.req, None)
         if repaired is not None:
-            if isinstance(reply, WriteReply) and op.newest is not None \
-                    and repaired == op.newest.version:
+            if isinstance(reply, ErrorReply):
+                self._repair_failed(op, node, reply.error, effects)
+            elif op.newest is not None and repaired == op.newest.version:
                 op.holders.add(node)
                 self._finish_read_if_ready(op, effects)
         elif isinstance(reply, ErrorReply):
@@ -195,8 +197,10 @@ class Coordinator:
             return []
         op, _ = entry
         effects: list[Effect] = []
-        if op.repairs.pop(req, None) is None:  # a lost repair is not a failed answer
+        if op.repairs.pop(req, None) is None:
             self._fail(op, node, reason, effects)
+        else:
+            self._repair_failed(op, node, reason, effects)
         self._retire_if_heard(op)
         return effects
 
@@ -273,7 +277,14 @@ class Coordinator:
         if op.kind == INSPECT:
             if len(op.answers) + len(op.failed) == len(op.replicas):
                 self._finish(op, OK, effects)
-        elif len(op.replicas) - len(op.failed) < op.need:
+        elif len(op.replicas) - len(op.failed) < max(op.need, op.write_back):
+            # Too few replicas left to answer, or to hold the value a read would return.
+            self._finish(op, UNAVAILABLE, effects)
+
+    def _repair_failed(self, op: _Op, node: str, reason: str, effects: list[Effect]) -> None:
+        """A repair could not be delivered: the node answered, but it won't hold `newest`."""
+        op.failed.setdefault(node, f"repair: {reason}")
+        if op.outcome is None and len(op.replicas) - len(op.failed) < op.write_back:
             self._finish(op, UNAVAILABLE, effects)
 
     def _finish(self, op: _Op, status: str, effects: list[Effect]) -> None:

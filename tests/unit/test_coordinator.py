@@ -274,3 +274,36 @@ def test_a_read_whose_write_back_cannot_finish_times_out():
     h.fire_timers()
     assert h.done[op].status == TIMEOUT
     assert h.coord.pending_ops() == 0
+
+
+def test_a_read_fails_fast_when_the_write_back_cannot_reach_w():
+    """R=1 W=3: the value must be on all three replicas; one is down, so fail now (503)."""
+    h = Harness(Quorum(3, 1, 3))
+    a, b, c = h.replicas("k")
+    h.write("k", b"v")
+    h.down.add(c)
+    op, effects = h.coord.read("k", h.now)
+    h.apply(effects)
+    assert h.done[op].status == UNAVAILABLE and c in h.done[op].failed
+    h.fire_timers()
+    assert h.coord.pending_ops() == 0
+
+
+def test_a_read_fails_fast_when_a_needed_repair_is_refused():
+    h = Harness()
+    a, b, c = h.replicas("k")
+    h.down.update({b, c})
+    h.write("k", b"v")  # only `a` holds it
+    h.down = {c}
+    h.silent.add(b)
+    op, effects = h.coord.read("k", h.now)
+    h.apply(effects)
+    read_to_b = next(s for s in h.held if s.node == b)
+    h.held.clear()
+    h.silent.clear()
+    h.down.add(b)  # b answers "missing", then dies before the repair reaches it
+    store = h.stores[b]
+    replies, _ = replica.serve([read_to_b.request], store.get)
+    h.apply(h.coord.receive(b, replies[0], h.now))
+    assert h.done[op].status == UNAVAILABLE
+    assert h.done[op].failed[b].startswith("repair")
