@@ -9,7 +9,7 @@ slows the refresh down instead of piling polls up.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from rich.text import Text
@@ -63,11 +63,13 @@ class Inspected(Message):
 
 
 class Done(Message):
-    """An action finished; `text` goes to the event log."""
+    """An action finished; `text` goes to the event log, and `select` is a node to select
+    once a snapshot shows it (one just added)."""
 
-    def __init__(self, text: str, ok: bool, refresh: bool = True) -> None:
+    def __init__(self, text: str, ok: bool, refresh: bool = True,
+                 select: str | None = None) -> None:
         super().__init__()
-        self.text, self.ok, self.refresh = text, ok, refresh
+        self.text, self.ok, self.refresh, self.select = text, ok, refresh, select
 
 
 def _panel(id: str, title: str) -> Vertical:
@@ -84,10 +86,13 @@ class KvlabApp(App[None]):
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("slash", "focus_key", "Key", key_display="/"),
+        Binding("slash", "focus_key", "Key", key_display="/", show=False),
         Binding("k", "chaos('kill')", "Kill"),
-        Binding("p", "chaos('pause')", "Pause/Resume"),
+        Binding("p", "chaos('pause')", "Pause"),
         Binding("r", "chaos('restart')", "Restart"),
+        Binding("x", "partition", "Cut/Heal"),
+        Binding("a", "add_node", "Add"),
+        Binding("X", "remove_node", "Remove"),
         Binding("t", "toggle_traffic", "Traffic"),
         Binding("g", "read_key", "Read"),
         Binding("u", "write_key", "Write"),
@@ -113,6 +118,7 @@ class KvlabApp(App[None]):
         self._inspect_timer: Timer | None = None
         self._closed = False
         self._writes = 0
+        self._select_when_seen: str | None = None  # a node just added, to select
 
     # -- layout -------------------------------------------------------------------------
 
@@ -133,7 +139,7 @@ class KvlabApp(App[None]):
                 yield TrafficPanel(id="traffic")
             with _panel("events-panel", "events"):
                 yield EventLog(clock=self.clock, id="events")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     @property
     def events(self) -> EventLog:
@@ -194,21 +200,45 @@ class KvlabApp(App[None]):
         self.query_one(TrafficPanel).quorum = (view.r, view.w)
         nodes = self.nodes
         nodes.view = view
-        if nodes.selected is None and view.nodes:
-            nodes.selected = view.nodes[0].name
+        self._keep_selection(previous, view)
         self._title_nodes()
 
+    def _keep_selection(self, previous: ClusterView | None, view: ClusterView) -> None:
+        """Select the first node at the start, a node just added once it shows, and the
+        next one down when the selected node left."""
+        nodes, names = self.nodes, [n.name for n in view.nodes]
+        if not names:
+            return
+        if self._select_when_seen in names:
+            nodes.select(self._select_when_seen)
+            self._select_when_seen = None
+        elif nodes.selected is None:
+            nodes.selected = names[0]
+        elif nodes.selected not in names:
+            before = [n.name for n in previous.nodes] if previous else []
+            index = before.index(nodes.selected) if nodes.selected in before else 0
+            nodes.select(names[min(index, len(names) - 1)])
+
     def _log_changes(self, before: ClusterView, after: ClusterView) -> None:
-        old = before.states
         for node in after.nodes:
-            was = old.get(node.name)
-            if was is not None and was != node.state:
-                line = Text.assemble(node_label(node.name), " ", state_text(was), " → ",
-                                     state_text(node.state))
-                self.events.add(line)
             previous = before.node(node.name)
-            if node.last_error and previous and previous.last_error != node.last_error:
+            if previous is None:
+                continue  # a new node: the ring's change below says so
+            if (previous.state, previous.partitioned) != (node.state, node.partitioned):
+                line = Text.assemble(
+                    node_label(node.name), " ", state_text(previous.state, previous.partitioned),
+                    " → ", state_text(node.state, node.partitioned))
+                self.events.add(line)
+            if node.last_error and previous.last_error != node.last_error:
                 self.events.add(f"{node.name} error: {node.last_error}", "warn")
+        # Membership as the ring has it, which is where keys go (a node's row may show up
+        # before it joins and stay after it left).
+        for name in after.ring.nodes:
+            if name not in before.ring.nodes:
+                self.events.add(f"{name} joined the ring", "ok")
+        for name in before.ring.nodes:
+            if name not in after.ring.nodes:
+                self.events.add(f"{name} left the ring", "warn")
         if before.proxy_state != after.proxy_state:
             self.events.add(f"proxy {before.proxy_state} → {after.proxy_state}",
                             "error" if after.proxy_state == DOWN else "info")
@@ -234,24 +264,57 @@ class KvlabApp(App[None]):
             action = "resume"
         signal = {"kill": " (SIGKILL)", "pause": " (SIGSTOP)", "resume": " (SIGCONT)"}
         self.events.add(f"{action} {node}{signal.get(action, '')}", "action")
-        self._act(action, node)
-
-    @work(group="chaos", exit_on_error=False)
-    async def _act(self, action: str, node: str) -> None:
         past = {"kill": "killed", "pause": "paused", "resume": "resumed",
                 "restart": "restarted"}[action]
-        try:
-            await getattr(self.source, action)(node)
-        except Exception as exc:  # whatever went wrong, the event log says so
-            self.post_message(Done(f"{action} {node} failed: {exc}", ok=False))
+        self._act(f"{action} {node}", lambda: getattr(self.source, action)(node),
+                  lambda _: f"{node} {past}")
+
+    def action_partition(self) -> None:
+        node = self.selected
+        if node is None:
+            return
+        if self.view is not None and node in self.view.partitioned:
+            self.events.add(f"heal the link proxy ↔ {node}", "action")
+            self._act(f"heal {node}", lambda: self.source.partition(node, on=False),
+                      lambda _: f"{node} healed: the proxy reaches it again")
         else:
-            self.post_message(Done(f"{node} {past}", ok=True))
+            self.events.add(f"cut the link proxy ⌁ {node} (both ways)", "action")
+            self._act(f"cut {node}", lambda: self.source.partition(node, on=True),
+                      lambda _: f"{node} cut off: its replicas will time out")
+
+    def action_add_node(self) -> None:
+        self.events.add("add a node", "action")
+        self._act("add a node", self.source.add_node, lambda node: f"{node} added to the ring",
+                  select=True)
+
+    def action_remove_node(self) -> None:
+        node = self.selected
+        if node is None:
+            return
+        self.events.add(f"remove {node} from the ring and stop it", "action")
+        self._act(f"remove {node}", lambda: self.source.remove_node(node),
+                  lambda _: f"{node} removed")
+
+    @work(group="chaos", exit_on_error=False)
+    async def _act(self, what: str, call: Callable[[], Awaitable[object]],
+                   done: Callable[[object], str], select: bool = False) -> None:
+        """Run one chaos call; `done(its result)` is the event log's line on success, and
+        with `select` the result is a node to select."""
+        try:
+            result = await call()
+        except Exception as exc:  # whatever went wrong, the event log says so
+            self.post_message(Done(f"{what} failed: {exc}", ok=False))
+        else:
+            self.post_message(Done(done(result), ok=True,
+                                   select=str(result) if select else None))
 
     @on(Done)
     def _on_done(self, message: Done) -> None:
         if self._closed:
             return
         self.events.add(message.text, "ok" if message.ok else "error")
+        if message.select:
+            self._select_when_seen = message.select
         if message.refresh:
             self.poll_now()
             if self.key:

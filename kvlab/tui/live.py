@@ -4,6 +4,11 @@ It reads the cluster the way any other terminal would: `cluster.json` through th
 (re-read on every snapshot, so `kvlab kill n3` elsewhere shows up), process states from /proc,
 the coordinator's `/cluster`, and each node's `/stats`. Blocking supervisor calls run in a
 thread; HTTP goes through one aiohttp session and one `AsyncKV`.
+
+Membership has two records that can briefly disagree while a node is added or removed:
+cluster.json (the processes) and the coordinator's ring (who gets replicas). The ring is drawn
+from the coordinator's list, since that is where keys go; the rows are cluster.json's nodes
+plus any node the ring has that cluster.json does not record (joined through the API by hand).
 """
 
 from __future__ import annotations
@@ -101,9 +106,16 @@ class LiveSource(ActionsByName):
                   for m in cluster.nodes]
         coordinator, *stats = await asyncio.gather(*polls)
         links = {n["name"]: n for n in (coordinator or {}).get("nodes", [])}
+        if coordinator is not None:
+            self._forget(set(links) | {m.name for m in cluster.nodes})
         now = self._clock()
         nodes = tuple(self._node_view(m, procs[m.name], s, links.get(m.name), now)
                       for m, s in zip(cluster.nodes, stats))
+        recorded = {m.name for m in cluster.nodes}
+        # In the ring but not in cluster.json: joined through the proxy's API by hand.
+        nodes += tuple(NodeView(name, None, None, STARTING,
+                                partitioned=link.get("partitioned") is not None)
+                       for name, link in links.items() if name not in recorded)
         spec = cluster.spec
         names = tuple(links) or tuple(m.name for m in cluster.nodes)
         vnodes = (coordinator or {}).get("vnodes", spec.vnodes)
@@ -143,7 +155,15 @@ class LiveSource(ActionsByName):
             ops_per_s=ops,
             p99_ms=link.get("p99_ms") if link else None,
             last_error=(stats or {}).get("last_error") or self._link_error(member.name, link),
+            partitioned=link is not None and link.get("partitioned") is not None,
         )
+
+    def _forget(self, members: set[str]) -> None:
+        """Drop the counters of nodes that left: one added later under the same name has a
+        new link whose error count starts again at 0."""
+        for memory in (self._counts, self._link_errors, self._last_error):
+            for name in set(memory) - members:
+                del memory[name]
 
     def _link_error(self, node: str, link: dict | None) -> str | None:
         if link is None:
@@ -190,13 +210,31 @@ class LiveSource(ActionsByName):
     # -- chaos --------------------------------------------------------------------------
 
     async def act(self, action: str, node: str) -> None:
-        def run() -> None:
-            getattr(Cluster.load(self.name), action)(node)
+        await self._supervise(lambda cluster: getattr(cluster, action)(node))
 
+    async def add_node(self) -> str:
+        # The supervisor spawns n{k+1}, records it in cluster.json, joins it to the
+        # coordinator's ring and returns once it is ready.
+        member = await self._supervise(lambda cluster: cluster.add_node())
+        return member.name
+
+    async def remove_node(self, node: str) -> None:
+        await self._supervise(lambda cluster: cluster.remove_node(node))
+
+    async def _supervise(self, call: Callable[[Cluster], Member]) -> Member:
+        """Run a blocking supervisor call on a fresh `Cluster.load` in a thread."""
         try:
             async with self._acting:  # one chaos action at a time, in key-press order
-                await asyncio.to_thread(run)
+                return await asyncio.to_thread(lambda: call(Cluster.load(self.name)))
         except ClusterError as exc:
+            raise SourceError(str(exc)) from None
+
+    async def partition(self, node: str, on: bool) -> None:
+        cluster = await self._cluster()
+        try:
+            async with self._acting:
+                await self._client(cluster.url).partition(node, on, "both")
+        except KVError as exc:
             raise SourceError(str(exc)) from None
 
     # -- traffic ------------------------------------------------------------------------

@@ -16,7 +16,11 @@ on the machine, so tests and scripts that compare runs pass `budget_s=None`.
 Inspection reads each replica's durable store (`World.replica_records`) instead of asking
 through the coordinator (`World.inspect`): it sends no message, draws no random number and
 runs no virtual time, so watching a key leaves the run exactly as it would have been. A
-replica on a node that is down or paused is shown unreachable, as a real inspection sees it.
+replica on a node that is down, paused or cut off from the coordinator is shown unreachable,
+as a real inspection sees it.
+
+A partition cuts the link between the dashboard's coordinator (c1) and a node both ways;
+membership is fixed, so adding and removing nodes is refused.
 """
 
 from __future__ import annotations
@@ -221,6 +225,7 @@ class SimSource(ActionsByName):
         for node in world.nodes():
             up = node.state == UP
             nodes.append(NodeView(
+                partitioned=self._cut(node.name),
                 name=node.name, port=None, pid=None, state=node.state,
                 keys=node.keys if up else None,  # as live: only a running node is asked
                 ops_per_s=self._rate(node.name, now) if up else None,
@@ -254,6 +259,8 @@ class SimSource(ActionsByName):
             state = world.node(node).state
             if state != UP:
                 replicas.append(ReplicaView(node, UNREACHABLE, reason=f"node {state}"))
+            elif self._cut(node):
+                replicas.append(ReplicaView(node, UNREACHABLE, reason="partitioned"))
             elif record is None:
                 replicas.append(ReplicaView(node, MISSING))
             else:
@@ -296,12 +303,38 @@ class SimSource(ActionsByName):
 
     # -- chaos --------------------------------------------------------------------------
 
+    def _check(self, node: str) -> None:
+        if node not in self.world.node_names:
+            raise SourceError(f"no node {node!r} in the simulation "
+                              f"(nodes: {', '.join(self.world.node_names)})")
+
+    @property
+    def _coordinator(self) -> str:
+        """The coordinator the dashboard's reads, writes and traffic go through."""
+        return self.world.coordinator(0).name
+
+    def _cut(self, node: str) -> bool:
+        network, coordinator = self.world.network, self._coordinator
+        return network.is_cut(coordinator, node) or network.is_cut(node, coordinator)
+
+    async def partition(self, node: str, on: bool) -> None:
+        self._sync()
+        self._check(node)
+        if on:
+            self.world.partition(self._coordinator, node)
+        else:
+            self.world.heal(self._coordinator, node)
+
+    async def add_node(self) -> str:
+        raise SourceError("adding and removing nodes is not simulated")
+
+    async def remove_node(self, node: str) -> None:
+        raise SourceError("adding and removing nodes is not simulated")
+
     async def act(self, action: str, node: str) -> None:
         self._sync()
+        self._check(node)
         world = self.world
-        if node not in world.node_names:
-            raise SourceError(f"no node {node!r} in the simulation "
-                              f"(nodes: {', '.join(world.node_names)})")
         state = world.node(node).state
         # The same refusals as the supervisor's, so both sources log alike.
         if action == "kill" and state == DOWN:

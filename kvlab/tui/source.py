@@ -47,6 +47,9 @@ class NodeView:
     ops_per_s: float | None = None
     p99_ms: float | None = None  # replica round trips as the coordinator measures them
     last_error: str | None = None
+    # The coordinator's link to the node is cut (a partition): whatever its state, the
+    # coordinator can't reach it, so its replicas time out.
+    partitioned: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class ClusterView:
     @property
     def states(self) -> dict[str, str]:
         return {n.name: n.state for n in self.nodes}
+
+    @property
+    def partitioned(self) -> frozenset[str]:
+        """The nodes cut off from the coordinator."""
+        return frozenset(n.name for n in self.nodes if n.partitioned)
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,18 @@ class ClusterSource(Protocol):
 
     async def restart(self, node: str) -> None:
         """Stop the node if it runs and start it again on its own data."""
+        ...
+
+    async def partition(self, node: str, on: bool) -> None:
+        """Cut (`on`) or heal the link between the coordinator and the node, both ways."""
+        ...
+
+    async def add_node(self) -> str:
+        """Start one more node and join it to the ring; returns its name."""
+        ...
+
+    async def remove_node(self, node: str) -> None:
+        """Take the node out of the ring and stop it."""
         ...
 
     async def start_traffic(self, settings: TrafficSettings) -> None:

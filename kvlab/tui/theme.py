@@ -32,6 +32,11 @@ STATE_STYLE = {
 
 DIM = "#616161"
 
+# A partition is not a process state (a cut node may be up, paused or down), so it gets a
+# glyph and a colour of its own, magenta: none of the state colours or node colours.
+CUT_GLYPH = "⌁"
+CUT_STYLE = "bold #ff4dff"
+
 
 def node_color(name: str) -> str:
     """A colour stable per node name: n1..n9 in palette order, anything else by hash."""
@@ -47,9 +52,13 @@ def node_label(name: str, state: str = UP) -> Text:
     return Text(name, style=f"bold {node_color(name)}")
 
 
-def state_text(state: str) -> Text:
+def state_text(state: str, partitioned: bool = False) -> Text:
+    """The state as `● up`; a partitioned node's gets ` ⌁ cut` after it."""
     glyph, style = STATE_STYLE.get(state, ("?", DIM))
-    return Text(f"{glyph} {state}", style=style)
+    text = Text(f"{glyph} {state}", style=style)
+    if partitioned:
+        text.append(f" {CUT_GLYPH} cut", CUT_STYLE)
+    return text
 
 
 _HLC = re.compile(r"(\d+)\.(\d+)@(.+)")

@@ -6,6 +6,7 @@ cluster instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from kvlab.core.ring import Ring
@@ -32,7 +33,7 @@ NEW, OLD = "1700000000000.0@proxy", "1699999992500.0@proxy"
 
 def nodes() -> tuple[NodeView, ...]:
     return (
-        NodeView("n1", 8001, 4101, UP, 1204, 212.0, 1.8, None),
+        NodeView("n1", 8001, 4101, UP, 1204, 212.0, 1.8, None, partitioned=True),
         NodeView("n2", 8002, 4102, UP, 1187, 198.0, 2.1, None),
         NodeView("n3", 8003, None, DOWN, None, None, 2.0, "connect: ClientConnectorError"),
         NodeView("n4", 8004, 4104, PAUSED, None, None, 950.4, None),
@@ -41,7 +42,9 @@ def nodes() -> tuple[NodeView, ...]:
 
 
 class FakeSource(ActionsByName):
-    """Always the same cluster: n3 down, n4 paused, traffic running with some errors."""
+    """The same cluster until acted on: n1 cut off, n3 down, n4 paused, traffic running
+    with some errors. Partitions and membership changes show in the next snapshot; the
+    other actions are only recorded in `calls`."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -64,10 +67,12 @@ class FakeSource(ActionsByName):
         copies = [ReplicaView(prefs[0], OK, NEW, "blue"),
                   ReplicaView(prefs[1], OK, OLD, "green"),
                   ReplicaView(prefs[2], MISSING)]
-        states = self.view.states
+        states, cut = self.view.states, self.view.partitioned
         return KeyView(key, tuple(
             ReplicaView(c.node, UNREACHABLE, reason="node down")
-            if states[c.node] in (DOWN, PAUSED) else c for c in copies))
+            if states[c.node] in (DOWN, PAUSED) else
+            ReplicaView(c.node, UNREACHABLE, reason="partitioned") if c.node in cut else c
+            for c in copies))
 
     async def read(self, key: str) -> OpResult:
         return OpResult(True, f"read {key} = 'blue'")
@@ -78,6 +83,26 @@ class FakeSource(ActionsByName):
     async def act(self, action: str, node: str) -> None:
         self.calls.append((action, node))
 
+    async def partition(self, node: str, on: bool) -> None:
+        self.calls.append(("partition" if on else "heal", node))
+        self._nodes(replace(n, partitioned=on) if n.name == node else n
+                    for n in self.view.nodes)
+
+    async def add_node(self) -> str:
+        name = f"n{len(self.view.nodes) + 1}"
+        self.calls.append(("add", name))
+        self._nodes((*self.view.nodes, NodeView(name, 8000 + len(self.view.nodes) + 1, 4200,
+                                                UP, 0)))
+        return name
+
+    async def remove_node(self, node: str) -> None:
+        self.calls.append(("remove", node))
+        self._nodes(n for n in self.view.nodes if n.name != node)
+
+    def _nodes(self, nodes: Iterable[NodeView]) -> None:
+        listed = tuple(nodes)
+        self.view = replace(self.view, nodes=listed,
+                            ring=Ring(tuple(n.name for n in listed), self.view.vnodes))
 
     async def start_traffic(self, settings: TrafficSettings) -> None:
         self.traffic = replace(self.traffic, running=True, settings=settings)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from rich.console import Console
 from textual.app import App
 from textual.pilot import Pilot
+from textual.widget import Widget
 
 
 async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout_s: float = 10.0,
@@ -29,3 +30,10 @@ def screen_text(app: App) -> str:
                       safe_box=False)
     console.print(app.screen._compositor.render_update(full=True))
     return "\n".join(line.rstrip() for line in console.export_text().splitlines())
+
+
+def region_text(app: App, widget: Widget) -> str:
+    """The part of the screen `widget` covers, as plain text."""
+    x, y, width, height = widget.region
+    lines = screen_text(app).splitlines()[y:y + height]
+    return "\n".join(line[x:x + width].rstrip() for line in lines)

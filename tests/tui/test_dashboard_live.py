@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,14 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from kvlab.client import AsyncKV
 from kvlab.cluster.ports import free_port_block
 from kvlab.cluster.spec import ClusterSpec
 from kvlab.cluster.supervisor import Cluster
 from kvlab.tui.app import KvlabApp, make_app
 from kvlab.tui.live import LiveSource, attach_or_start
 from kvlab.tui.widgets.inspector import KeyInspector, verdicts
+from kvlab.tui.widgets.ring import RingView
 from tests.cluster_helpers import real_cluster
-from tests.tui.helpers import screen_text, wait_for
+from tests.tui.helpers import region_text, screen_text, wait_for
 
 SIZE = (100, 30)
 
@@ -27,7 +30,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One 3-node cluster for the module; each test leaves every node up again."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KVLAB_HOME", str(tmp_path_factory.mktemp("kvlab-home")))
-        with real_cluster(nodes=3) as running:
+        # Ports for two more nodes than it starts with, for the one a test adds.
+        with real_cluster(nodes=3, port=free_port_block(6)) as running:
             yield running
             # Nodes restarted by the tests have PIDs only cluster.json knows.
             Cluster.load(running.spec.name).stop()
@@ -48,6 +52,16 @@ def all_up(app: KvlabApp) -> bool:
 
 def logged(app: KvlabApp, text: str) -> bool:
     return any(text in line for line in app.events.entries)
+
+
+def cut(app: KvlabApp, node: str) -> bool:
+    return app.view is not None and node in app.view.partitioned
+
+
+async def proxy_partitions(cluster: Cluster) -> dict[str, str | None]:
+    """Each node's `partitioned` field in the proxy's own `GET /cluster`."""
+    async with AsyncKV(cluster.url) as kv:
+        return {n["name"]: n["partitioned"] for n in (await kv.cluster())["nodes"]}
 
 
 async def test_kill_and_restart_from_the_dashboard(cluster: Cluster) -> None:
@@ -86,6 +100,71 @@ async def test_pause_and_resume_from_the_dashboard(cluster: Cluster) -> None:
         await pilot.press("p")
         await wait_for(pilot, lambda: state(app, "n2") == "up", 5, "n2 resumed")
         assert logged(app, "n2 resumed")
+
+
+async def test_cut_and_heal_the_link_to_a_node(cluster: Cluster) -> None:
+    app = live_app(cluster)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: all_up(app), 10, "every node up")
+            await pilot.press("2", "x")
+            await wait_for(pilot, lambda: cut(app, "n2"), 5, "n2 cut")
+            await wait_for(pilot, lambda: logged(app, "n2 cut off"), 5, "the cut logged")
+            assert any(re.fullmatch(r"\d\d:\d\d:\d\d cut the link proxy ⌁ n2 \(both ways\)", e)
+                       for e in app.events.entries)
+            assert logged(app, "n2 ● up → ● up ⌁ cut")
+            assert state(app, "n2") == "up"  # the process runs on: only the link is cut
+            assert "n2  " in region_text(app, app.nodes)  # the row: "▸n2  <port> <pid> ● up ⌁ cut"
+            assert "● up ⌁ cut" in region_text(app, app.nodes)
+            ring = region_text(app, app.query_one(RingView))
+            assert "⌁n2" in ring and "⌁" in ring.splitlines()[0]  # its legend and its arcs
+            assert (await proxy_partitions(cluster))["n2"] == "both"
+
+            await pilot.press("x")
+            await wait_for(pilot, lambda: app.view and not cut(app, "n2"), 5, "n2 healed")
+            await wait_for(pilot, lambda: logged(app, "n2 healed"), 5, "the heal logged")
+            assert logged(app, "n2 ● up ⌁ cut → ● up")
+            assert "⌁" not in region_text(app, app.query_one(RingView))
+            assert "⌁" not in region_text(app, app.nodes)
+            assert (await proxy_partitions(cluster))["n2"] is None
+    finally:  # the other tests need the link whatever happened here
+        async with AsyncKV(cluster.url) as kv:
+            await kv.partition("n2", on=False)
+
+
+needs_membership = pytest.mark.skipif(
+    not hasattr(Cluster, "add_node") or not hasattr(Cluster, "remove_node"),
+    reason="the supervisor has no Cluster.add_node / remove_node yet")
+
+
+@needs_membership
+async def test_add_a_node_then_remove_it(cluster: Cluster) -> None:
+    app = live_app(cluster)
+    name = cluster.spec.name
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: all_up(app), 10, "every node up")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: state(app, "n4") == "up", 30, "n4 up")
+        await wait_for(pilot, lambda: logged(app, "n4 added to the ring"), 5, "the add logged")
+        await wait_for(pilot, lambda: app.view.ring.nodes == ("n1", "n2", "n3", "n4"), 5,
+                       "n4 on the ring")
+        assert logged(app, "n4 joined the ring")
+        assert "n4" in region_text(app, app.query_one(RingView))
+        assert "n4" in region_text(app, app.nodes)
+        proc = Cluster.load(name).node("n4").proc
+        assert proc is not None and proc.alive()
+        await wait_for(pilot, lambda: app.selected == "n4", 5, "the new node selected")
+
+        await pilot.press("X")
+        await wait_for(pilot, lambda: app.view.node("n4") is None, 15, "n4 gone")
+        await wait_for(pilot, lambda: logged(app, "n4 removed"), 5, "the removal logged")
+        assert logged(app, "n4 left the ring")
+        assert app.view.ring.nodes == ("n1", "n2", "n3")
+        assert "n4" not in region_text(app, app.query_one(RingView))
+        assert "n4" not in region_text(app, app.nodes)
+        assert app.selected == "n3"
+    assert not proc.alive() and not _alive(proc.pid), "the removed node's process lives on"
+    assert [m.name for m in Cluster.load(name).nodes] == ["n1", "n2", "n3"]
 
 
 async def test_a_kill_from_another_terminal_shows_up(cluster: Cluster) -> None:

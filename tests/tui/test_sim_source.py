@@ -164,6 +164,45 @@ async def test_reads_writes_and_inspection_of_each_replica(source: SimSource,
     assert read.ok and read.text.startswith(f"read {key} = 'blue'")
 
 
+async def test_a_partition_cuts_a_replica_off_from_the_coordinator(source: SimSource,
+                                                                  clock: Clock) -> None:
+    key = "user:42"
+    assert (await settle(source, clock, source.write(key, "blue"))).ok
+    first, second, third = source.world.ring.preference_list(key, 3)
+
+    await source.partition(first, on=True)
+    view = await source.snapshot()
+    assert view.partitioned == {first} and view.states[first] == UP  # the node runs on
+    assert source.world.network.is_cut("c1", first) and source.world.network.is_cut(first, "c1")
+    inspected = await source.inspect(key)
+    assert (inspected.replicas[0].state, inspected.replicas[0].reason) == (UNREACHABLE,
+                                                                          "partitioned")
+    # R=2 of N=3: the other two answer.
+    read = await settle(source, clock, source.read(key))
+    assert read.ok and read.text.startswith(f"read {key} = 'blue' (replied: ")
+    assert sorted(read.text.split("replied: ")[1].rstrip(")").split(", ")) == sorted(
+        [second, third])
+
+    await source.partition(second, on=True)
+    read = await settle(source, clock, source.read(key))
+    assert not read.ok and "timeout: 1 of 2 replicas replied" in read.text
+
+    await source.partition(first, on=False)
+    await source.partition(second, on=False)
+    assert (await source.snapshot()).partitioned == frozenset()
+    assert (await settle(source, clock, source.read(key))).ok
+    with pytest.raises(SourceError, match="no node 'n9'"):
+        await source.partition("n9", on=True)
+
+
+async def test_membership_is_not_simulated(source: SimSource) -> None:
+    with pytest.raises(SourceError, match="adding and removing nodes is not simulated"):
+        await source.add_node()
+    with pytest.raises(SourceError, match="adding and removing nodes is not simulated"):
+        await source.remove_node("n1")
+    assert len((await source.snapshot()).nodes) == 5
+
+
 async def script(clock: Clock) -> tuple:
     """A fixed run: traffic, a crash, a pause, writes, inspections; everything it shows."""
     source = SimSource(seed=11, clock=clock, budget_s=None)
@@ -216,6 +255,13 @@ async def test_kvlab_ui_sim_kill_a_node_from_the_keyboard(kvlab_home) -> None:
                        "the kill logged")
         assert any("n3 ● up → ✗ down" in e for e in app.events.entries)
         assert "✗ down" in screen_text(app)
+
+        await pilot.press("2", "x")
+        await wait_for(pilot, lambda: "n2" in app.view.partitioned, 5, "n2 cut")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: any("add a node failed: adding and removing nodes is "
+                                          "not simulated" in e for e in app.events.entries),
+                       5, "the refusal logged")
         await pilot.press("q")
         await wait_for(pilot, lambda: app.return_code is not None, 5, "the app to exit")
     assert not kvlab_home.exists(), "--sim must not create a cluster folder"

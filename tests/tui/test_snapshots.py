@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kvlab.tui.app import make_app
+from kvlab.tui.source import ClusterSource
 from kvlab.tui.widgets.inspector import KeyInspector
 from kvlab.tui.widgets.ring import RingView
 from tests.tui.fake_source import FakeSource
@@ -70,3 +71,26 @@ async def test_snapshot_is_stable() -> None:
     first = await render_main(None)
     second = await render_main(None)
     assert first == second
+
+
+async def test_cut_add_and_remove_keys_on_fixed_data() -> None:
+    source = FakeSource()
+    assert isinstance(source, ClusterSource)
+    app = make_app(source, clock=lambda: NOON, poll_s=60, inspect_s=60)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.view is not None, 5, "the first snapshot")
+        await pilot.press("1", "x", "2", "x")  # heal n1 (cut in the data), cut n2
+        await wait_for(pilot, lambda: app.view.partitioned == {"n2"}, 5, "n1 healed, n2 cut")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: app.selected == "n6", 5, "the new node selected")
+        await pilot.press("X")
+        await wait_for(pilot, lambda: app.view.node("n6") is None, 5, "n6 removed")
+        assert app.selected == "n5"  # the next one down, as far as there is one
+        assert source.calls == [("heal", "n1"), ("partition", "n2"), ("add", "n6"),
+                                ("remove", "n6")]
+        logged = [e[9:] for e in app.events.entries]  # without the time
+        for line in ("cut the link proxy ⌁ n2 (both ways)", "heal the link proxy ↔ n1",
+                     "n2 ● up → ● up ⌁ cut", "add a node", "n6 added to the ring",
+                     "n6 joined the ring", "remove n6 from the ring and stop it",
+                     "n6 removed", "n6 left the ring"):
+            assert line in logged, line

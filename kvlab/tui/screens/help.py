@@ -22,6 +22,17 @@ TOPICS = (
     ("Failover", "With a replica down, reads and writes still succeed while R (or W) of the N "
                  "answer. Kill more and clients get 503 unavailable; a paused node is worse: "
                  "it says nothing, so requests wait for the timeout (504)."),
+    ("Partition", "x cuts the network link between the proxy and the selected node, both "
+                  "ways. The node keeps running and its data stays, but the proxy can't reach "
+                  "it: requests to its replicas get no answer and time out, as with a paused "
+                  "node. A read still succeeds while R replicas answer, a write while W do. x "
+                  "again heals the link; what was written meanwhile is missing or stale there "
+                  "until a read repairs it."),
+    ("Membership", "a starts one more node and joins it to the ring: it takes over arcs from "
+                   "the others, so some keys' preference lists now include it, though it has "
+                   "none of their data until writes and read repair bring it. X takes the "
+                   "selected node out of the ring and stops it: its arcs pass to the next "
+                   "nodes clockwise. There are never fewer nodes than N."),
     ("Repair", "A node that missed writes keeps its old copy (stale, or missing). Every read "
                "compares the replies and writes the newest version back to every replica "
                "that answered stale: inspect a key, then read it (g) and watch it heal."),
@@ -30,6 +41,7 @@ TOPICS = (
 KEYS = (
     ("↑ ↓ / 1-9", "select a node"), ("k", "kill it (SIGKILL)"),
     ("p", "pause / resume it (SIGSTOP / SIGCONT)"), ("r", "restart it"),
+    ("x", "cut / heal its link to the proxy"), ("a / X", "add a node / remove the selected"),
     ("/", "type a key; Enter inspects it"), ("g / u", "read / write the key"),
     ("t", "start / stop traffic"), ("+ -", "traffic rate"), ("m", "read/write mix"),
     ("R W", "traffic's read / write quorum"), ("?", "this help"), ("q", "quit"),
@@ -51,6 +63,15 @@ def overlap(n: int, r: int, w: int) -> Text:
     return text
 
 
+def tolerated(n: int, r: int, w: int) -> Text:
+    """How many of a key's replicas can be cut off (or down) before its reads or writes fail."""
+    text = Text()
+    text.append(f"N={n} R={r} W={w}", "bold")
+    text.append(f": a key's reads survive {n - r} cut replica{'s' * (n - r != 1)} of {n}, "
+                f"its writes {n - w}.")
+    return text
+
+
 def help_text(n: int, r: int, w: int, traffic_r: int | None, traffic_w: int | None) -> Text:
     text = Text()
     for title, body in TOPICS:
@@ -65,6 +86,9 @@ def help_text(n: int, r: int, w: int, traffic_r: int | None, traffic_w: int | No
                 text.append_text(overlap(n, traffic_r or r, traffic_w or w))
                 text.append("\n")
             text.append("\n")
+        if title == "Partition":
+            text.append_text(tolerated(n, r, w))
+            text.append("\n\n")
     text.append("Keys\n", "bold #4fc3f7")
     for key, what in KEYS:
         text.append(f"  {key:<10}", "bold")

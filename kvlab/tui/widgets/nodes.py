@@ -99,7 +99,7 @@ class NodesPanel(Widget, can_focus=True):
             name,
             _number(node.port, "d"),
             _number(node.pid, "d") if node.state != DOWN else Text("-", style=DIM),
-            state_text(node.state),
+            state_text(node.state, node.partitioned),
             _number(node.keys, ",d"),
             _number(node.ops_per_s, ".0f"),
             _number(node.p99_ms, ".1f"),

@@ -2,8 +2,9 @@
 
 Each cell on the ring takes the colour of the node owning that ring position (12 o'clock is
 position 0, positions grow clockwise), so the virtual nodes show as each node's colour
-scattered all around. Down nodes' arcs turn into grey `✗`, paused ones into `‖`. A key typed
-in the inspector is marked with `◆` at its hash, and the middle lists its preference list.
+scattered all around. Down nodes' arcs turn into grey `✗`, paused ones into `‖`, and those of
+a node cut off from the coordinator into `⌁`. A key typed in the inspector is marked with `◆`
+at its hash, and the middle lists its preference list.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from textual.widget import Widget
 
 from kvlab.core.ring import RING_SIZE, Ring, hash_key
 from kvlab.tui.source import DOWN, PAUSED, ClusterView
-from kvlab.tui.theme import DIM, node_color, node_label
+from kvlab.tui.theme import CUT_GLYPH, CUT_STYLE, DIM, node_color, node_label
 
 THICKNESS_ROWS = 1.6
 MARK = "◆"
@@ -121,12 +122,14 @@ class RingView(Widget):
         legend = self._legend(view, width)
         ring_rows = height - len(legend)
         grid: list[list[tuple[str, str]]] = [[(" ", "")] * width for _ in range(ring_rows)]
-        states = view.states
+        states, cut = view.states, view.partitioned
         box = layout(view.ring, width, ring_rows)
         for cell in box.cells:
             state = states.get(cell.owner)
             if state == DOWN:
                 grid[cell.y][cell.x] = ("✗", DIM)
+            elif cell.owner in cut:
+                grid[cell.y][cell.x] = (CUT_GLYPH, f"bold {node_color(cell.owner)}")
             elif state == PAUSED:
                 grid[cell.y][cell.x] = ("‖", f"bold {node_color(cell.owner)}")
             else:
@@ -152,7 +155,6 @@ class RingView(Widget):
         """The key and its preference list, centred inside the ring."""
         x0, y0, w, h = box.inner
         prefs = view.ring.preference_list(self.key, view.n)
-        states = view.states
         key = Text(MARK + " " + self.key, style="bold #ffffff")
         where = Text(f"at {hash_key(self.key) / RING_SIZE:.1%}", style=DIM)
         title = Text(f"replicas (N={view.n})", style=DIM)
@@ -160,7 +162,7 @@ class RingView(Widget):
         for i, node in enumerate(prefs):
             if i:
                 replicas.append(" → " if w >= 14 else " ", DIM)
-            replicas.append_text(node_label(node, states.get(node, DOWN)))
+            replicas.append_text(_label(view, node))
         # Most important first; shown in reading order, as many as fit.
         ranked = [replicas, key, where, title]
         chosen = [line for line in ranked if line.cell_len <= w][:h]
@@ -181,8 +183,11 @@ class RingView(Widget):
             lines: list[Text] = [Text()]
             for node in view.nodes:
                 item = Text()
-                glyph = {DOWN: "✗", PAUSED: "‖"}.get(node.state, "█")
-                item.append(glyph, DIM if node.state == DOWN else node_color(node.name))
+                if node.partitioned and node.state != DOWN:
+                    item.append(CUT_GLYPH, CUT_STYLE)
+                else:
+                    glyph = {DOWN: "✗", PAUSED: "‖"}.get(node.state, "█")
+                    item.append(glyph, DIM if node.state == DOWN else node_color(node.name))
                 item.append_text(node_label(node.name, node.state))
                 if with_share:
                     item.append(f" {share.get(node.name, 0):.0%}", DIM)
@@ -205,10 +210,18 @@ class RingView(Widget):
         for owner, fresh in walk(view.ring, self.key, view.n):
             line.append(" → ", DIM)
             if fresh:
-                line.append_text(node_label(owner, view.states.get(owner, DOWN)))
+                line.append_text(_label(view, owner))
             else:
                 line.append(owner, f"{DIM} strike")
         return line
+
+
+def _label(view: ClusterView, node: str) -> Text:
+    """The node's name as its state shows it, with `⌁` after it when it is cut off."""
+    label = node_label(node, view.states.get(node, DOWN))
+    if node in view.partitioned:
+        label.append(CUT_GLYPH, CUT_STYLE)
+    return label
 
 
 def _chars(text: Text) -> list[tuple[str, str]]:
