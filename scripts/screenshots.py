@@ -91,6 +91,15 @@ async def story(out: Path, svgs: Path) -> list[Path]:
             await settle(1.5)
             shot("read-repaired")
 
+            cut = app.view.ring.preference_list(KEY, app.view.n)[2]
+            await pilot.press(cut[1:], "x")
+            await until(lambda: app.view.node(cut).partitioned)
+            await pilot.press("u")
+            await settle(3)
+            shot("partitioned")
+            await pilot.press("x")
+            await until(lambda: not app.view.node(cut).partitioned)
+
             await pilot.press("question_mark")
             await settle(0.5)
             shot("help")
