@@ -206,6 +206,9 @@ async def test_inspect_a_key_then_watch_a_stale_replica_get_repaired(cluster: Cl
         await pilot.press(last[-1], "k")
         await wait_for(pilot, lambda: copies()[-1][1] == "unreachable", 5, f"{last} unreachable")
         await pilot.press("u")  # value-2 reaches the other two only
+        # Only then restart: a write still in flight would reach the restarted node too.
+        await wait_for(pilot, lambda: logged(app, "write user:42 = 'value-2' (acked"), 5,
+                       "value-2 acknowledged")
         await pilot.press("r")
         await wait_for(pilot, lambda: copies()[-1][1:] == ("stale", "value-1"), 10,
                        f"{last} back with its stale copy")
