@@ -17,11 +17,17 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+# Below Linux's ephemeral range (32768-60999 by default): a port there can be taken at any
+# moment as the source port of an outgoing connection, even a proxy's own reconnect attempt
+# to a dead node on that very port (TCP self-connect).
+LOW, HIGH = 10_000, 32_000
+
+
 def free_port_block(count: int, host: str = "127.0.0.1") -> int:
     """A base port such that `base .. base + count - 1` are all free right now."""
     rng = random.Random()
     for _ in range(500):
-        base = rng.randrange(20_000, 60_000 - count)
+        base = rng.randrange(LOW, HIGH - count)
         if all(port_free(host, base + i) for i in range(count)):
             return base
     raise RuntimeError(f"no block of {count} free ports found on {host}")

@@ -25,6 +25,7 @@ from kvlab.cluster.process import DOWN, PAUSED, STARTING, UP, Proc, wait_until
 from kvlab.cluster.spec import ClusterSpec, cluster_dir
 
 READY_TIMEOUT_S = 30.0
+PORT_WAIT_S = 3.0
 
 
 class ClusterError(Exception):
@@ -230,7 +231,9 @@ class Cluster:
         member = self.node(name)
         if member.proc is not None:
             member.proc.stop()
-        if not port_free(self.spec.host, member.port):
+        # The port may be held for a moment after the old process exits (a reconnecting
+        # proxy's socket, say): give it a short while before calling it taken.
+        if not wait_until(lambda: port_free(self.spec.host, member.port), PORT_WAIT_S, 0.05):
             raise ClusterError(f"port {member.port} for {name} is in use by another program")
         self._spawn_node(member)
         self._save_member(member)
