@@ -154,24 +154,25 @@ async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
     return True
 
 
+# How the supervisor starts and ends each process fault.
+_SIGNALS = {KILL: ("kill", "restart"), PAUSE: ("pause", "resume")}
+
+
 async def _start_fault(cluster: Cluster, kv: AsyncKV, fault: Fault) -> None:
-    for node in fault.nodes:
-        if fault.kind == KILL:
-            await asyncio.to_thread(cluster.kill, node)
-        elif fault.kind == PAUSE:
-            await asyncio.to_thread(cluster.pause, node)
-        else:
-            await kv.partition(node, True, fault.direction)
+    await _toggle_fault(cluster, kv, fault, on=True)
 
 
 async def _end_fault(cluster: Cluster, kv: AsyncKV, fault: Fault) -> None:
+    await _toggle_fault(cluster, kv, fault, on=False)
+
+
+async def _toggle_fault(cluster: Cluster, kv: AsyncKV, fault: Fault, on: bool) -> None:
     for node in fault.nodes:
-        if fault.kind == KILL:
-            await asyncio.to_thread(cluster.restart, node)
-        elif fault.kind == PAUSE:
-            await asyncio.to_thread(cluster.resume, node)
+        if fault.kind == PARTITION:
+            await kv.partition(node, on, fault.direction)
         else:
-            await kv.partition(node, False)
+            action = _SIGNALS[fault.kind][0 if on else 1]
+            await asyncio.to_thread(getattr(cluster, action), node)
 
 
 async def _heal(cluster: Cluster, kv: AsyncKV, faults: list[Fault]) -> None:

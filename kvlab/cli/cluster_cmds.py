@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from kvlab.cli import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
@@ -63,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _fail(exc: ClusterError) -> int:
-    print(f"kvlab: {exc}", file=__import__("sys").stderr)
+    print(f"kvlab: {exc}", file=sys.stderr)
     return EXIT_UNAVAILABLE if isinstance(exc, NoCluster) else EXIT_USAGE
 
 

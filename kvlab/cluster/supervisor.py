@@ -375,18 +375,12 @@ def up(spec: ClusterSpec) -> Cluster:
         previous = Cluster.load(spec.name)
     except ClusterError:
         previous = None
-    if previous is not None:
-        alive = previous.running()
-        if alive:
-            raise ClusterError(
-                f"cluster {spec.name!r} is already running (proxy on port "
-                f"{previous.proxy.port}); `kvlab down --name {spec.name}` stops it")
-    if previous is not None and previous.spec == spec:
-        cluster = previous  # the same cluster again: keep the nodes it had (added ones too)
-        for member in cluster.members():
-            member.proc = None
-    else:
-        cluster = Cluster.new(spec)
+    if previous is not None and previous.running():
+        raise ClusterError(
+            f"cluster {spec.name!r} is already running (proxy on port "
+            f"{previous.proxy.port}); `kvlab down --name {spec.name}` stops it")
+    # The same cluster again keeps the nodes it had (added ones too); its old PIDs are dead.
+    cluster = previous if previous is not None and previous.spec == spec else Cluster.new(spec)
     cluster.start()
     return cluster
 
