@@ -11,22 +11,25 @@ the replicas that acknowledged in `X-Kvlab-*` headers (and in the JSON of REST w
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import unquote
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 from kvlab.core.coordinator import Coordinator, Quorum
 from kvlab.core.messages import NOT_FOUND, OK, Outcome
 from kvlab.core.record import Record
 from kvlab.core.ring import DEFAULT_VNODES, Ring
-from kvlab.net.api_errors import ApiError, json_errors, json_response, quorum_error
+from kvlab.net.api_errors import quorum_error
 from kvlab.net.engine import Engine
+from kvlab.net.http import HttpError, HttpServer, Request, Response, Router, json_response
 from kvlab.net.link import ReplicaLink
-from kvlab.net.runner import serve
+from kvlab.net.runner import run
 
 
 @dataclass(frozen=True)
@@ -70,56 +73,54 @@ class Proxy:
         return outcome
 
 
-PROXY = web.AppKey("proxy", Proxy)
-
-
 # -- request parsing --------------------------------------------------------------------
 
 
 def _check_key(proxy: Proxy, key: str | None) -> str:
     if not key:
-        raise ApiError(400, "bad_request", "key must be a non-empty string")
+        raise HttpError(400, "bad_request", "key must be a non-empty string")
     size = len(key.encode("utf-8", "surrogatepass"))
     if size > proxy.limits.max_key:
-        raise ApiError(413, "key_too_large",
+        raise HttpError(413, "key_too_large",
                        f"key is {size} bytes, the limit is {proxy.limits.max_key}")
     return key
 
 
 def _check_value(proxy: Proxy, value: bytes) -> bytes:
     if len(value) > proxy.limits.max_value:
-        raise ApiError(413, "value_too_large",
+        raise HttpError(413, "value_too_large",
                        f"value is {len(value)} bytes, the limit is {proxy.limits.max_value}")
     return value
 
 
-def _path_key(request: web.Request, prefix: str) -> str:
+def _path_key(proxy: Proxy, request: Request) -> str:
     """The key from a REST path, percent-decoded exactly once (so `%2F`, `%25` survive)."""
-    raw = request.rel_url.raw_path[len(prefix):]
     try:
-        key = unquote(raw, errors="strict")
+        key = unquote(request.tail, errors="strict")
     except UnicodeDecodeError:
-        raise ApiError(400, "bad_request", "key is not valid UTF-8") from None
-    return _check_key(request.app[PROXY], key)
+        raise HttpError(400, "bad_request", "key is not valid UTF-8") from None
+    return _check_key(proxy, key)
 
 
-def _query_key(request: web.Request) -> str:
+def _query_key(proxy: Proxy, request: Request) -> str:
     if "key" not in request.query:
-        raise ApiError(400, "bad_request", "missing query parameter: key")
-    return _check_key(request.app[PROXY], request.query["key"])
+        raise HttpError(400, "bad_request", "missing query parameter: key")
+    return _check_key(proxy, request.query["key"])
 
 
-def _quorum_override(request: web.Request, name: str) -> int | None:
+def _quorum_override(proxy: Proxy, request: Request, name: str) -> int | None:
+    if not request.query_string:
+        return None
     text = request.query.get(name)
     if text is None:
         return None
-    n = request.app[PROXY].coordinator.quorum.n
+    n = proxy.coordinator.quorum.n
     try:
         value = int(text)
     except ValueError:
         value = 0
     if not 1 <= value <= n:
-        raise ApiError(400, "bad_request", f"{name} must be an integer from 1 to N={n}, "
+        raise HttpError(400, "bad_request", f"{name} must be an integer from 1 to N={n}, "
                        f"got {text!r}")
     return value
 
@@ -139,19 +140,17 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-async def _read(request: web.Request, key: str) -> Outcome:
-    proxy = request.app[PROXY]
-    outcome = await proxy.run("read", key, r=_quorum_override(request, "r"))
+async def _read(proxy: Proxy, request: Request, key: str) -> Outcome:
+    outcome = await proxy.run("read", key, r=_quorum_override(proxy, request, "r"))
     if outcome.status == NOT_FOUND:
-        raise ApiError(404, "not_found", "key not found", key=key)
+        raise HttpError(404, "not_found", "key not found", key=key)
     if outcome.status != OK:
         raise quorum_error(outcome)
     return outcome
 
 
-async def _write(request: web.Request, key: str, value: bytes | None) -> Outcome:
-    proxy = request.app[PROXY]
-    outcome = await proxy.run("write", key, value, w=_quorum_override(request, "w"))
+async def _write(proxy: Proxy, request: Request, key: str, value: bytes | None) -> Outcome:
+    outcome = await proxy.run("write", key, value, w=_quorum_override(proxy, request, "w"))
     if outcome.status != OK:
         raise quorum_error(outcome)
     return outcome
@@ -160,55 +159,53 @@ async def _write(request: web.Request, key: str, value: bytes | None) -> Outcome
 # -- Go-compatible routes ---------------------------------------------------------------
 
 
-async def compat_set(request: web.Request) -> web.Response:
+async def compat_set(proxy: Proxy, request: Request) -> Response:
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(request.body)
     except orjson.JSONDecodeError:
-        raise ApiError(400, "bad_request", "body must be JSON: {\"key\": K, \"value\": V}") \
+        raise HttpError(400, "bad_request", "body must be JSON: {\"key\": K, \"value\": V}") \
             from None
     if not isinstance(body, dict) or not isinstance(body.get("value"), str) \
             or not isinstance(body.get("key"), str):
-        raise ApiError(400, "bad_request", "body must be {\"key\": string, \"value\": string}")
-    proxy = request.app[PROXY]
+        raise HttpError(400, "bad_request", "body must be {\"key\": string, \"value\": string}")
     key = _check_key(proxy, body["key"])
     value = _check_value(proxy, body["value"].encode("utf-8"))
-    outcome = await _write(request, key, value)
-    return web.Response(text="OK", headers=_headers(outcome))
+    outcome = await _write(proxy, request, key, value)
+    return Response(body=b"OK", headers=_headers(outcome))
 
 
-async def compat_get(request: web.Request) -> web.Response:
-    outcome = await _read(request, _query_key(request))
+async def compat_get(proxy: Proxy, request: Request) -> Response:
+    outcome = await _read(proxy, request, _query_key(proxy, request))
     assert outcome.record is not None and outcome.record.value is not None
     return json_response({"value": _text(outcome.record.value)}, headers=_headers(outcome))
 
 
-async def compat_delete(request: web.Request) -> web.Response:
-    outcome = await _write(request, _query_key(request), None)
-    return web.Response(text="OK", headers=_headers(outcome))
+async def compat_delete(proxy: Proxy, request: Request) -> Response:
+    outcome = await _write(proxy, request, _query_key(proxy, request), None)
+    return Response(body=b"OK", headers=_headers(outcome))
 
 
 # -- REST routes ------------------------------------------------------------------------
 
 
-async def rest_get(request: web.Request) -> web.Response:
-    outcome = await _read(request, _path_key(request, "/kv/"))
-    assert outcome.record is not None
-    return web.Response(body=outcome.record.value, headers=_headers(outcome),
-                        content_type="application/octet-stream")
+async def rest_get(proxy: Proxy, request: Request) -> Response:
+    outcome = await _read(proxy, request, _path_key(proxy, request))
+    assert outcome.record is not None and outcome.record.value is not None
+    return Response(body=outcome.record.value, headers=_headers(outcome),
+                    content_type="application/octet-stream")
 
 
-async def rest_put(request: web.Request) -> web.Response:
-    proxy = request.app[PROXY]
-    key = _path_key(request, "/kv/")
-    value = _check_value(proxy, await request.read())
-    return _write_response(await _write(request, key, value))
+async def rest_put(proxy: Proxy, request: Request) -> Response:
+    key = _path_key(proxy, request)
+    value = _check_value(proxy, request.body)
+    return _write_response(await _write(proxy, request, key, value))
 
 
-async def rest_delete(request: web.Request) -> web.Response:
-    return _write_response(await _write(request, _path_key(request, "/kv/"), None))
+async def rest_delete(proxy: Proxy, request: Request) -> Response:
+    return _write_response(await _write(proxy, request, _path_key(proxy, request), None))
 
 
-def _write_response(outcome: Outcome) -> web.Response:
+def _write_response(outcome: Outcome) -> Response:
     assert outcome.record is not None
     return json_response({
         "key": outcome.key,
@@ -218,21 +215,19 @@ def _write_response(outcome: Outcome) -> web.Response:
     }, headers=_headers(outcome))
 
 
-async def rest_empty_key(request: web.Request) -> web.Response:
-    raise ApiError(400, "bad_request", "key must be a non-empty string: /kv/{key}")
+async def rest_empty_key(proxy: Proxy, request: Request) -> Response:
+    raise HttpError(400, "bad_request", "key must be a non-empty string: /kv/{key}")
 
 
 # -- introspection ----------------------------------------------------------------------
 
 
-async def health(request: web.Request) -> web.Response:
-    proxy = request.app[PROXY]
+async def health(proxy: Proxy, request: Request) -> Response:
     return json_response({"status": "ok", "proxy": proxy.name, "pid": os.getpid(),
                           "nodes": {n: link.state for n, link in proxy.engine.links.items()}})
 
 
-async def cluster(request: web.Request) -> web.Response:
-    proxy = request.app[PROXY]
+async def cluster(proxy: Proxy, request: Request) -> Response:
     coord = proxy.coordinator
     q = coord.quorum
     nodes = []
@@ -264,37 +259,38 @@ def _replica_view(node: str, outcome: Outcome) -> dict:
             "deleted": record.tombstone}
 
 
-async def cluster_key(request: web.Request) -> web.Response:
-    proxy = request.app[PROXY]
-    key = _path_key(request, "/cluster/keys/")
+async def cluster_key(proxy: Proxy, request: Request) -> Response:
+    key = _path_key(proxy, request)
     outcome = await proxy.run("inspect", key)
     return json_response({"key": key,
                           "replicas": [_replica_view(n, outcome) for n in outcome.replicas]})
 
 
-async def add_node(request: web.Request) -> web.Response:
+async def add_node(proxy: Proxy, request: Request) -> Response:
     """Join a running node to the ring (its data arrives by read repair; no rebalancing)."""
-    proxy = request.app[PROXY]
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(request.body)
         name, url = body["name"], body["url"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise ApiError(400, "bad_request", "body must be {\"name\": N, \"url\": U}") from None
+        raise HttpError(400, "bad_request", "body must be {\"name\": N, \"url\": U}") from None
     coord = proxy.coordinator
     if name in coord.ring.nodes:
-        raise ApiError(409, "conflict", f"node {name} is already in the ring")
+        raise HttpError(409, "conflict", f"node {name} is already in the ring")
     coord.ring = coord.ring.with_node(name)
     proxy.urls[name] = url
     proxy.add_link(name, url)
     return json_response({"nodes": list(coord.ring.nodes)})
 
 
-async def remove_node(request: web.Request) -> web.Response:
-    proxy = request.app[PROXY]
-    name = request.match_info["name"]
+def _node_name(request: Request) -> str:
+    return unquote(request.tail)
+
+
+async def remove_node(proxy: Proxy, request: Request) -> Response:
+    name = _node_name(request)
     coord = proxy.coordinator
     if name not in coord.ring.nodes:
-        raise ApiError(404, "not_found", f"no node {name} in the ring")
+        raise HttpError(404, "not_found", f"no node {name} in the ring")
     coord.ring = coord.ring.without_node(name)
     proxy.urls.pop(name, None)
     link = proxy.engine.links.pop(name)
@@ -305,61 +301,73 @@ async def remove_node(request: web.Request) -> web.Response:
 PARTITION_DIRECTIONS = ("both", "to", "from")
 
 
-async def set_fault(request: web.Request) -> web.Response:
+async def set_fault(proxy: Proxy, request: Request) -> Response:
     """Cut or heal the link between the proxy and a node.
 
     Body: `{"partitioned": true|false, "direction": "both"|"to"|"from"}` ("to": requests to
     the node are lost; "from": its replies are lost, though its writes still apply).
     """
-    proxy = request.app[PROXY]
-    name = request.match_info["name"]
+    name = _node_name(request)
     link = proxy.engine.links.get(name)
     if link is None:
-        raise ApiError(404, "not_found", f"no node {name} in the ring")
+        raise HttpError(404, "not_found", f"no node {name} in the ring")
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(request.body)
     except orjson.JSONDecodeError:
         body = None
     on = body.get("partitioned") if isinstance(body, dict) else None
     direction = body.get("direction", "both") if isinstance(body, dict) else None
     if not isinstance(on, bool) or direction not in PARTITION_DIRECTIONS:
-        raise ApiError(400, "bad_request", "body must be {\"partitioned\": true|false, "
+        raise HttpError(400, "bad_request", "body must be {\"partitioned\": true|false, "
                        "\"direction\": \"both\"|\"to\"|\"from\"}")
     link.partition(direction if on else None)
     return json_response({"node": name, "partitioned": link.partitioned})
 
 
-async def _links(app: web.Application):
-    proxy = app[PROXY]
+Route = Callable[[Proxy, Request], Awaitable[Response]]
+
+ROUTES: list[tuple[str, str, Route]] = [
+    ("POST", "/set", compat_set),
+    ("GET", "/get", compat_get),
+    ("DELETE", "/delete", compat_delete),
+    *((method, "/kv/", rest_empty_key) for method in ("GET", "PUT", "DELETE")),
+    ("GET", "/kv/*", rest_get),
+    ("PUT", "/kv/*", rest_put),
+    ("DELETE", "/kv/*", rest_delete),
+    ("GET", "/health", health),
+    ("GET", "/cluster", cluster),
+    ("GET", "/cluster/keys/*", cluster_key),
+    ("POST", "/cluster/nodes", add_node),
+    ("DELETE", "/cluster/nodes/*", remove_node),
+    ("PUT", "/cluster/faults/*", set_fault),
+]
+
+
+def make_router(proxy: Proxy) -> Router:
+    """The API's routes; a path ending in `*` matches any non-empty rest (`request.tail`)."""
+    router = Router()
+    for method, path, route in ROUTES:
+        prefix = path.endswith("*")
+        router.add(method, path.rstrip("*"), partial(route, proxy), prefix=prefix)
+    return router
+
+
+async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event) -> None:
+    """Open the links to the nodes, serve the API until `stopped`, then close everything."""
     proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     for name, url in proxy.urls.items():
         proxy.add_link(name, url)
-    yield
-    for link in proxy.engine.links.values():
-        await link.stop()
-    await proxy.session.close()
-
-
-def make_app(proxy: Proxy) -> web.Application:
     # Room for the largest value plus the JSON around it; larger bodies get 413.
-    app = web.Application(middlewares=[json_errors],
-                          client_max_size=proxy.limits.max_value + proxy.limits.max_key + 4096)
-    app[PROXY] = proxy
-    app.router.add_post("/set", compat_set)
-    app.router.add_get("/get", compat_get)
-    app.router.add_delete("/delete", compat_delete)
-    app.router.add_route("*", "/kv/", rest_empty_key)
-    app.router.add_get("/kv/{key:.+}", rest_get)
-    app.router.add_put("/kv/{key:.+}", rest_put)
-    app.router.add_delete("/kv/{key:.+}", rest_delete)
-    app.router.add_get("/health", health)
-    app.router.add_get("/cluster", cluster)
-    app.router.add_get("/cluster/keys/{key:.+}", cluster_key)
-    app.router.add_post("/cluster/nodes", add_node)
-    app.router.add_delete("/cluster/nodes/{name}", remove_node)
-    app.router.add_put("/cluster/faults/{name}", set_fault)
-    app.cleanup_ctx.append(_links)
-    return app
+    server = HttpServer(make_router(proxy),
+                        max_body=proxy.limits.max_value + proxy.limits.max_key + 4096)
+    try:
+        await server.start(host, port)
+        await stopped.wait()
+    finally:
+        await server.close()
+        for link in proxy.engine.links.values():
+            await link.stop()
+        await proxy.session.close()
 
 
 def _node_arg(text: str) -> tuple[str, str]:
@@ -389,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     proxy = Proxy(args.name, dict(args.node), quorum, args.vnodes, args.timeout_ms,
                   Limits(args.max_key, args.max_value))
     print(f"proxy {args.name} pid {os.getpid()} on {args.host}:{args.port}", flush=True)
-    serve(make_app(proxy), args.host, args.port)
+    run(partial(serve_proxy, proxy, args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,210 @@
+"""The proxy's HTTP server (`kvlab.net.http`) over real sockets, at the level of raw bytes:
+keep-alive, pipelining, chunked bodies, 100-continue, limits, malformed input, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from kvlab.cluster.ports import free_port_block
+from kvlab.net.http import HttpError, HttpServer, Request, Response, Router, json_response
+
+MAX_BODY = 1000
+
+
+async def echo(request: Request) -> Response:
+    return json_response({"method": request.method, "path": request.path,
+                          "query": request.query, "tail": request.tail,
+                          "body": request.body.decode()})
+
+
+async def slow(request: Request) -> Response:
+    await asyncio.sleep(float(request.query.get("s", "0.05")))
+    return Response(body=b"slow")
+
+
+async def boom(request: Request) -> Response:
+    raise RuntimeError("handler bug")
+
+
+async def refuse(request: Request) -> Response:
+    raise HttpError(409, "conflict", "no", thing=1)
+
+
+@pytest.fixture
+async def server():
+    router = Router()
+    router.add("GET", "/echo", echo)
+    router.add("POST", "/echo", echo)
+    router.add("GET", "/slow", slow)
+    router.add("GET", "/boom", boom)
+    router.add("GET", "/refuse", refuse)
+    router.add("GET", "/items/", echo, prefix=True)
+    router.add("GET", "/items/special/", slow, prefix=True)
+    srv = HttpServer(router, max_body=MAX_BODY)
+    port = free_port_block(1)
+    await srv.start("127.0.0.1", port)
+    yield srv, port
+    await srv.close()
+
+
+async def read_response(reader: asyncio.StreamReader, head_only: bool = False):
+    """(status, headers, body) of one response; reads exactly Content-Length bytes."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(": ")
+            headers[name.lower()] = value
+    length = int(headers.get("content-length", "0"))
+    body = b"" if head_only else await asyncio.wait_for(reader.readexactly(length), 5)
+    return status, headers, body
+
+
+async def connect(port: int):
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    return await asyncio.wait_for(reader.read(), 5) == b""
+
+
+async def test_keep_alive_serves_many_requests_on_one_connection(server):
+    _, port = server
+    reader, writer = await connect(port)
+    for i in range(3):
+        writer.write(f"GET /echo?i={i}&x=a+b%20c HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        status, headers, body = await read_response(reader)
+        assert status == 200 and headers["content-type"] == "application/json"
+        assert json.loads(body)["query"] == {"i": str(i), "x": "a b c"}
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(server):
+    _, port = server
+    reader, writer = await connect(port)
+    # The first is slow, the second fast: the answers still come back first-in, first-out.
+    writer.write(b"GET /slow?s=0.1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /echo?n=2 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_response(reader))[2] == b"slow"
+    assert json.loads((await read_response(reader))[2])["query"] == {"n": "2"}
+    status, _, body = await read_response(reader)
+    assert status == 404 and json.loads(body)["error"] == "not_found"
+    writer.close()
+
+
+async def test_chunked_body_and_prefix_routes(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    assert json.loads((await read_response(reader))[2])["body"] == "hello world"
+    writer.write(b"GET /items/a%2Fb HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert json.loads((await read_response(reader))[2])["tail"] == "a%2Fb"
+    writer.write(b"GET /items/special/x HTTP/1.1\r\nHost: t\r\n\r\n")  # the longer prefix wins
+    assert (await read_response(reader))[2] == b"slow"
+    writer.write(b"GET /items/ HTTP/1.1\r\nHost: t\r\n\r\n")  # a prefix route needs a rest
+    assert (await read_response(reader))[0] == 404
+    writer.close()
+
+
+async def test_expect_100_continue(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                 b"Expect: 100-continue\r\n\r\n")
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == \
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"abc")
+    assert json.loads((await read_response(reader))[2])["body"] == "abc"
+    # Too large: refused before the client sends the body, and the connection ends.
+    writer.write(f"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {MAX_BODY + 1}\r\n"
+                 "Expect: 100-continue\r\n\r\n".encode())
+    status, headers, body = await read_response(reader)
+    assert status == 413 and json.loads(body)["error"] == "too_large"
+    assert headers["connection"] == "close" and await closed(reader)
+
+
+async def test_too_large_body_is_refused_and_the_connection_stays_usable(server):
+    _, port = server
+    reader, writer = await connect(port)
+    big = b"x" * (MAX_BODY + 1)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(big), big))
+    status, _, body = await read_response(reader)
+    assert status == 413 and str(MAX_BODY) in json.loads(body)["message"]
+    chunks = b"".join(b"64\r\n" + b"y" * 100 + b"\r\n" for _ in range(11)) + b"0\r\n\r\n"
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 + chunks)
+    assert (await read_response(reader))[0] == 413
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok")
+    assert json.loads((await read_response(reader))[2])["body"] == "ok"
+    writer.close()
+
+
+async def test_malformed_request_gets_400_and_the_connection_closes(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    writer.write(b"THIS IS NOT HTTP\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert status == 400 and json.loads(body)["error"] == "bad_request"
+    assert headers["connection"] == "close" and await closed(reader)
+
+
+async def test_errors_are_json(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"DELETE /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert status == 405 and headers["allow"] == "GET, POST"
+    assert json.loads(body)["error"] == "method_not_allowed"
+    writer.write(b"GET /refuse HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, body = await read_response(reader)
+    assert status == 409 and json.loads(body) == {"error": "conflict", "message": "no",
+                                                  "thing": 1}
+    writer.write(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")  # a handler bug: 500, still open
+    status, _, body = await read_response(reader)
+    assert status == 500 and json.loads(body)["error"] == "internal_error"
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    writer.close()
+
+
+async def test_head_and_http_1_0(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"HEAD /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, headers, _ = await read_response(reader, head_only=True)
+    assert status == 200 and int(headers["content-length"]) > 0
+    writer.write(b"GET /echo?after=head HTTP/1.1\r\nHost: t\r\n\r\n")  # no body was sent
+    assert json.loads((await read_response(reader))[2])["query"] == {"after": "head"}
+    writer.close()
+    reader, writer = await connect(port)
+    writer.write(b"GET /echo HTTP/1.0\r\n\r\n")
+    status, headers, _ = await read_response(reader)
+    assert status == 200 and headers["connection"] == "close" and await closed(reader)
+
+
+async def test_close_finishes_the_request_in_flight(server):
+    srv, port = server
+    reader, writer = await connect(port)
+    idle_reader, _ = await connect(port)
+    writer.write(b"GET /slow?s=0.2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    deadline = asyncio.get_running_loop().time() + 5
+    while all(c.idle for c in srv.connections):  # until the server is serving it
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.005)
+    closing = asyncio.create_task(srv.close())
+    status, headers, body = await read_response(reader)
+    assert (status, body, headers["connection"]) == (200, b"slow", "close")
+    await closing
+    assert await closed(reader) and await closed(idle_reader)
+    with pytest.raises(OSError):
+        await connect(port)
