@@ -8,23 +8,31 @@ transaction, so two racing writes to one key can't be applied out of order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from kvlab.core.messages import ReadReply, ReadRequest, Reply, Request, WriteReply, WriteRequest
 from kvlab.core.record import Record
 
 
-def serve(requests: Iterable[Request], lookup: Callable[[str], Record | None]
+def serve(requests: Iterable[Request],
+          lookup: Callable[[Sequence[str]], Mapping[str, Record]]
           ) -> tuple[list[Reply], list[WriteRequest]]:
-    """Answer the reads now; return the writes that must be persisted before their replies."""
-    replies: list[Reply] = []
+    """Answer the reads now; return the writes that must be persisted before their replies.
+
+    `lookup` gets the keys of all the reads at once (a store answers them in one query) and
+    returns the records it holds, by key.
+    """
+    reads: list[ReadRequest] = []
     writes: list[WriteRequest] = []
     for request in requests:
         if isinstance(request, ReadRequest):
-            replies.append(ReadReply(request.req, lookup(request.key)))
+            reads.append(request)
         else:
             writes.append(request)
-    return replies, writes
+    if not reads:
+        return [], writes
+    found = lookup([r.key for r in reads])
+    return [ReadReply(r.req, found.get(r.key)) for r in reads], writes
 
 
 def acknowledge(writes: Iterable[WriteRequest]) -> list[Reply]:

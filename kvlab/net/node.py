@@ -89,7 +89,7 @@ async def replica_channel(request: web.Request) -> web.WebSocketResponse:
             node.last_error = f"bad frame: {exc}"
             await ws.close(code=1003, message=b"malformed frame")
             break
-        replies, writes = replica.serve(requests, node.store.get)
+        replies, writes = replica.serve(requests, node.store.get_many)
         node.reads += len(replies)
         out.extend(replies)
         if writes:

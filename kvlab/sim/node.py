@@ -74,7 +74,7 @@ class SimNode:
 
     def _handle(self, coordinator: str, request: Request) -> None:
         self.served += 1
-        replies, writes = replica.serve((request,), self.store.get)
+        replies, writes = replica.serve((request,), self.store.get_many)
         if replies:
             peer = self.peers[coordinator]
             for reply in replies:

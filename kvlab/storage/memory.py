@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from kvlab.core.record import Record, purgeable, supersedes
 
@@ -13,6 +13,10 @@ class MemoryStore:
 
     def get(self, key: str) -> Record | None:
         return self._records.get(key)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Record]:
+        records = self._records
+        return {key: records[key] for key in keys if key in records}
 
     def apply(self, records: Iterable[Record]) -> list[bool]:
         """Store each record that supersedes the current one; report which were stored."""

@@ -58,7 +58,7 @@ class Harness:
 
     def deliver(self, send: Send) -> None:
         store = self.stores[send.node]
-        replies, writes = replica.serve([send.request], store.get)
+        replies, writes = replica.serve([send.request], store.get_many)
         store.apply([w.record for w in writes])
         for reply in replies + replica.acknowledge(writes):
             self.apply(self.coord.receive(send.node, reply, self.now))
@@ -175,7 +175,7 @@ def test_replicas_never_apply_an_older_version():
     stale = h.stores["n1"].get("k") or h.stores[h.replicas("k")[0]].get("k")
     older = WriteRequest(999, type(stale)("k", b"older", stale.version._replace(physical=1)))
     node = h.replicas("k")[0]
-    replies, writes = replica.serve([older], h.stores[node].get)
+    replies, writes = replica.serve([older], h.stores[node].get_many)
     assert h.stores[node].apply([w.record for w in writes]) == [False]
     assert h.stores[node].get("k").value == b"new"
 
@@ -303,7 +303,7 @@ def test_a_read_fails_fast_when_a_needed_repair_is_refused():
     h.silent.clear()
     h.down.add(b)  # b answers "missing", then dies before the repair reaches it
     store = h.stores[b]
-    replies, _ = replica.serve([read_to_b.request], store.get)
+    replies, _ = replica.serve([read_to_b.request], store.get_many)
     h.apply(h.coord.receive(b, replies[0], h.now))
     assert h.done[op].status == UNAVAILABLE
     assert h.done[op].failed[b].startswith("repair")

@@ -80,3 +80,22 @@ async def test_a_failed_commit_fails_its_writes_and_the_store_keeps_working(stor
     assert store.get("a") is None  # the whole batch rolled back: nothing half-applied
     assert await store.apply([rec("a", b"2", 2)]) == [True]
     assert store.get("a").value == b"2" and store.count() == 1
+
+
+ODD_KEYS = ['q"uote', "back\\slash", "ünï©ødé ✓", "[1, 2]", "new\nline", "%", ""]
+
+
+async def test_get_many_matches_get_for_every_key(store):
+    """The one-query batch lookup returns exactly what `get` does, key by key, on both stores."""
+    records = [rec(key, key.encode() or b"empty", 3) for key in ODD_KEYS]
+    records.append(rec("gone", None, 4))
+    memory = MemoryStore()
+    memory.apply(records)
+    await store.apply(records)
+    wanted = [*ODD_KEYS, "gone", "missing", ODD_KEYS[0]]  # a tombstone, an absent key, a repeat
+    for s in (store, memory):
+        found = s.get_many(wanted)
+        assert found == {k: s.get(k) for k in wanted if s.get(k) is not None}
+        assert set(found) == {*ODD_KEYS, "gone"} and found["gone"].tombstone
+        assert s.get_many(["missing"]) == {} and s.get_many([ODD_KEYS[2]])[ODD_KEYS[2]].value \
+            == ODD_KEYS[2].encode()
