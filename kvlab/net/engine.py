@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import time
 from collections.abc import Callable
 
@@ -21,12 +22,16 @@ class Engine:
         self.coordinator = coordinator
         self.links: dict[str, ReplicaLink] = {}
         self._waiting: dict[int, asyncio.Future[Outcome]] = {}
-        # Deadlines of every operation in one heap behind a single loop timer: far cheaper
-        # than a TimerHandle per operation, and nearly all of them find the op long done.
-        # They are kept on the loop's monotonic clock, so a wall-clock step can't stretch or
-        # cut them short (wall time only stamps versions).
-        self._deadlines: list[tuple[float, int]] = []
+        # Deadlines of every operation behind a single loop timer, far cheaper than a
+        # TimerHandle per operation (nearly all of them find the op long done). They are
+        # grouped by millisecond, rounded up: an op costs one append to its millisecond's
+        # list, and the heap only holds the distinct milliseconds. They are kept on the
+        # loop's monotonic clock, so a wall-clock step can't stretch or cut them short (wall
+        # time only stamps versions).
+        self._due: dict[int, list[int]] = {}  # loop-clock millisecond -> ops due then
+        self._ticks: list[int] = []  # heap of the keys of `_due`
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_tick = 0
 
     async def run(self, start: Callable[[int], tuple[int, list[Effect]]]) -> Outcome:
         """Start an operation (`start(now_ms)` on the coordinator) and wait for its outcome."""
@@ -62,9 +67,15 @@ class Engine:
                     self._apply(self.coordinator.unreachable(
                         effect.node, effect.request.req, "node down", now_ms()))
             elif isinstance(effect, SetTimer):
-                due = asyncio.get_running_loop().time() + (effect.at_ms - now_ms()) / 1000
-                heapq.heappush(self._deadlines, (due, effect.op))
-                if self._timer is None:
+                loop_ms = asyncio.get_running_loop().time() * 1000
+                tick = math.ceil(loop_ms + effect.at_ms - now_ms())
+                ops = self._due.get(tick)
+                if ops is not None:
+                    ops.append(effect.op)
+                    continue
+                self._due[tick] = [effect.op]
+                heapq.heappush(self._ticks, tick)
+                if self._timer is None or tick < self._timer_tick:
                     self._arm()
             elif isinstance(effect, Done):
                 future = self._waiting.get(effect.outcome.op)
@@ -72,16 +83,20 @@ class Engine:
                     future.set_result(effect.outcome)
 
     def _arm(self) -> None:
-        self._timer = asyncio.get_running_loop().call_at(self._deadlines[0][0], self._expire)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_tick = self._ticks[0]
+        self._timer = asyncio.get_running_loop().call_at(self._timer_tick / 1000, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        due, now = asyncio.get_running_loop().time(), now_ms()
-        deadlines, timeout = self._deadlines, self.coordinator.timeout
-        while deadlines and deadlines[0][0] <= due:
-            effects = timeout(heapq.heappop(deadlines)[1], now)
-            if effects:
-                self._apply(effects)
-        if deadlines and self._timer is None:
+        loop_ms, now = asyncio.get_running_loop().time() * 1000, now_ms()
+        ticks, timeout = self._ticks, self.coordinator.timeout
+        while ticks and ticks[0] <= loop_ms:
+            for op in self._due.pop(heapq.heappop(ticks)):
+                effects = timeout(op, now)
+                if effects:
+                    self._apply(effects)
+        if ticks and self._timer is None:
             self._arm()
 

@@ -158,7 +158,11 @@ class _Connection(asyncio.Protocol):
         # Parsed requests (and errors answered without a handler, such as a 413) waiting
         # behind the one being served, each with whether the connection stays open after it.
         self._pending: deque[tuple[Request | Response, bool]] = deque()
-        self._task: asyncio.Task | None = None
+        self._worker: asyncio.Task | None = None  # serves `_pending`, one at a time, in order
+        self._wakeup: asyncio.Future | None = None  # set while the worker waits for work
+        self._busy = False  # a handler is running
+        self._reading_paused = False
+        self._writing_paused = False
         self._closing = False
         self.last_active = self._loop.time()
         self._reset()
@@ -172,7 +176,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return self._task is None and not self._pending
+        return not self._busy and not self._pending
 
     # asyncio.Protocol
 
@@ -184,8 +188,8 @@ class _Connection(asyncio.Protocol):
         self._server.connections.discard(self)
         self._transport = None
         self._pending.clear()
-        if self._task is not None:
-            self._task.cancel()
+        if self._worker is not None:
+            self._worker.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self._transport is None:
@@ -200,12 +204,12 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client reads slower than we answer: stop taking requests until it catches up.
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._writing_paused = True
+        self._pause_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and len(self._pending) < MAX_PIPELINED:
-            self._transport.resume_reading()
+        self._writing_paused = False
+        self._resume_reading()
 
     # llhttp callbacks
 
@@ -263,33 +267,53 @@ class _Connection(asyncio.Protocol):
 
     def _queue(self, item: Request | Response, keep_alive: bool) -> None:
         self._pending.append((item, keep_alive))
-        if len(self._pending) > MAX_PIPELINED and self._transport is not None:
-            self._transport.pause_reading()
-        if self._task is None:
-            self._next()
+        if len(self._pending) > MAX_PIPELINED:
+            self._pause_reading()
+        self._kick()
 
-    def _next(self) -> None:
-        while self._pending and self._transport is not None:
+    def _kick(self) -> None:
+        # One long-lived task per connection, woken when work arrives: on Python 3.11 a new
+        # task per request cost ~4.6 µs here, waking a waiting one ~0.7 µs.
+        if self._worker is None:
+            self._worker = self._loop.create_task(self._work())
+        elif self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _work(self) -> None:
+        resolve = self._server.router.resolve
+        while self._transport is not None:
+            if not self._pending:
+                self._wakeup = self._loop.create_future()
+                await self._wakeup
+                self._wakeup = None
+                continue
             item, keep_alive = self._pending.popleft()
             if isinstance(item, Request):
-                self._task = self._loop.create_task(self._serve(item))
-                return
-            # An error answered without a handler (413, bad URL) keeps its place in line.
-            self._write(item, head=False, keep_alive=keep_alive)
+                self._busy = True
+                try:
+                    response = await resolve(item)(item)
+                except HttpError as exc:
+                    response = exc.response()
+                except Exception:
+                    logger.exception("%s %s failed", item.method, item.path)
+                    response = HttpError(500, "internal_error", "internal server error"
+                                         ).response()
+                self._busy = False
+                self._write(response, head=item.method == "HEAD", keep_alive=keep_alive)
+            else:  # an error answered without a handler (413, bad URL) keeps its place
+                self._write(item, head=False, keep_alive=keep_alive)
+            self._resume_reading()
 
-    async def _serve(self, request: Request) -> None:
-        try:
-            response = await self._server.router.resolve(request)(request)
-        except HttpError as exc:
-            response = exc.response()
-        except Exception:
-            logger.exception("%s %s failed", request.method, request.path)
-            response = HttpError(500, "internal_error", "internal server error").response()
-        self._task = None
-        self._write(response, head=request.method == "HEAD", keep_alive=request.keep_alive)
-        if self._transport is not None and len(self._pending) <= MAX_PIPELINED:
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self._writing_paused and self._transport is not None \
+                and len(self._pending) <= MAX_PIPELINED:
+            self._reading_paused = False
             self._transport.resume_reading()
-        self._next()
 
     def _write(self, response: Response, *, head: bool, keep_alive: bool) -> None:
         transport = self._transport
@@ -318,13 +342,12 @@ class _Connection(asyncio.Protocol):
             return
         self._closing = True
         self._pending.append((error.response(), False))
-        if self._task is None:
-            self._next()
+        self._kick()
 
     def close(self) -> None:
         """Stop after the request being served (at once if there is none)."""
         self._closing = True
-        if self._transport is not None and self._task is None:
+        if self._transport is not None and not self._busy:
             self._transport.close()
             self._transport = None
 
