@@ -48,7 +48,6 @@ class Proxy:
         self.limits = limits
         self.engine = Engine(Coordinator(name, Ring(tuple(nodes), vnodes), quorum, timeout_ms))
         self.session: aiohttp.ClientSession | None = None
-        self.served: dict[str, int] = {}
 
     @property
     def coordinator(self) -> Coordinator:
@@ -59,18 +58,6 @@ class Proxy:
         link = ReplicaLink(name, url, self.session, self.engine.on_replies, self.engine.on_lost)
         self.engine.links[name] = link
         link.start()
-
-    async def run(self, kind: str, key: str, value: bytes | None = None,
-                  r: int | None = None, w: int | None = None) -> Outcome:
-        coord = self.coordinator
-        if kind == "read":
-            outcome = await self.engine.run(lambda now: coord.read(key, now, r=r))
-        elif kind == "write":
-            outcome = await self.engine.run(lambda now: coord.write(key, value, now, w=w))
-        else:
-            outcome = await self.engine.run(lambda now: coord.inspect(key, now))
-        self.served[outcome.status] = self.served.get(outcome.status, 0) + 1
-        return outcome
 
 
 # -- request parsing --------------------------------------------------------------------
@@ -141,7 +128,7 @@ def _text(value: bytes) -> str:
 
 
 async def _read(proxy: Proxy, request: Request, key: str) -> Outcome:
-    outcome = await proxy.run("read", key, r=_quorum_override(proxy, request, "r"))
+    outcome = await proxy.engine.read(key, r=_quorum_override(proxy, request, "r"))
     if outcome.status == NOT_FOUND:
         raise HttpError(404, "not_found", "key not found", key=key)
     if outcome.status != OK:
@@ -150,7 +137,7 @@ async def _read(proxy: Proxy, request: Request, key: str) -> Outcome:
 
 
 async def _write(proxy: Proxy, request: Request, key: str, value: bytes | None) -> Outcome:
-    outcome = await proxy.run("write", key, value, w=_quorum_override(proxy, request, "w"))
+    outcome = await proxy.engine.write(key, value, w=_quorum_override(proxy, request, "w"))
     if outcome.status != OK:
         raise quorum_error(outcome)
     return outcome
@@ -240,7 +227,7 @@ async def cluster(proxy: Proxy, request: Request) -> Response:
             "p99_ms": link.p99_ms(),
         })
     return json_response({
-        "proxy": {"name": proxy.name, "pid": os.getpid(), "served": proxy.served,
+        "proxy": {"name": proxy.name, "pid": os.getpid(), "served": proxy.engine.served,
                   "pending_ops": coord.pending_ops()},
         "n": q.n, "r": q.r, "w": q.w, "vnodes": coord.ring.vnodes,
         "timeout_ms": coord.timeout_ms, "nodes": nodes,
@@ -261,7 +248,7 @@ def _replica_view(node: str, outcome: Outcome) -> dict:
 
 async def cluster_key(proxy: Proxy, request: Request) -> Response:
     key = _path_key(proxy, request)
-    outcome = await proxy.run("inspect", key)
+    outcome = await proxy.engine.inspect(key)
     return json_response({"key": key,
                           "replicas": [_replica_view(n, outcome) for n in outcome.replicas]})
 

@@ -81,6 +81,8 @@ async def test_keep_alive_serves_many_requests_on_one_connection(server):
         status, headers, body = await read_response(reader)
         assert status == 200 and headers["content-type"] == "application/json"
         assert json.loads(body)["query"] == {"i": str(i), "x": "a b c"}
+    writer.write(b"GET /echo?key=k1&flag&key=k2 HTTP/1.1\r\nHost: t\r\n\r\n")  # first wins
+    assert json.loads((await read_response(reader))[2])["query"] == {"key": "k1", "flag": ""}
     writer.close()
 
 
