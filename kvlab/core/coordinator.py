@@ -92,6 +92,8 @@ class _Op:
     @property
     def heard(self) -> int:
         # A replica can both answer and then fail its repair: count it once.
+        if not self.failed:
+            return len(self.answers) + len(self.acked)
         return len(self.answers.keys() | self.failed.keys()) + len(self.acked)
 
 
@@ -302,5 +304,5 @@ class Coordinator:
     def _retire_if_heard(self, op: _Op) -> None:
         # Every replica has spoken, every repair is acknowledged, the outcome is out: nothing
         # left to wait for. Otherwise the op's timer cleans up.
-        if op.heard == len(op.replicas) and op.outcome is not None and not op.repairs:
+        if op.outcome is not None and not op.repairs and op.heard == len(op.replicas):
             self._ops.pop(op.id, None)

@@ -9,7 +9,6 @@ of them and a tuple is built in a fraction of the time (a frozen dataclass pays 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvlab.core.record import Record
@@ -63,8 +62,7 @@ UNAVAILABLE = "unavailable"  # too many replicas failed for the quorum: HTTP 503
 TIMEOUT = "timeout"  # replicas still silent at the deadline: HTTP 504
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What a client operation ended with, and which replicas took part.
 
     For a write, `acked` are the replicas known to hold it when the outcome was decided: a
@@ -80,9 +78,9 @@ class Outcome:
     record: Record | None
     replicas: tuple[str, ...]
     acked: tuple[str, ...]
-    needed: int = 0  # replies the quorum asked for (R or W)
-    failed: dict[str, str] = field(default_factory=dict)
-    answers: dict[str, Record | None] = field(default_factory=dict)
+    needed: int  # replies the quorum asked for (R or W)
+    failed: dict[str, str]  # replica -> why it failed
+    answers: dict[str, Record | None]  # inspections only: each replica's own record
 
     @property
     def pending(self) -> tuple[str, ...]:

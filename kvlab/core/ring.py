@@ -34,6 +34,10 @@ class Ring:
     vnodes: int = DEFAULT_VNODES
     _tokens: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _owners: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # (arc, n) -> preference list: a ring has few arcs, and the walk is the costly part of
+    # placing a key. The ring never changes, so the answers never go stale.
+    _lists: dict[tuple[int, int], tuple[str, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.vnodes < 1:
@@ -57,10 +61,16 @@ class Ring:
         return self.preference_list_at(hash_key(key), n)
 
     def preference_list_at(self, point: int, n: int) -> tuple[str, ...]:
+        start = bisect_right(self._tokens, point)
+        cached = self._lists.get((start, n))
+        if cached is None:
+            cached = self._lists[(start, n)] = self._walk(start, n)
+        return cached
+
+    def _walk(self, start: int, n: int) -> tuple[str, ...]:
         want = min(n, len(self.nodes))
         if want <= 0:
             return ()
-        start = bisect_right(self._tokens, point)
         found: list[str] = []
         total = len(self._owners)
         for step in range(total):

@@ -79,7 +79,9 @@ def decode_replies(frame: bytes) -> list[Reply]:
     for m in msgpack.unpackb(frame, raw=False):
         kind = m[0]
         if kind == _READ:
-            out.append(ReadReply(m[1], _record(m[2:]) if len(m) > 2 else None))
+            # Inlined `_record`: the proxy decodes N replies for every read it serves.
+            out.append(ReadReply(m[1], Record(m[2], m[3], Version(m[4], m[5], m[6]))
+                                 if len(m) > 2 else None))
         elif kind == _WRITE:
             out.append(WriteReply(m[1]))
         elif kind == _ERROR:
