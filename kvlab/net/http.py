@@ -285,6 +285,13 @@ class _Connection(asyncio.Protocol):
             self._wakeup.set_result(None)
 
     async def _work(self) -> None:
+        try:
+            await self._serve_pending()
+        except Exception:  # a bug here must not leave the client hanging on a silent socket
+            logger.exception("HTTP connection failed")
+            self.abort()
+
+    async def _serve_pending(self) -> None:
         resolve = self._server.router.resolve
         while self._transport is not None:
             if not self._pending:
@@ -307,7 +314,8 @@ class _Connection(asyncio.Protocol):
                 self._write(response, head=item.method == "HEAD", keep_alive=keep_alive)
             else:  # an error answered without a handler (413, bad URL) keeps its place
                 self._write(item, head=False, keep_alive=keep_alive)
-            self._resume_reading()
+            if self._reading_paused:
+                self._resume_reading()
 
     def _pause_reading(self) -> None:
         if self._transport is not None and not self._reading_paused:
