@@ -21,6 +21,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -150,6 +151,10 @@ def _status_line(status: int) -> bytes:
 
 
 _STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
+
+
+def _date_line() -> bytes:
+    return f"Date: {formatdate(usegmt=True)}\r\n".encode("ascii")
 
 
 class _Connection(asyncio.Protocol):
@@ -334,7 +339,8 @@ class _Connection(asyncio.Protocol):
             return
         keep_alive = keep_alive and not self._closing
         status_line = _STATUS_LINES.get(response.status) or _status_line(response.status)
-        lines = [status_line, b"Content-Type: ", response.content_type.encode("latin-1"),
+        lines = [status_line, self._server.date_line,
+                 b"Content-Type: ", response.content_type.encode("latin-1"),
                  b"\r\nContent-Length: %d\r\n" % len(response.body)]
         if response.headers:
             for name, value in response.headers.items():
@@ -372,23 +378,26 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """`await start(host, port)`, later `await close()`; routes come from `router`."""
 
-    def __init__(self, router: Router, *, max_body: int) -> None:
+    def __init__(self, router: Router, *, max_body: int,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         self.router = router
         self.max_body = max_body
+        self.idle_timeout_s = idle_timeout_s
         self.connections: set[_Connection] = set()
+        self.date_line = _date_line()
         self._server: asyncio.Server | None = None
-        self._sweeper: asyncio.Task | None = None
+        self._housekeeper: asyncio.Task | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), host, port,
                                                 reuse_address=True)
-        self._sweeper = loop.create_task(self._sweep_idle())
+        self._housekeeper = loop.create_task(self._housekeeping())
 
     async def close(self, grace_s: float = 1.0) -> None:
         """Stop listening, let requests being served finish (up to `grace_s`), close all."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
@@ -403,13 +412,14 @@ class HttpServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), grace_s)
 
-    async def _sweep_idle(self) -> None:
-        # One sweep every few seconds instead of a timer per request: the hot path then only
-        # stamps `last_active`.
+    async def _housekeeping(self) -> None:
+        # Once a second rather than per request: refresh the Date header, and close the
+        # connections idle for too long (the hot path only stamps `last_active`).
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(IDLE_TIMEOUT_S / 5)
-            cutoff = loop.time() - IDLE_TIMEOUT_S
+            await asyncio.sleep(1.0)
+            self.date_line = _date_line()
+            cutoff = loop.time() - self.idle_timeout_s
             for connection in list(self.connections):
                 if connection.idle and connection.last_active < cutoff:
                     connection.close()

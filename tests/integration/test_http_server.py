@@ -43,7 +43,7 @@ async def server():
     router.add("GET", "/refuse", refuse)
     router.add("GET", "/items/", echo, prefix=True)
     router.add("GET", "/items/special/", slow, prefix=True)
-    srv = HttpServer(router, max_body=MAX_BODY)
+    srv = HttpServer(router, max_body=MAX_BODY, idle_timeout_s=0.5)
     port = free_port_block(1)
     await srv.start("127.0.0.1", port)
     yield srv, port
@@ -81,6 +81,7 @@ async def test_keep_alive_serves_many_requests_on_one_connection(server):
         status, headers, body = await read_response(reader)
         assert status == 200 and headers["content-type"] == "application/json"
         assert json.loads(body)["query"] == {"i": str(i), "x": "a b c"}
+        assert headers["date"].endswith(" GMT")
     writer.write(b"GET /echo?key=k1&flag&key=k2 HTTP/1.1\r\nHost: t\r\n\r\n")  # first wins
     assert json.loads((await read_response(reader))[2])["query"] == {"key": "k1", "flag": ""}
     writer.close()
@@ -210,3 +211,11 @@ async def test_close_finishes_the_request_in_flight(server):
     assert await closed(reader) and await closed(idle_reader)
     with pytest.raises(OSError):
         await connect(port)
+
+
+async def test_idle_connections_are_closed(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /slow?s=0.7 HTTP/1.1\r\nHost: t\r\n\r\n")  # busy beyond the timeout
+    assert (await read_response(reader))[2] == b"slow"  # ...is not idle, so not closed
+    assert await closed(reader)  # then idle for 0.5 s: closed by the next sweep
