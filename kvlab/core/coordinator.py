@@ -132,8 +132,11 @@ class Coordinator:
 
     def _check(self, n: int | None, need: int | None, write: bool = False) -> tuple[int, int]:
         q = self.quorum
-        if n is None and need is None:  # the common case: the cluster's own, already valid
-            return q.n, q.w if write else q.r
+        if n is None:  # the common cases: the cluster's own quorum, or an override of R or W
+            if need is None:
+                return q.n, q.w if write else q.r
+            if 1 <= need <= q.n:
+                return q.n, need
         n = q.n if n is None else n
         default = q.w if write else q.r
         need = min(default, n) if need is None else need

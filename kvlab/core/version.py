@@ -51,5 +51,7 @@ class HybridClock:
 
     def observe(self, seen: Version) -> None:
         """Move past a version seen from elsewhere, so later ticks order after it."""
-        if (seen.physical, seen.logical) > (self._physical, self._logical):
-            self._physical, self._logical = seen.physical, seen.logical
+        physical = seen.physical  # compared field by field: this runs for every reply
+        if physical > self._physical or (
+                physical == self._physical and seen.logical > self._logical):
+            self._physical, self._logical = physical, seen.logical
