@@ -1,1 +1,1 @@
-"""The real-process driver: aiohttp servers that run `kvlab.core` over real sockets."""
+"""The real-process driver: the proxy and node servers that run `kvlab.core` over real sockets."""
