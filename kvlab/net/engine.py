@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import math
 import time
 
 from kvlab.core.coordinator import Coordinator
 from kvlab.core.messages import Done, Effect, Outcome, Reply, Send, SetTimer
 from kvlab.net.link import ReplicaLink
+
+logger = logging.getLogger(__name__)
 
 
 def now_ms() -> int:
@@ -78,7 +81,9 @@ class Engine:
                         effect.node, effect.request.req, "node down", now_ms()))
             elif isinstance(effect, SetTimer):
                 loop_ms = asyncio.get_running_loop().time() * 1000
-                tick = math.ceil(loop_ms + effect.at_ms - now_ms())
+                # +1: uvloop's clock counts whole milliseconds, so a timer for `tick` can
+                # fire up to a millisecond before it; a deadline must never come early.
+                tick = math.ceil(loop_ms + effect.at_ms - now_ms()) + 1
                 ops = self._due.get(tick)
                 if ops is not None:
                     ops.append(effect.op)
@@ -107,9 +112,12 @@ class Engine:
         ticks, timeout = self._ticks, self.coordinator.timeout
         while ticks and ticks[0] <= loop_ms:
             for op in self._due.pop(heapq.heappop(ticks)):
-                effects = timeout(op, now)
-                if effects:
-                    self._apply(effects)
+                try:
+                    effects = timeout(op, now)
+                    if effects:
+                        self._apply(effects)
+                except Exception:  # a bug: it must not cost the other ops their deadlines
+                    logger.exception("timeout of operation %s failed", op)
         if ticks and self._timer is None:
             self._arm()
 

@@ -29,6 +29,13 @@ async def boom(request: Request) -> Response:
     raise RuntimeError("handler bug")
 
 
+BIG = b"b" * 256 * 1024
+
+
+async def big(request: Request) -> Response:
+    return Response(body=BIG)
+
+
 async def refuse(request: Request) -> Response:
     raise HttpError(409, "conflict", "no", thing=1)
 
@@ -41,6 +48,7 @@ async def server():
     router.add("GET", "/slow", slow)
     router.add("GET", "/boom", boom)
     router.add("GET", "/refuse", refuse)
+    router.add("GET", "/big", big)
     router.add("GET", "/items/", echo, prefix=True)
     router.add("GET", "/items/special/", slow, prefix=True)
     srv = HttpServer(router, max_body=MAX_BODY, idle_timeout_s=0.5)
@@ -71,6 +79,13 @@ async def connect(port: int):
 
 async def closed(reader: asyncio.StreamReader) -> bool:
     return await asyncio.wait_for(reader.read(), 5) == b""
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
 
 
 async def test_keep_alive_serves_many_requests_on_one_connection(server):
@@ -200,10 +215,7 @@ async def test_close_finishes_the_request_in_flight(server):
     reader, writer = await connect(port)
     idle_reader, _ = await connect(port)
     writer.write(b"GET /slow?s=0.2 HTTP/1.1\r\nHost: t\r\n\r\n")
-    deadline = asyncio.get_running_loop().time() + 5
-    while all(c.idle for c in srv.connections):  # until the server is serving it
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.005)
+    await until(lambda: not all(c.idle for c in srv.connections))  # it is being served
     closing = asyncio.create_task(srv.close())
     status, headers, body = await read_response(reader)
     assert (status, body, headers["connection"]) == (200, b"slow", "close")
@@ -219,3 +231,109 @@ async def test_idle_connections_are_closed(server):
     writer.write(b"GET /slow?s=0.7 HTTP/1.1\r\nHost: t\r\n\r\n")  # busy beyond the timeout
     assert (await read_response(reader))[2] == b"slow"  # ...is not idle, so not closed
     assert await closed(reader)  # then idle for 0.5 s: closed by the next sweep
+
+
+async def test_a_client_that_does_not_read_holds_back_the_answers(server):
+    """100 pipelined requests for 256 KB each: the server stops answering while the client
+    doesn't read, instead of buffering 25 MB for it; all arrive once it reads."""
+    srv, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n" * 100)
+    # Until the connection's worker waits for the client to drain its buffer...
+    await until(lambda: any(c._drained is not None for c in srv.connections))
+    assert max(c.buffered for c in srv.connections) < 2 * len(BIG)  # ...about one answer
+    for _ in range(100):
+        assert (await read_response(reader))[2] == BIG
+    writer.close()
+
+
+async def test_half_closed_client_still_gets_its_answers(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /slow?s=0.1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /echo?n=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    writer.write_eof()  # done sending, still reading (as `nc -N` does)
+    assert (await read_response(reader))[2] == b"slow"
+    status, headers, _ = await read_response(reader)
+    assert status == 200 and headers["connection"] == "close" and await closed(reader)
+
+
+async def test_requests_before_a_malformed_one_are_answered_first(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /slow?s=0.1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /echo?n=2 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"THIS IS NOT HTTP\r\n\r\n")
+    assert (await read_response(reader))[2] == b"slow"
+    assert json.loads((await read_response(reader))[2])["query"] == {"n": "2"}
+    status, headers, _ = await read_response(reader)
+    assert (status, headers["connection"]) == (400, "close") and await closed(reader)
+
+
+async def test_upgrades_are_refused(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n"
+                 b"Upgrade: websocket\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert status == 400 and "upgrade" in json.loads(body)["message"]
+    assert headers["connection"] == "close" and await closed(reader)
+
+
+async def test_head_errors_have_no_body(server):
+    _, port = server
+    reader, writer = await connect(port)
+    big = b"x" * (MAX_BODY + 1)
+    writer.write(b"HEAD /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(big), big))
+    status, headers, _ = await read_response(reader, head_only=True)
+    assert status == 413 and int(headers["content-length"]) > 0
+    writer.write(b"GET /echo?after=head HTTP/1.1\r\nHost: t\r\n\r\n")  # still in step
+    assert json.loads((await read_response(reader))[2])["query"] == {"after": "head"}
+    writer.close()
+
+
+async def test_close_answers_requests_received_but_not_started(server):
+    srv, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /slow?s=0.2 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /echo?n=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    await until(lambda: any(c._pending for c in srv.connections))
+    closing = asyncio.create_task(srv.close())
+    assert (await read_response(reader))[2] == b"slow"
+    status, headers, _ = await read_response(reader)
+    assert (status, headers["connection"]) == (200, "close")
+    await closing
+
+
+async def test_expect_continue_waits_its_turn_and_ignores_http_1_0(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /slow?s=0.1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+                 b"Expect: 100-continue\r\n\r\n")
+    assert (await read_response(reader))[2] == b"slow"
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == \
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"ok")
+    assert json.loads((await read_response(reader))[2])["body"] == "ok"
+    writer.close()
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n"
+                 b"Connection: keep-alive\r\n\r\nok")
+    status, headers, body = await read_response(reader)  # no 100 Continue before it
+    assert status == 200 and json.loads(body)["body"] == "ok"
+    assert headers["connection"] == "keep-alive"  # said out loud to a 1.0 client
+    writer.write(b"GET /echo HTTP/1.0\r\n\r\n")
+    assert (await read_response(reader))[0] == 200 and await closed(reader)
+
+
+async def test_absolute_form_url_without_a_path(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET http://t HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, body = await read_response(reader)
+    assert status == 404 and "no route for /" in json.loads(body)["message"]
+    writer.write(b"GET http://t/echo?a=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert json.loads((await read_response(reader))[2])["query"] == {"a": "1"}
+    writer.close()
