@@ -27,7 +27,15 @@ from kvlab.core.record import Record
 from kvlab.core.ring import DEFAULT_VNODES, Ring
 from kvlab.net.api_errors import quorum_error
 from kvlab.net.engine import Engine
-from kvlab.net.http import HttpError, HttpServer, Request, Response, Router, json_response
+from kvlab.net.http import (
+    HttpError,
+    HttpServer,
+    Later,
+    Request,
+    Response,
+    Router,
+    json_response,
+)
 from kvlab.net.link import ReplicaLink
 from kvlab.net.runner import run
 
@@ -127,17 +135,32 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-async def _read(proxy: Proxy, request: Request, key: str) -> Outcome:
-    outcome = await proxy.engine.read(key, r=_quorum_override(proxy, request, "r"))
+# The data routes are direct handlers (see `kvlab.net.http.Later`): each starts its
+# operation and names the function that turns the outcome into the answer.
+
+
+def _read(proxy: Proxy, request: Request, key: str, answer: Callable[[Outcome], Response]
+          ) -> Later:
+    return Later(proxy.engine.read(key, r=_quorum_override(proxy, request, "r")), answer)
+
+
+def _write(proxy: Proxy, request: Request, key: str, value: bytes | None,
+           answer: Callable[[Outcome], Response]) -> Later:
+    return Later(proxy.engine.write(key, value, w=_quorum_override(proxy, request, "w")),
+                 answer)
+
+
+def _found(outcome: Outcome) -> bytes:
+    """The value a read returned; a missing key is 404, a failed quorum 503/504."""
     if outcome.status == NOT_FOUND:
-        raise HttpError(404, "not_found", "key not found", key=key)
+        raise HttpError(404, "not_found", "key not found", key=outcome.key)
     if outcome.status != OK:
         raise quorum_error(outcome)
-    return outcome
+    assert outcome.record is not None and outcome.record.value is not None
+    return outcome.record.value
 
 
-async def _write(proxy: Proxy, request: Request, key: str, value: bytes | None) -> Outcome:
-    outcome = await proxy.engine.write(key, value, w=_quorum_override(proxy, request, "w"))
+def _written(outcome: Outcome) -> Outcome:
     if outcome.status != OK:
         raise quorum_error(outcome)
     return outcome
@@ -146,7 +169,7 @@ async def _write(proxy: Proxy, request: Request, key: str, value: bytes | None) 
 # -- Go-compatible routes ---------------------------------------------------------------
 
 
-async def compat_set(proxy: Proxy, request: Request) -> Response:
+def compat_set(proxy: Proxy, request: Request) -> Later:
     try:
         body = orjson.loads(request.body)
     except orjson.JSONDecodeError:
@@ -157,46 +180,53 @@ async def compat_set(proxy: Proxy, request: Request) -> Response:
         raise HttpError(400, "bad_request", "body must be {\"key\": string, \"value\": string}")
     key = _check_key(proxy, body["key"])
     value = _check_value(proxy, body["value"].encode("utf-8"))
-    outcome = await _write(proxy, request, key, value)
-    return Response(body=b"OK", headers=_headers(outcome))
+    return _write(proxy, request, key, value, _compat_ok)
 
 
-async def compat_get(proxy: Proxy, request: Request) -> Response:
-    outcome = await _read(proxy, request, _query_key(proxy, request))
-    assert outcome.record is not None and outcome.record.value is not None
-    return json_response({"value": _text(outcome.record.value)}, headers=_headers(outcome))
+def compat_get(proxy: Proxy, request: Request) -> Later:
+    return _read(proxy, request, _query_key(proxy, request), _compat_value)
 
 
-async def compat_delete(proxy: Proxy, request: Request) -> Response:
-    outcome = await _write(proxy, request, _query_key(proxy, request), None)
-    return Response(body=b"OK", headers=_headers(outcome))
+def compat_delete(proxy: Proxy, request: Request) -> Later:
+    return _write(proxy, request, _query_key(proxy, request), None, _compat_ok)
+
+
+def _compat_ok(outcome: Outcome) -> Response:
+    return Response(body=b"OK", headers=_headers(_written(outcome)))
+
+
+def _compat_value(outcome: Outcome) -> Response:
+    return json_response({"value": _text(_found(outcome))}, headers=_headers(outcome))
 
 
 # -- REST routes ------------------------------------------------------------------------
 
 
-async def rest_get(proxy: Proxy, request: Request) -> Response:
-    outcome = await _read(proxy, request, _path_key(proxy, request))
-    assert outcome.record is not None and outcome.record.value is not None
-    return Response(body=outcome.record.value, headers=_headers(outcome),
+def rest_get(proxy: Proxy, request: Request) -> Later:
+    return _read(proxy, request, _path_key(proxy, request), _rest_value)
+
+
+def rest_put(proxy: Proxy, request: Request) -> Later:
+    key = _path_key(proxy, request)
+    value = _check_value(proxy, request.body)
+    return _write(proxy, request, key, value, _rest_written)
+
+
+def rest_delete(proxy: Proxy, request: Request) -> Later:
+    return _write(proxy, request, _path_key(proxy, request), None, _rest_written)
+
+
+def _rest_value(outcome: Outcome) -> Response:
+    return Response(body=_found(outcome), headers=_headers(outcome),
                     content_type="application/octet-stream")
 
 
-async def rest_put(proxy: Proxy, request: Request) -> Response:
-    key = _path_key(proxy, request)
-    value = _check_value(proxy, request.body)
-    return _write_response(await _write(proxy, request, key, value))
-
-
-async def rest_delete(proxy: Proxy, request: Request) -> Response:
-    return _write_response(await _write(proxy, request, _path_key(proxy, request), None))
-
-
-def _write_response(outcome: Outcome) -> Response:
-    assert outcome.record is not None
+def _rest_written(outcome: Outcome) -> Response:
+    record = _written(outcome).record
+    assert record is not None
     return json_response({
         "key": outcome.key,
-        "version": str(outcome.record.version),
+        "version": str(record.version),
         "replicas": list(outcome.replicas),
         "acked": list(outcome.acked),
     }, headers=_headers(outcome))
@@ -311,7 +341,7 @@ async def set_fault(proxy: Proxy, request: Request) -> Response:
     return json_response({"node": name, "partitioned": link.partitioned})
 
 
-Route = Callable[[Proxy, Request], Awaitable[Response]]
+Route = Callable[[Proxy, Request], Awaitable[Response]] | Callable[[Proxy, Request], Later]
 
 ROUTES: list[tuple[str, str, Route]] = [
     ("POST", "/set", compat_set),

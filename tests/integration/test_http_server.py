@@ -9,7 +9,15 @@ import json
 import pytest
 
 from kvlab.cluster.ports import free_port_block
-from kvlab.net.http import HttpError, HttpServer, Request, Response, Router, json_response
+from kvlab.net.http import (
+    HttpError,
+    HttpServer,
+    Later,
+    Request,
+    Response,
+    Router,
+    json_response,
+)
 
 MAX_BODY = 1000
 
@@ -32,6 +40,28 @@ async def boom(request: Request) -> Response:
 BIG = b"b" * 256 * 1024
 
 
+LATER: list[asyncio.Future] = []  # every future a direct handler answered with
+
+
+def direct(request: Request) -> Response | Later:
+    """A direct (non-coroutine) handler: answers now, or later from a future's result."""
+    delay = request.query.get("s")
+    if delay is None:
+        return Response(body=b"now")
+    if delay == "fail":
+        raise HttpError(418, "teapot", "refused before starting")
+    future = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(float(delay), future.set_result, request.tail)
+    LATER.append(future)
+    return Later(future, finish_direct)
+
+
+def finish_direct(tail: str) -> Response:
+    if tail == "bad":
+        raise HttpError(409, "conflict", "refused when finishing")
+    return Response(body=f"later:{tail}".encode())
+
+
 async def big(request: Request) -> Response:
     return Response(body=BIG)
 
@@ -49,6 +79,7 @@ async def server():
     router.add("GET", "/boom", boom)
     router.add("GET", "/refuse", refuse)
     router.add("GET", "/big", big)
+    router.add("GET", "/direct/", direct, prefix=True)
     router.add("GET", "/items/", echo, prefix=True)
     router.add("GET", "/items/special/", slow, prefix=True)
     srv = HttpServer(router, max_body=MAX_BODY, idle_timeout_s=0.5)
@@ -336,4 +367,44 @@ async def test_absolute_form_url_without_a_path(server):
     assert status == 404 and "no route for /" in json.loads(body)["message"]
     writer.write(b"GET http://t/echo?a=1 HTTP/1.1\r\nHost: t\r\n\r\n")
     assert json.loads((await read_response(reader))[2])["query"] == {"a": "1"}
+    writer.close()
+
+
+async def test_direct_handlers_answer_now_or_later_and_keep_the_order(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /direct/x HTTP/1.1\r\nHost: t\r\n\r\n")  # answered at once
+    assert (await read_response(reader))[2] == b"now"
+    writer.write(b"GET /direct/a?s=0.1 HTTP/1.1\r\nHost: t\r\n\r\n"  # answered from a future
+                 b"GET /echo?n=2 HTTP/1.1\r\nHost: t\r\n\r\n"  # a coroutine handler
+                 b"GET /direct/b?s=0 HTTP/1.1\r\nHost: t\r\n\r\n"  # direct, queued behind
+                 b"GET /direct/c?s=fail HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /direct/bad?s=0 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"HEAD /direct/x HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_response(reader))[2] == b"later:a"
+    assert json.loads((await read_response(reader))[2])["query"] == {"n": "2"}
+    assert (await read_response(reader))[2] == b"later:b"
+    status, _, body = await read_response(reader)
+    assert (status, json.loads(body)["error"]) == (418, "teapot")
+    status, _, body = await read_response(reader)
+    assert (status, json.loads(body)["error"]) == (409, "conflict")
+    status, headers, _ = await read_response(reader, head_only=True)
+    assert status == 200 and headers["content-length"] == "3"
+    writer.write(b"GET /direct/x HTTP/1.1\r\nHost: t\r\n\r\n")  # no body came after HEAD
+    assert (await read_response(reader))[2] == b"now"
+    writer.close()
+
+
+async def test_a_client_leaving_before_a_later_answer(server):
+    srv, port = server
+    _, writer = await connect(port)
+    writer.write(b"GET /direct/gone?s=0.1 HTTP/1.1\r\nHost: t\r\n\r\n")
+    await until(lambda: any(not c.idle for c in srv.connections))
+    writer.transport.abort()
+    await until(lambda: not srv.connections)
+    await until(LATER[-1].done)  # the answer's future completes for a connection that is gone
+    await asyncio.sleep(0)  # and its callback runs
+    reader, writer = await connect(port)
+    writer.write(b"GET /direct/x?s=0 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_response(reader))[2] == b"later:x"
     writer.close()
