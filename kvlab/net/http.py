@@ -407,8 +407,12 @@ class _Connection(asyncio.Protocol):
             response = finish(future.result())
         except Exception as exc:
             response = _error_response(queued.item, exc)  # type: ignore[arg-type]
-        self._write(response, queued)
-        self._after_direct()
+        try:
+            self._write(response, queued)
+            self._after_direct()
+        except Exception:  # as in `_work`: never leave the client on a silent socket
+            logger.exception("HTTP connection failed")
+            self.abort()
 
     def _after_direct(self) -> None:
         if self._pending:
