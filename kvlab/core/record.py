@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import msgspec
 
 from kvlab.core.version import Version
 
 
-class Record(NamedTuple):
+class Record(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One key's state on a replica. `value is None` marks a tombstone (a versioned delete)."""
 
     key: str

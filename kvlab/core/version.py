@@ -1,16 +1,16 @@
 """Versions: hybrid logical clock timestamps with the coordinator's id as tie-breaker.
 
-A `Version` orders as a tuple (physical ms, logical counter, coordinator id), which makes it
-a total order across coordinators. The hybrid clock keeps versions monotonic even when the
+A `Version` orders field by field (physical ms, logical counter, coordinator id), which makes
+it a total order across coordinators. The hybrid clock keeps versions monotonic even when the
 wall clock steps back, and pulls forward past any version it observes.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import msgspec
 
 
-class Version(NamedTuple):
+class Version(msgspec.Struct, frozen=True, order=True, array_like=True, gc=False):
     physical: int
     logical: int
     coordinator: str

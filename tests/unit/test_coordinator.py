@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
+
 import pytest
 
 from kvlab.core import replica
 from kvlab.core.coordinator import Coordinator, Quorum
+from kvlab.core.record import Record
 from kvlab.core.messages import (
     NOT_FOUND,
     OK,
@@ -173,7 +176,8 @@ def test_replicas_never_apply_an_older_version():
     h = Harness()
     h.write("k", b"new")
     stale = h.stores["n1"].get("k") or h.stores[h.replicas("k")[0]].get("k")
-    older = WriteRequest(999, type(stale)("k", b"older", stale.version._replace(physical=1)))
+    older = WriteRequest(999, Record("k", b"older", msgspec.structs.replace(stale.version,
+                                                                             physical=1)))
     node = h.replicas("k")[0]
     replies, writes = replica.serve([older], h.stores[node].get_many)
     assert h.stores[node].apply([w.record for w in writes]) == [False]
