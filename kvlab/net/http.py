@@ -175,6 +175,16 @@ def _date_line() -> bytes:
     return f"Date: {formatdate(usegmt=True)}\r\n".encode("ascii")
 
 
+def _settle(request: Request, later: Later) -> Response:
+    """The answer of a `Later` whose future is done (also when it was cancelled)."""
+    if later.future.cancelled():
+        return HttpError(503, "unavailable", "the operation was cancelled").response()
+    try:
+        return later.finish(later.future.result())
+    except Exception as exc:
+        return _error_response(request, exc)
+
+
 def _error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HttpError):
         return exc.response()
@@ -299,6 +309,8 @@ class _Connection(asyncio.Protocol):
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        if not self._accepting:
+            return
         length = self._headers.get("content-length")
         too_large = length is not None and length.isdigit() and int(length) > self._server.max_body
         expects = self._headers.get("expect", "").lower() == "100-continue" \
@@ -329,8 +341,11 @@ class _Connection(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._refused:
+        # Stopped in the middle of a chunk (an error, a refused Expect, an abort): the rest
+        # of it is not served. A refused message was answered already.
+        if self._refused or not self._accepting:
             return
+        self._continue_wanted = False  # the body came anyway: no `100 Continue` now
         parser = self._parser
         keep_alive, method = parser.should_keep_alive(), parser.get_method().decode("ascii")
         head, http10 = method == "HEAD", parser.get_http_version() == "1.0"
@@ -387,26 +402,28 @@ class _Connection(asyncio.Protocol):
     def _answer_now(self, queued: _Queued) -> None:
         """Run a direct handler with nothing queued before it: no task, no coroutine."""
         request = queued.item
+        assert isinstance(request, Request) and queued.handler is not None
         try:
-            answer = queued.handler(request)  # type: ignore[misc]
+            answer = queued.handler(request)
         except Exception as exc:
             answer = _error_response(request, exc)
         if isinstance(answer, Later):
             self._busy = True
-            answer.future.add_done_callback(partial(self._finish_later, queued, answer.finish))
+            answer.future.add_done_callback(partial(self._finish_later, queued, answer))
+        elif isinstance(answer, Response):
+            self._answered(answer, queued)
+        elif inspect.isawaitable(answer):  # a coroutine after all (say, behind a decorator)
+            self._queue(queued._replace(handler=lambda _request: answer))
         else:
-            self._write(answer, queued)
-            self._after_direct()
+            logger.error("%s %s: handler answered %r", request.method, request.path, answer)
+            self._answered(_error_response(request, TypeError("not an answer")), queued)
 
-    def _finish_later(self, queued: _Queued, finish: Callable[[Any], Response],
-                      future: asyncio.Future) -> None:
+    def _finish_later(self, queued: _Queued, later: Later, future: asyncio.Future) -> None:
         self._busy = False
-        if self._transport is None:
-            return  # the client went away meanwhile
-        try:
-            response = finish(future.result())
-        except Exception as exc:
-            response = _error_response(queued.item, exc)  # type: ignore[arg-type]
+        if self._transport is not None:  # else the client went away meanwhile
+            self._answered(_settle(queued.item, later), queued)  # type: ignore[arg-type]
+
+    def _answered(self, response: Response, queued: _Queued) -> None:
         try:
             self._write(response, queued)
             self._after_direct()
@@ -455,7 +472,10 @@ class _Connection(asyncio.Protocol):
                 try:
                     answer = handler(item)
                     if isinstance(answer, Later):
-                        response = answer.finish(await answer.future)
+                        # wait() rather than await: if this task is cancelled (the client
+                        # left), the operation's future is not cancelled with it.
+                        await asyncio.wait((answer.future,))
+                        response = _settle(item, answer)
                     elif isinstance(answer, Response):
                         response = answer
                     else:
@@ -536,6 +556,8 @@ class _Connection(asyncio.Protocol):
         self._stop()
 
     def abort(self) -> None:
+        self._accepting = False  # llhttp may still be inside the chunk that led here
+        self._transport = None
         if self._raw is not None:
             self._raw.abort()
 

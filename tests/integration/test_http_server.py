@@ -41,17 +41,26 @@ BIG = b"b" * 256 * 1024
 
 
 LATER: list[asyncio.Future] = []  # every future a direct handler answered with
+CALLED: list[str] = []  # the tail of every request the direct handler was called for
 
 
 def direct(request: Request) -> Response | Later:
     """A direct (non-coroutine) handler: answers now, or later from a future's result."""
+    CALLED.append(request.tail)
     delay = request.query.get("s")
     if delay is None:
         return Response(body=b"now")
     if delay == "fail":
         raise HttpError(418, "teapot", "refused before starting")
+    if delay == "coroutine":  # an async handler in disguise (say, behind a decorator)
+        return echo(request)
+    if delay == "junk":
+        return {"not": "an answer"}  # type: ignore[return-value]
     future = asyncio.get_running_loop().create_future()
-    asyncio.get_running_loop().call_later(float(delay), future.set_result, request.tail)
+    if delay == "cancel":
+        asyncio.get_running_loop().call_later(0.05, future.cancel)
+    else:
+        asyncio.get_running_loop().call_later(float(delay), future.set_result, request.tail)
     LATER.append(future)
     return Later(future, finish_direct)
 
@@ -407,4 +416,51 @@ async def test_a_client_leaving_before_a_later_answer(server):
     reader, writer = await connect(port)
     writer.write(b"GET /direct/x?s=0 HTTP/1.1\r\nHost: t\r\n\r\n")
     assert (await read_response(reader))[2] == b"later:x"
+    writer.close()
+
+
+async def test_direct_handler_odd_answers(server):
+    """A cancelled operation answers 503 (whether the answer was due now or queued), a
+    coroutine returned by a plain function is awaited, anything else is a 500."""
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /direct/a?s=cancel HTTP/1.1\r\nHost: t\r\n\r\n"  # answered now...
+                 b"GET /echo?n=2 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /direct/b?s=cancel HTTP/1.1\r\nHost: t\r\n\r\n"  # ...and queued
+                 b"GET /direct/c?s=coroutine HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /direct/d?s=junk HTTP/1.1\r\nHost: t\r\n\r\n")
+    for expected in (503, 200, 503, 200, 500):
+        status, _, body = await read_response(reader)
+        assert status == expected, body
+    writer.write(b"GET /direct/e?s=coroutine HTTP/1.1\r\nHost: t\r\n\r\n")  # first in line
+    assert json.loads((await read_response(reader))[2])["tail"] == "e"
+    writer.close()
+
+
+async def test_nothing_after_an_abort_is_served(server, monkeypatch):
+    """A refused body past the discard limit aborts the connection: a request pipelined
+    behind it in the same chunk must not reach its handler."""
+    _, port = server
+    monkeypatch.setattr("kvlab.net.http.DISCARD_LIMIT", 5000)
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 6000\r\n\r\n")
+    assert (await read_response(reader))[0] == 413
+    CALLED.clear()
+    writer.write(b"x" * 6000 + b"GET /direct/after-abort HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert await closed(reader)
+    assert "after-abort" not in CALLED
+
+
+async def test_no_stray_100_continue_when_the_body_came_anyway(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /slow?s=0.1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+                 b"Expect: 100-continue\r\n\r\nok"  # a client that doesn't wait for 100
+                 b"GET /echo?n=3 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_response(reader))[2] == b"slow"
+    assert json.loads((await read_response(reader))[2])["body"] == "ok"
+    assert json.loads((await read_response(reader))[2])["query"] == {"n": "3"}
+    writer.write(b"GET /echo?n=4 HTTP/1.1\r\nHost: t\r\n\r\n")  # next comes its answer
+    assert json.loads((await read_response(reader))[2])["query"] == {"n": "4"}
     writer.close()
