@@ -42,17 +42,15 @@ class Request:
     """One parsed request. `path` is still percent-encoded; `tail` is what a prefix route
     matched after its prefix (also percent-encoded)."""
 
-    __slots__ = ("method", "path", "query_string", "headers", "body", "keep_alive", "tail",
-                 "_query")
+    __slots__ = ("method", "path", "query_string", "headers", "body", "tail", "_query")
 
     def __init__(self, method: str, path: str, query_string: str, headers: dict[str, str],
-                 body: bytes, keep_alive: bool) -> None:
+                 body: bytes) -> None:
         self.method = method
         self.path = path
         self.query_string = query_string
         self.headers = headers
         self.body = body
-        self.keep_alive = keep_alive
         self.tail = ""
         self._query: dict[str, str] | None = None
 
@@ -243,13 +241,13 @@ class _Connection(asyncio.Protocol):
     @property
     def buffered(self) -> int:
         """Bytes of answers written but not yet taken by the client."""
-        return self._raw.get_write_buffer_size() if self._raw is not None else 0  # type: ignore[attr-defined]
+        raw = self._raw
+        return raw.get_write_buffer_size() if raw is not None else 0  # type: ignore[attr-defined]
 
     @property
     def stalled(self) -> bool:
         """Nothing to do but wait: for a new request, or for the client to read."""
-        return (not self._busy and not self._pending) or self._writing_paused \
-            or self._transport is None
+        return self.idle or self._writing_paused or self._transport is None
 
     # asyncio.Protocol
 
@@ -362,7 +360,7 @@ class _Connection(asyncio.Protocol):
             return
         path = url.path.decode("latin-1") if url.path else "/"  # `GET http://host` has none
         query = url.query.decode("latin-1") if url.query else ""
-        request = Request(method, path, query, self._headers, b"".join(self._body), keep_alive)
+        request = Request(method, path, query, self._headers, b"".join(self._body))
         try:
             handler = self._server.router.resolve(request)
         except HttpError as exc:  # 404, 405
@@ -401,10 +399,9 @@ class _Connection(asyncio.Protocol):
 
     def _answer_now(self, queued: _Queued) -> None:
         """Run a direct handler with nothing queued before it: no task, no coroutine."""
-        request = queued.item
-        assert isinstance(request, Request) and queued.handler is not None
+        request: Request = queued.item  # type: ignore[assignment]  # only requests get here
         try:
-            answer = queued.handler(request)
+            answer = queued.handler(request)  # type: ignore[misc]
         except Exception as exc:
             answer = _error_response(request, exc)
         if isinstance(answer, Later):
@@ -415,8 +412,8 @@ class _Connection(asyncio.Protocol):
         elif inspect.isawaitable(answer):  # a coroutine after all (say, behind a decorator)
             self._queue(queued._replace(handler=lambda _request: answer))
         else:
-            logger.error("%s %s: handler answered %r", request.method, request.path, answer)
-            self._answered(_error_response(request, TypeError("not an answer")), queued)
+            error = TypeError(f"the handler answered {answer!r}")
+            self._answered(_error_response(request, error), queued)
 
     def _finish_later(self, queued: _Queued, later: Later, future: asyncio.Future) -> None:
         self._busy = False
