@@ -1,8 +1,9 @@
-"""The IO half of `kvlab bench`: workers sharing one keep-alive aiohttp session drive a target.
+"""The IO half of `kvlab bench`: workers, each with one keep-alive connection, drive a target.
 
-The generator must not be the bottleneck, so the hot loop does little: keys and values are made
-up front, the next operation is one counter bump, and each answer costs a status check and an
-append of its latency (see `stats.Tally`).
+The generator must not be the bottleneck, so the hot loop does little: keys, values and read
+requests are made up front, the next operation is one counter bump, the request goes out as
+prepared bytes (see `http_client`), and each answer costs a status check and an append of its
+latency (see `stats.Tally`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-import aiohttp
 import orjson
-from yarl import URL
 
+from kvlab.bench.http_client import Connection, parse_target
 from kvlab.bench.stats import CONNECTION, TIMEOUT, Mix, Report, Tally, outcome, progress_line
 
 # How often the progress line is redrawn.
@@ -62,28 +62,40 @@ def key_name(index: int) -> str:
 
 
 class Target:
-    """Builds the request for reading or writing one key in the chosen API."""
+    """Builds the bytes of the request that reads or writes one key in the chosen API."""
 
     def __init__(self, spec: LoadSpec) -> None:
         self.api = spec.api
-        self.base = spec.url.rstrip("/")
+        self.host, self.port, self.prefix = parse_target(spec.url)
+        self.host_header = urlsplit(spec.url).netloc
         self.read_q = f"r={spec.r}" if spec.r is not None else ""
         self.write_q = f"w={spec.w}" if spec.w is not None else ""
 
-    def read(self, key: str) -> tuple[str, URL, bytes | None]:
+    def read(self, key: str) -> bytes:
         if self.api == "compat":
-            return "GET", self._url("/get", f"key={quote(key, safe='')}", self.read_q), None
-        return "GET", self._url(f"/kv/{quote(key, safe='')}", self.read_q), None
+            return self._request("GET", self._path("/get", f"key={quote(key, safe='')}",
+                                                   self.read_q))
+        return self._request("GET", self._path(f"/kv/{quote(key, safe='')}", self.read_q))
 
-    def write(self, key: str, value: str) -> tuple[str, URL, bytes | None]:
+    def write(self, key: str, value: str) -> bytes:
         if self.api == "compat":
             body = orjson.dumps({"key": key, "value": value})
-            return "POST", self._url("/set", self.write_q), body
-        return "PUT", self._url(f"/kv/{quote(key, safe='')}", self.write_q), value.encode()
+            return self._request("POST", self._path("/set", self.write_q), body,
+                                 "application/json")
+        return self._request("PUT", self._path(f"/kv/{quote(key, safe='')}", self.write_q),
+                             value.encode(), "application/octet-stream")
 
-    def _url(self, path: str, *query: str) -> URL:
+    def _path(self, path: str, *query: str) -> str:
         q = "&".join(part for part in query if part)
-        return URL(f"{self.base}{path}?{q}" if q else f"{self.base}{path}", encoded=True)
+        return f"{self.prefix}{path}?{q}" if q else f"{self.prefix}{path}"
+
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 content_type: str = "") -> bytes:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+        if body is None:
+            return f"{head}\r\n".encode()
+        return (f"{head}Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+                .encode() + body)
 
 
 class LoadGenerator:
@@ -95,6 +107,7 @@ class LoadGenerator:
         self.target = Target(spec)
         self.rng = random.Random(spec.seed)
         self.keys = [key_name(i) for i in range(spec.keys)]
+        self.reads = [self.target.read(key) for key in self.keys]
         alphabet = string.ascii_letters + string.digits
         self.values = [
             "".join(self.rng.choices(alphabet, k=spec.value_size)) for _ in range(VALUE_VARIANTS)
@@ -115,25 +128,16 @@ class LoadGenerator:
     async def run(self) -> Report:
         """Probe, preload if asked, measure; raises Unreachable if the probe gets no answer."""
         spec = self.spec
-        connector = aiohttp.TCPConnector(limit=spec.concurrency, limit_per_host=spec.concurrency)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=spec.timeout),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            auto_decompress=False,
-        )
-        async with session:
-            await self._probe(session)
-            preload = None
-            if spec.preload:
-                preload = await self._preload(session)
-            tally = Tally()
-            duration = 0.0
-            if not self.interrupted and spec.requests != 0:
-                duration = await self._drive(
-                    session, self._mixed_plan(), spec.requests, spec.duration, tally, "bench  "
-                )
+        await self._probe()
+        preload = None
+        if spec.preload:
+            preload = await self._preload()
+        tally = Tally()
+        duration = 0.0
+        if not self.interrupted and spec.requests != 0:
+            duration = await self._drive(
+                self._mixed_plan(), spec.requests, spec.duration, tally, "bench  "
+            )
         settings = {
             "value_size": spec.value_size, "keys": spec.keys, "r": spec.r, "w": spec.w,
             "seed": spec.seed, "timeout_s": spec.timeout,
@@ -145,22 +149,27 @@ class LoadGenerator:
             mix=spec.mix, settings=settings, preload=preload,
         )
 
-    async def _probe(self, session: aiohttp.ClientSession) -> None:
-        method, url, data = self.target.read(self.keys[0])
+    def _connection(self) -> Connection:
+        return Connection(self.target.host, self.target.port, self.spec.timeout)
+
+    async def _probe(self) -> None:
+        connection = self._connection()
         try:
-            async with session.request(method, url, data=data) as resp:
-                await resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            status = await connection.exchange(self.reads[0])
+        except (OSError, TimeoutError) as exc:
             raise Unreachable(f"cannot reach {self.spec.url}: {_describe(exc)}") from exc
-        if resp.status not in (200, 404) and self.progress is not None:
+        finally:
+            connection.close()
+        if status not in (200, 404) and self.progress is not None:
+            path = self.reads[0].split(b" ")[1].decode()
             self.progress.write(
-                f"warning: a probe read of {url} answered HTTP {resp.status}; is --api right?\n"
+                f"warning: a probe read of {path} answered HTTP {status}; is --api right?\n"
             )
 
-    async def _preload(self, session: aiohttp.ClientSession) -> dict:
+    async def _preload(self) -> dict:
         tally = Tally()
         duration = await self._drive(
-            session, lambda i: (False, i), self.spec.keys, None, tally, "preload"
+            lambda i: (False, i), self.spec.keys, None, tally, "preload"
         )
         if tally.errors and self.progress is not None:
             self.progress.write(f"warning: preload had {tally.error_count:,} errors\n")
@@ -188,8 +197,7 @@ class LoadGenerator:
         return i
 
     async def _drive(
-        self, session: aiohttp.ClientSession, plan: Plan, limit: int | None,
-        duration: float | None, tally: Tally, label: str,
+        self, plan: Plan, limit: int | None, duration: float | None, tally: Tally, label: str,
     ) -> float:
         """Run `concurrency` workers until `limit` operations or `duration` seconds; returns the
         wall time from the first request to the last answer."""
@@ -202,7 +210,7 @@ class LoadGenerator:
             ticker = asyncio.create_task(self._tick(label, start, tally, limit, duration))
         try:
             await asyncio.gather(
-                *(self._worker(session, plan, tally) for _ in range(self.spec.concurrency))
+                *(self._worker(plan, tally) for _ in range(self.spec.concurrency))
             )
         finally:
             elapsed = time.perf_counter() - start
@@ -215,26 +223,30 @@ class LoadGenerator:
                 self._draw(label, elapsed, tally, limit, duration, final=True)
         return elapsed
 
-    async def _worker(self, session: aiohttp.ClientSession, plan: Plan, tally: Tally) -> None:
-        target, keys, values = self.target, self.keys, self.values
+    async def _worker(self, plan: Plan, tally: Tally) -> None:
+        target, keys, values, reads = self.target, self.keys, self.values, self.reads
         choose_value = self.rng.randrange
-        request, clock, add = session.request, time.perf_counter, tally.add
-        while (i := self._next()) is not None:
-            is_read, k = plan(i)
-            if is_read:
-                method, url, data = target.read(keys[k])
-            else:
-                method, url, data = target.write(keys[k], values[choose_value(VALUE_VARIANTS)])
-            t0 = clock()
-            try:
-                async with request(method, url, data=data) as resp:
-                    await resp.read()
-            except TimeoutError:
-                add(is_read, TIMEOUT, None)
-            except (aiohttp.ClientError, OSError):
-                add(is_read, CONNECTION, None)
-            else:
-                add(is_read, outcome(resp.status, is_read), clock() - t0)
+        clock, add = time.perf_counter, tally.add
+        connection = self._connection()
+        exchange = connection.exchange
+        try:
+            while (i := self._next()) is not None:
+                is_read, k = plan(i)
+                if is_read:
+                    request = reads[k]
+                else:
+                    request = target.write(keys[k], values[choose_value(VALUE_VARIANTS)])
+                t0 = clock()
+                try:
+                    status = await exchange(request)
+                except TimeoutError:
+                    add(is_read, TIMEOUT, None)
+                except OSError:
+                    add(is_read, CONNECTION, None)
+                else:
+                    add(is_read, outcome(status, is_read), clock() - t0)
+        finally:
+            connection.close()
 
     async def _tick(
         self, label: str, start: float, tally: Tally, limit: int | None, duration: float | None

@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench", help="measure throughput and latency of a kvlab (or compatible) URL",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="target (default %(default)s)")
+    p.add_argument("--url", type=_http_url, default="http://127.0.0.1:8000",
+                   help="target, http://HOST[:PORT] (default %(default)s)")
     p.add_argument(
         "--api", choices=("rest", "compat"), default="rest",
         help="rest: GET/PUT /kv/{key}; compat: the Go API, GET /get?key= and POST /set "
@@ -61,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here so that `kvlab --help` and other commands don't pay for aiohttp.
+    # Imported here so that `kvlab --help` and other commands don't pay for the generator.
     from kvlab.bench import load
 
     spec = load.LoadSpec(
@@ -81,6 +82,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(report.render())
     return 130 if report.settings.get("interrupted") else 0
+
+
+def _http_url(text: str) -> str:
+    from kvlab.bench.http_client import parse_target
+
+    try:
+        parse_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _mix(text: str) -> Mix:

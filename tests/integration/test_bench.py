@@ -7,6 +7,7 @@ it was sent, and can be told to fail or stall, so the JSON report can be checked
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -197,6 +198,8 @@ def test_unreachable_url_exits_3() -> None:
         (["--concurrency", "0"], "--concurrency"),
         (["--requests", "5", "--duration", "1"], "not allowed with"),
         (["--requests", "0"], "--preload"),
+        (["--url", "https://127.0.0.1:9"], "http://"),
+        (["--url", "127.0.0.1:9"], "http://"),
     ],
 )
 def test_bad_options_exit_2(args: list[str], message: str) -> None:
@@ -206,3 +209,28 @@ def test_bad_options_exit_2(args: list[str], message: str) -> None:
     )
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+async def test_connections_closed_by_the_server() -> None:
+    """A server that says `Connection: close` on every answer is served over fresh
+    connections; one that hangs up without answering fails the probe: exit 3, not a report."""
+    hang_up = False
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            if not hang_up:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n"
+                             b"\r\nok")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        report = await bench_json("--url", url, "--requests", "200", "--mix", "1:0",
+                                  "--concurrency", "4")
+        assert report["reads"] == 200 and report["errors"] == {}
+        hang_up = True
+        code, out, err = await bench("--url", url, "--requests", "50")
+        assert (code, out) == (3, "") and "the server closed the connection" in err
