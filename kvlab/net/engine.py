@@ -96,7 +96,8 @@ class Engine:
                 outcome = effect.outcome
                 self.served[outcome.status] = self.served.get(outcome.status, 0) + 1
                 future = self._waiting.pop(outcome.op, None)
-                # Not there, or done: the client that asked went away (its future cancelled).
+                # Every operation ends in exactly one Done; its future can only have been
+                # cancelled by whoever awaited it giving up.
                 if future is not None and not future.done():
                     future.set_result(outcome)
 
