@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from kvlab.chaos.history import Event, Recorder
 from kvlab.chaos.nemesis import KILL, PARTITION, PAUSE, Fault, schedule
 from kvlab.chaos.outcomes import history_type
-from kvlab.chaos.workload import DELETE, READ, Op, Workload
+from kvlab.chaos.workload import DELETE, READ, Mix, Op
 from kvlab.client import AsyncKV, BadRequest, KeyNotFound, KVError, Unavailable
 from kvlab.cluster.supervisor import Cluster
 from kvlab.core.messages import NOT_FOUND, OK, TIMEOUT, UNAVAILABLE
@@ -28,11 +28,7 @@ LIVE_NEMESES = (KILL, PAUSE, PARTITION)
 class ChaosOptions:
     duration_s: float = 60.0
     seed: int = 7
-    clients: int = 10
-    keys: int = 20
-    reads: float = 0.5
-    deletes: float = 0.1
-    think_ms: float = 10.0
+    mix: Mix = Mix(think_ms=10.0)
     r: int | None = None
     w: int | None = None
     max_ops: int | None = None  # stop early after this many operations
@@ -57,9 +53,8 @@ async def run_chaos(cluster: Cluster, options: ChaosOptions,
         raise ValueError(f"nemesis {', '.join(unsupported)} runs only in the simulator "
                          f"(a real cluster supports {', '.join(LIVE_NEMESES)})")
     # Unless capped, a workload the clients can't exhaust in time: the deadline ends the run.
-    workload = Workload(options.seed, options.clients, options.keys,
-                        ops=options.max_ops if options.max_ops is not None else 10**12,
-                        reads=options.reads, deletes=options.deletes, think_ms=options.think_ms)
+    workload = options.mix.workload(
+        options.seed, options.max_ops if options.max_ops is not None else 10**12)
     recorder = Recorder()
     began = time.monotonic_ns()
     deadline = time.monotonic() + options.duration_s
@@ -84,7 +79,7 @@ async def run_chaos(cluster: Cluster, options: ChaosOptions,
         nemesis = asyncio.create_task(
             _nemesis(cluster, kv, options, run, deadline, clients_done, progress))
         try:
-            await asyncio.gather(*(client(p) for p in range(options.clients)))
+            await asyncio.gather(*(client(p) for p in range(options.mix.clients)))
             # Let the nemesis end its fault itself rather than cancel it half-way through a
             # restart that `_heal` would then race.
             clients_done.set()

@@ -17,6 +17,23 @@ WRITE = "write"
 DELETE = "delete"
 
 
+@dataclass(frozen=True)
+class Mix:
+    """The shape of a workload, shared by `kvlab sim` and `kvlab chaos`: how many clients,
+    over how many keys, which fractions of reads and deletes (the rest are writes), and the
+    mean think time between a client's operations."""
+
+    clients: int = 10
+    keys: int = 20
+    reads: float = 0.5
+    deletes: float = 0.1
+    think_ms: float = 5.0
+
+    def workload(self, seed: int, ops: int) -> Workload:
+        return Workload(seed, self.clients, self.keys, ops, self.reads, self.deletes,
+                        self.think_ms)
+
+
 @dataclass(frozen=True, slots=True)
 class Op:
     process: int

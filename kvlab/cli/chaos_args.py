@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from kvlab.chaos.history import Event, write_history
 from kvlab.chaos.nemesis import parse_kinds
+from kvlab.chaos.workload import Mix
 from kvlab.cli import UsageError
 from kvlab.cli.options import fraction, non_negative, non_negative_float, positive, positive_float
 
@@ -51,9 +52,11 @@ def add_faults_and_output(p: argparse.ArgumentParser, kinds: Sequence[str]) -> N
                           "keys it cannot settle in time are reported unknown")
 
 
-def check_workload(args: argparse.Namespace) -> None:
+def mix_from_args(args: argparse.Namespace) -> Mix:
+    """The workload's shape from `add_workload`'s options; UsageError if they don't fit."""
     if args.reads + args.deletes > 1:
         raise UsageError("--reads and --deletes must add up to at most 1")
+    return Mix(args.clients, args.keys, args.reads, args.deletes, args.think_ms)
 
 
 def save_history(path: str | None, events: list[Event]) -> None:

@@ -12,7 +12,7 @@ import orjson
 from kvlab.chaos.live import LIVE_NEMESES, ChaosOptions, run_chaos
 from kvlab.chaos.summary import render_outcome, summarize
 from kvlab.cli import EXIT_OK, UsageError
-from kvlab.cli.chaos_args import add_faults_and_output, add_workload, check_workload, save_history
+from kvlab.cli.chaos_args import add_faults_and_output, add_workload, mix_from_args, save_history
 from kvlab.cli.options import add_name, add_spec, positive, positive_float, spec_from
 from kvlab.cli.signals import interrupt_on_termination
 from kvlab.cluster import supervisor
@@ -46,11 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    check_workload(args)
-    options = ChaosOptions(duration_s=args.duration, seed=args.seed, clients=args.clients,
-                           keys=args.keys, reads=args.reads, deletes=args.deletes,
-                           think_ms=args.think_ms, r=args.r, w=args.w, nemesis=args.nemesis,
-                           max_ops=args.ops)
+    options = ChaosOptions(duration_s=args.duration, seed=args.seed, mix=mix_from_args(args),
+                           r=args.r, w=args.w, nemesis=args.nemesis, max_ops=args.ops)
     interrupt_on_termination()  # so a cluster started here is stopped on SIGTERM too
     cluster, started = _attach_or_start(args)
     try:

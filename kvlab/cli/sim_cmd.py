@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from kvlab.chaos.nemesis import KINDS
-from kvlab.cli.chaos_args import add_faults_and_output, add_workload, check_workload, save_history
+from kvlab.cli.chaos_args import add_faults_and_output, add_workload, mix_from_args, save_history
 from kvlab.chaos.summary import render_outcome
 from kvlab.chaos.summary import summarize as chaos_summary
 from kvlab.cli import EXIT_OK, UsageError
@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
 
 def options_from_args(args: argparse.Namespace) -> SimOptions:
     """Options for the run; a bad combination raises `UsageError` (exit code 2)."""
-    check_workload(args)
+    mix = mix_from_args(args)
     try:
         world = WorldConfig(
             nodes=args.nodes, replicas=args.replicas, r=args.r, w=args.w,
@@ -97,9 +97,8 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     if args.replicas > args.nodes:
         raise UsageError(f"--replicas {args.replicas} needs at least that many --nodes "
                          f"(got {args.nodes})")
-    return SimOptions(seed=args.seed, world=world, ops=args.ops, clients=args.clients,
-                      keys=args.keys, reads=args.reads, deletes=args.deletes,
-                      think_ms=args.think_ms, nemesis=args.nemesis)
+    return SimOptions(seed=args.seed, world=world, ops=args.ops, mix=mix,
+                      nemesis=args.nemesis)
 
 
 def summarize(result: SimResult, options: SimOptions, check: bool = True,
@@ -108,7 +107,7 @@ def summarize(result: SimResult, options: SimOptions, check: bool = True,
     world = options.world
     config = {
         "nodes": world.nodes, "replicas": world.replicas, "r": world.r, "w": world.w,
-        "coordinators": world.coordinators, "clients": options.clients, "keys": options.keys,
+        "coordinators": world.coordinators, "clients": options.mix.clients, "keys": options.mix.keys,
         "nemesis": list(options.nemesis),
     }
     return chaos_summary(result.events, result.summary, config, check, time_limit)

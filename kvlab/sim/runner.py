@@ -17,7 +17,7 @@ from kvlab.chaos.outcomes import history_type
 from kvlab.chaos.nemesis import (
     BOTH, FROM_NODES, KILL, LOSS, PARTITION, PAUSE, SKEW, Fault, schedule,
 )
-from kvlab.chaos.workload import READ, Workload
+from kvlab.chaos.workload import READ, Mix
 from kvlab.core.messages import OK, Outcome
 from kvlab.sim.clock import US_PER_MS
 from kvlab.sim.world import World, WorldConfig
@@ -30,11 +30,7 @@ class SimOptions:
     seed: int = 7
     world: WorldConfig = field(default_factory=WorldConfig)
     ops: int = 3000
-    clients: int = 10
-    keys: int = 20
-    reads: float = 0.5
-    deletes: float = 0.1
-    think_ms: float = 5.0
+    mix: Mix = Mix()
     nemesis: tuple[str, ...] = ()
     nemesis_gap_ms: tuple[int, int] = (100, 500)
     fault_ms: tuple[int, int] = (200, 1000)
@@ -55,19 +51,18 @@ class Simulation:
     def __init__(self, options: SimOptions | None = None) -> None:
         self.options = options = options or SimOptions()
         self.world = world = World(options.world, options.seed)
-        self.workload = Workload(options.seed, options.clients, options.keys, options.ops,
-                                 options.reads, options.deletes, options.think_ms)
+        self.workload = options.mix.workload(options.seed, options.ops)
         self.recorder = Recorder()
         self.faults: list[Fault] = []  # started so far
         self.finished = False
-        self._active = options.clients
+        self._active = clients = options.mix.clients
         self._coordinators = world.coordinator_names
         self._quorum = {"read": options.world.r, "write": options.world.w,
                         "delete": options.world.w}
-        self._done = [partial(self._complete, p) for p in range(options.clients)]
-        self._pending: list[str] = [""] * options.clients  # each client's current f
+        self._done = [partial(self._complete, p) for p in range(clients)]
+        self._pending: list[str] = [""] * clients  # each client's current f
         clock = world.clock
-        for process in range(options.clients):
+        for process in range(clients):
             clock.after(self._think_us(process), self._invoke, process)
         self._schedule = schedule(options.nemesis, world.node_names, self._coordinators,
                                   options.seed, gap_ms=options.nemesis_gap_ms,
