@@ -23,9 +23,9 @@ def quorum_error(outcome: Outcome) -> HttpError:
         details["partially_applied"] = bool(outcome.acked)
     if outcome.status == UNAVAILABLE:
         return HttpError(503, "unavailable",
-                        f"{verb} quorum not reached: {got} of {outcome.needed} replicas "
-                        f"answered; failed: {', '.join(outcome.failed) or 'none'}", **details)
+                         f"{verb} quorum not reached: {got} of {outcome.needed} replicas "
+                         f"answered; failed: {', '.join(outcome.failed) or 'none'}", **details)
     assert outcome.status == TIMEOUT
     return HttpError(504, "timeout",
-                    f"{verb} timed out: {got} of {outcome.needed} replicas answered; "
-                    f"silent: {', '.join(outcome.pending)}", **details)
+                     f"{verb} timed out: {got} of {outcome.needed} replicas answered; "
+                     f"silent: {', '.join(outcome.pending)}", **details)

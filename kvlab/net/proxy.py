@@ -77,14 +77,14 @@ def _check_key(proxy: Proxy, key: str | None) -> str:
     size = len(key.encode("utf-8", "surrogatepass"))
     if size > proxy.limits.max_key:
         raise HttpError(413, "key_too_large",
-                       f"key is {size} bytes, the limit is {proxy.limits.max_key}")
+                        f"key is {size} bytes, the limit is {proxy.limits.max_key}")
     return key
 
 
 def _check_value(proxy: Proxy, value: bytes) -> bytes:
     if len(value) > proxy.limits.max_value:
         raise HttpError(413, "value_too_large",
-                       f"value is {len(value)} bytes, the limit is {proxy.limits.max_value}")
+                        f"value is {len(value)} bytes, the limit is {proxy.limits.max_value}")
     return value
 
 
@@ -116,7 +116,7 @@ def _quorum_override(proxy: Proxy, request: Request, name: str) -> int | None:
         value = 0
     if not 1 <= value <= n:
         raise HttpError(400, "bad_request", f"{name} must be an integer from 1 to N={n}, "
-                       f"got {text!r}")
+                        f"got {text!r}")
     return value
 
 
