@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 
 from kvlab.chaos.nemesis import KINDS
-from kvlab.cli.chaos_args import add_faults_and_output, add_workload, mix_from_args, save_history
+from kvlab.chaos.simulation import SimOptions, SimResult, run
 from kvlab.chaos.summary import render_outcome
 from kvlab.chaos.summary import summarize as chaos_summary
 from kvlab.cli import EXIT_OK, UsageError
+from kvlab.cli.chaos_args import add_faults_and_output, add_workload, mix_from_args, save_history
 from kvlab.cli.options import fraction, non_negative_float, positive
 from kvlab.sim.network import Latency
-from kvlab.sim.runner import SimOptions, SimResult, run
 from kvlab.sim.world import WorldConfig
 
 DESCRIPTION = """\

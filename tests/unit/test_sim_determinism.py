@@ -10,7 +10,8 @@ from dataclasses import replace
 
 from kvlab.chaos.history import write_history
 from kvlab.chaos.nemesis import KINDS
-from kvlab.sim import SimOptions, WorldConfig, run
+from kvlab.chaos.simulation import SimOptions, run
+from kvlab.sim import WorldConfig
 
 ALL_FAULTS = SimOptions(ops=1500, nemesis=KINDS, world=WorldConfig(coordinators=2),
                         nemesis_gap_ms=(20, 60), fault_ms=(50, 150))

@@ -1,5 +1,8 @@
 """A full simulated chaos run: a workload of clients and a nemesis, on a `World`.
 
+The simulator's counterpart of `kvlab.chaos.live`; it lives in the chaos lab because it
+uses the lab (workload, nemesis, history), and the simulator itself must not.
+
 Clients are closed-loop processes: each has one operation outstanding, records its invoke
 and completion in a `Recorder` history, thinks, and goes again until the workload's
 operations are used up. The nemesis schedule is played alongside. Everything runs on the

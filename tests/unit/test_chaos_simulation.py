@@ -8,8 +8,9 @@ import pytest
 
 from kvlab.chaos.checker import check
 from kvlab.chaos.nemesis import KINDS, PARTITION, SKEW, parse_kinds, schedule
+from kvlab.chaos.simulation import SimOptions, Simulation, run
 from kvlab.chaos.workload import Workload
-from kvlab.sim import SimOptions, Simulation, WorldConfig, run
+from kvlab.sim import WorldConfig
 
 
 def test_default_settings_without_faults_are_linearizable():
