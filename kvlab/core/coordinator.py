@@ -9,7 +9,14 @@ Every client operation fans out to all N replicas of its key at once:
   read returned is then seen by every later read, even if the write that produced it failed
   half-way. The common case, where the R replies agree, costs nothing extra;
 - an operation that can no longer reach its quorum fails at once (unavailable); one still
-  missing replies at its deadline times out.
+  missing replies at its deadline times out;
+- a write is never acknowledged unless it took effect: a replica holding a newer version
+  answers `Superseded`, and the coordinator re-stamps the write above that version and
+  sends it again (a few times at most);
+- a write that a primary replica missed (unreachable, or silent at the deadline) is kept as
+  a hint on a fallback node, the next distinct node clockwise past the preference list,
+  which hands it over when the primary is back. Hints don't count toward W unless the
+  write asked for a sloppy quorum (`sloppy=True`), as in Dynamo.
 
 The coordinator is sans-IO: it is given replies, failures and timer firings with the
 current time, and returns effects (`Send`, `SetTimer`, `Done`) for its driver to perform.
@@ -24,25 +31,31 @@ from kvlab.core.messages import (
     OK,
     TIMEOUT,
     UNAVAILABLE,
+    CoordinatorEffect,
     Done,
-    Effect,
     ErrorReply,
+    HintRequest,
+    OpKind,
     Outcome,
     ReadReply,
     ReadRequest,
     Reply,
     Send,
     SetTimer,
+    Superseded,
     WriteReply,
     WriteRequest,
 )
 from kvlab.core.record import Record
 from kvlab.core.ring import Ring
-from kvlab.core.version import HybridClock
+from kvlab.core.version import MAX_AHEAD_MS, HybridClock
 
-READ = "read"
-WRITE = "write"
-INSPECT = "inspect"
+READ, WRITE, INSPECT = OpKind.READ, OpKind.WRITE, OpKind.INSPECT
+Effect = CoordinatorEffect
+
+# Re-stamps of one write after `Superseded` answers: more means a replica keeps holding
+# versions ahead of this clock, which only a broken clock elsewhere explains.
+MAX_RESTAMPS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +81,7 @@ class _Op:
     __slots__ = (
         "id", "kind", "key", "replicas", "need", "record", "answers", "acked", "failed",
         "newest", "holders", "write_back", "repaired", "repairs", "reqs", "outcome",
+        "sloppy", "hinted", "hint_reqs", "restamps",
     )
 
     def __init__(self, op_id: int, kind: str, key: str, replicas: tuple[str, ...], need: int,
@@ -88,6 +102,10 @@ class _Op:
         self.repairs: dict[int, object] = {}  # repair request -> version it carries
         self.reqs: list[int] = []  # every request of this op, to forget them on timeout
         self.outcome: Outcome | None = None
+        self.sloppy = False  # hints count toward W
+        self.hinted: dict[str, str] = {}  # primary -> fallback holding its hint (acked)
+        self.hint_reqs: dict[int, str] = {}  # sloppy hint request -> the primary it stands for
+        self.restamps = 0
 
     @property
     def heard(self) -> int:
@@ -100,12 +118,16 @@ class _Op:
 class Coordinator:
     """Coordinates client operations for one proxy (or simulated coordinator)."""
 
-    def __init__(self, name: str, ring: Ring, quorum: Quorum, timeout_ms: int = 1000) -> None:
+    def __init__(self, name: str, ring: Ring, quorum: Quorum, timeout_ms: int = 1000,
+                 hints: bool = True, max_ahead_ms: int = MAX_AHEAD_MS) -> None:
         self.name = name
         self.ring = ring
         self.quorum = quorum
         self.timeout_ms = timeout_ms
-        self.clock = HybridClock(name)
+        self.hints = hints
+        self.clock = HybridClock(name, max_ahead_ms)
+        self.hints_sent = 0
+        self.restamped = 0
         self._ops: dict[int, _Op] = {}
         self._requests: dict[int, tuple[_Op, str]] = {}
         self._next_op = 0
@@ -119,11 +141,14 @@ class Coordinator:
         return self._start(READ, key, now_ms, n, r, None)
 
     def write(self, key: str, value: bytes | None, now_ms: int, w: int | None = None,
-              n: int | None = None) -> tuple[int, list[Effect]]:
-        """Store `value` under `key`; `value=None` writes a tombstone (a delete)."""
+              n: int | None = None, sloppy: bool = False) -> tuple[int, list[Effect]]:
+        """Store `value` under `key`; `value=None` writes a tombstone (a delete).
+
+        `sloppy`: hints on fallback nodes count toward W (a sloppy quorum).
+        """
         n, w = self._check(n, w, write=True)
         record = Record(key, value, self.clock.tick(now_ms))
-        return self._start(WRITE, key, now_ms, n, w, record)
+        return self._start(WRITE, key, now_ms, n, w, record, sloppy)
 
     def inspect(self, key: str, now_ms: int) -> tuple[int, list[Effect]]:
         """Ask every replica of `key` for its own copy; repairs nothing."""
@@ -144,10 +169,11 @@ class Coordinator:
         return n, need
 
     def _start(self, kind: str, key: str, now_ms: int, n: int, need: int,
-               record: Record | None) -> tuple[int, list[Effect]]:
+               record: Record | None, sloppy: bool = False) -> tuple[int, list[Effect]]:
         self._next_op += 1
         replicas = self.ring.preference_list(key, n)
         op = _Op(self._next_op, kind, key, replicas, need, record)
+        op.sloppy = sloppy and self.hints
         if kind == READ and need + self.quorum.w > n:
             op.write_back = min(self.quorum.w, len(replicas))
         effects: list[Effect] = []
@@ -156,15 +182,19 @@ class Coordinator:
             self._finish(op, UNAVAILABLE, effects)
             return op.id, effects
         self._ops[op.id] = op
-        for node in replicas:
+        self._send_all(op, effects)
+        effects.append(SetTimer(op.id, now_ms + self.timeout_ms))
+        return op.id, effects
+
+    def _send_all(self, op: _Op, effects: list[Effect]) -> None:
+        record = op.record
+        for node in op.replicas:
             self._next_req += 1
             self._requests[self._next_req] = (op, node)
             op.reqs.append(self._next_req)
             request = (WriteRequest(self._next_req, record) if record is not None
-                       else ReadRequest(self._next_req, key))
+                       else ReadRequest(self._next_req, op.key))
             effects.append(Send(node, request))
-        effects.append(SetTimer(op.id, now_ms + self.timeout_ms))
-        return op.id, effects
 
     # -- events from the driver ---------------------------------------------------------
 
@@ -177,21 +207,32 @@ class Coordinator:
         if node != expected:
             raise ValueError(f"reply {reply.req} came from {node}, was sent to {expected}")
         effects: list[Effect] = []
+        if op.hint_reqs:
+            target = op.hint_reqs.pop(reply.req, None)
+            if target is not None:
+                self._hint_answered(op, target, node, reply, now_ms, effects)
+                self._retire_if_heard(op)
+                return effects
         repaired = op.repairs.pop(reply.req, None)
         if repaired is not None:
             if isinstance(reply, ErrorReply):
                 self._repair_failed(op, node, reply.error, effects)
-            elif op.newest is not None and repaired == op.newest.version:
+            elif op.newest is not None and (repaired == op.newest.version
+                                            or isinstance(reply, Superseded)):
+                # A replica answering Superseded holds something newer still: every later
+                # read that asks it sees at least `newest`, which is all a write-back wants.
                 op.holders.add(node)
                 self._finish_read_if_ready(op, effects)
         elif isinstance(reply, ErrorReply):
             self._fail(op, node, reply.error, effects)
         elif isinstance(reply, WriteReply):
             op.acked.append(node)
-            if op.outcome is None and len(op.acked) >= op.need:
+            if op.outcome is None and len(op.acked) + len(op.hinted) >= op.need:
                 self._finish(op, OK, effects)
         elif isinstance(reply, ReadReply):
-            self._answer(op, node, reply.record, effects)
+            self._answer(op, node, reply.record, now_ms, effects)
+        elif isinstance(reply, Superseded):
+            self._superseded(op, node, reply.version, now_ms, effects)
         self._retire_if_heard(op)
         return effects
 
@@ -202,7 +243,13 @@ class Coordinator:
             return []
         op, _ = entry
         effects: list[Effect] = []
-        if op.repairs.pop(req, None) is None:
+        target = op.hint_reqs.pop(req, None) if op.hint_reqs else None
+        if target is not None:
+            self._hint_answered(op, target, node, ErrorReply(req, reason), now_ms, effects)
+        elif op.repairs.pop(req, None) is None:
+            if op.kind == WRITE and node not in op.acked:
+                op.failed[node] = reason  # first, so that it is no fallback for itself
+                self._hint(op, node, effects)
             self._fail(op, node, reason, effects)
         else:
             self._repair_failed(op, node, reason, effects)
@@ -219,6 +266,12 @@ class Coordinator:
                   if n not in op.answers and n not in op.failed and n not in op.acked]
         for req in op.reqs:
             self._requests.pop(req, None)
+        if op.kind == WRITE:
+            # Silent primaries get a hint. These ones can't count toward W any more (the
+            # answer is being decided now), so nobody waits for their acknowledgement.
+            op.sloppy = False
+            for node in silent:
+                self._hint(op, node, effects)
         if op.outcome is None:
             if op.kind == INSPECT:
                 for node in silent:
@@ -234,10 +287,71 @@ class Coordinator:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _answer(self, op: _Op, node: str, record: Record | None, effects: list[Effect]) -> None:
+    # -- superseded writes and hints ----------------------------------------------------
+
+    def _superseded(self, op: _Op, node: str, version: object, now_ms: int,
+                    effects: list[Effect]) -> None:
+        """`node` holds a newer version than the write: stamp the write above it, resend."""
+        assert op.record is not None
+        self.clock.observe(version, now_ms)  # type: ignore[arg-type]
+        if op.outcome is not None:
+            # Already acknowledged by W replicas, so no acknowledged write held that newer
+            # version (it would be on one of them): it may rightly order after this one.
+            return
+        if op.restamps >= MAX_RESTAMPS:
+            self._fail(op, node, f"superseded by {version}", effects)
+            return
+        op.restamps += 1
+        self.restamped += 1
+        for req in op.reqs:  # answers about the old stamp no longer count
+            self._requests.pop(req, None)
+        op.reqs.clear()
+        op.acked.clear()
+        op.failed.clear()
+        op.hinted.clear()
+        op.hint_reqs.clear()
+        op.record = Record(op.key, op.record.value, self.clock.tick(now_ms))
+        self._send_all(op, effects)
+
+    def _hint(self, op: _Op, target: str, effects: list[Effect]) -> None:
+        """Ask the next free fallback node to keep `op`'s record for `target`."""
+        if not self.hints or op.record is None or target in op.hinted:
+            return
+        used = set(op.hinted.values()) | set(op.failed) | set(op.hint_reqs.values())
+        busy = {self._requests[r][1] for r in op.hint_reqs if r in self._requests}
+        ring = self.ring
+        for fallback in ring.preference_list(op.key, len(ring.nodes))[len(op.replicas):]:
+            if fallback in busy or fallback in used:
+                continue
+            self._next_req += 1
+            self.hints_sent += 1
+            if op.sloppy and op.outcome is None:
+                # Counted toward W: wait for the fallback's acknowledgement.
+                self._requests[self._next_req] = (op, fallback)
+                op.hint_reqs[self._next_req] = target
+                op.reqs.append(self._next_req)
+            effects.append(Send(fallback, HintRequest(self._next_req, op.record, target)))
+            return
+
+    def _hint_answered(self, op: _Op, target: str, fallback: str, reply: Reply, now_ms: int,
+                       effects: list[Effect]) -> None:
+        if isinstance(reply, WriteReply):
+            op.hinted[target] = fallback
+            if op.outcome is None and len(op.acked) + len(op.hinted) >= op.need:
+                self._finish(op, OK, effects)
+            return
+        op.failed.setdefault(fallback, "fallback: " + getattr(reply, "error", "failed"))
+        self._hint(op, target, effects)  # the next fallback, if any
+        if op.outcome is None and not op.hint_reqs:
+            self._fail_if_hopeless(op, effects)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _answer(self, op: _Op, node: str, record: Record | None, now_ms: int,
+                effects: list[Effect]) -> None:
         op.answers[node] = record
         if record is not None:
-            self.clock.observe(record.version)
+            self.clock.observe(record.version, now_ms)
             if op.newest is None or record.version > op.newest.version:
                 op.newest = record
                 op.holders = {node}
@@ -273,7 +387,7 @@ class Coordinator:
                 self._requests[self._next_req] = (op, node)
                 op.repairs[self._next_req] = newest.version
                 op.reqs.append(self._next_req)
-                effects.append(Send(node, WriteRequest(self._next_req, newest)))
+                effects.append(Send(node, WriteRequest(self._next_req, newest, repair=True)))
 
     def _fail(self, op: _Op, node: str, reason: str, effects: list[Effect]) -> None:
         op.failed[node] = reason
@@ -282,8 +396,15 @@ class Coordinator:
         if op.kind == INSPECT:
             if len(op.answers) + len(op.failed) == len(op.replicas):
                 self._finish(op, OK, effects)
-        elif len(op.replicas) - len(op.failed) < max(op.need, op.write_back):
-            # Too few replicas left to answer, or to hold the value a read would return.
+        else:
+            self._fail_if_hopeless(op, effects)
+
+    def _fail_if_hopeless(self, op: _Op, effects: list[Effect]) -> None:
+        # Too few replicas left to answer, or to hold the value a read would return. In a
+        # sloppy write, a hint still on its way may yet make up the difference.
+        failed = sum(1 for n in op.replicas if n in op.failed)
+        left = len(op.replicas) - failed + len(op.hinted) + len(op.hint_reqs)
+        if left < max(op.need, op.write_back):
             self._finish(op, UNAVAILABLE, effects)
 
     def _repair_failed(self, op: _Op, node: str, reason: str, effects: list[Effect]) -> None:
@@ -301,11 +422,13 @@ class Coordinator:
             needed=op.need,
             failed=dict(op.failed),
             answers=dict(op.answers) if op.kind == INSPECT else {},
+            hinted=dict(op.hinted),
         )
         effects.append(Done(op.outcome))
 
     def _retire_if_heard(self, op: _Op) -> None:
         # Every replica has spoken, every repair is acknowledged, the outcome is out: nothing
         # left to wait for. Otherwise the op's timer cleans up.
-        if op.outcome is not None and not op.repairs and op.heard == len(op.replicas):
+        if op.outcome is not None and not op.repairs and not op.hint_reqs and \
+                op.heard >= len(op.replicas):
             self._ops.pop(op.id, None)

@@ -1,19 +1,24 @@
-"""Messages between a coordinator and its replicas, and the effects the core asks for.
+"""Messages between coordinators and replicas, and between replicas; the effects the core asks for.
 
 All are immutable values: the core returns them, a driver (real network or simulator) carries
-them out. `req` numbers a single replica request so its reply can find its way back.
+them out. `req` numbers a single coordinator request so its reply can find its way back;
+`xid` numbers a replica-to-replica exchange (anti-entropy, hint replay) the same way.
 
 They are msgspec Structs: a request makes about twenty of them, and a Struct is built in a
-quarter of the time of a NamedTuple (a tenth of a frozen dataclass's). The replica channel's
-wire format is these declarations themselves: `array_like` Structs travel as msgpack
-arrays, and a `tag` in front tells the kinds of message apart (see `kvlab.net.codec`).
+quarter of the time of a NamedTuple (a tenth of a frozen dataclass's). The wire format is
+these declarations themselves: `array_like` Structs travel as msgpack arrays, and a `tag`
+in front, unique across every message, tells the kinds apart (see `kvlab.net.codec`), so one
+channel can carry any of them.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import msgspec
 
 from kvlab.core.record import Record
+from kvlab.core.version import Version
 
 # Wire messages: frozen, compact on the wire, and never part of a reference cycle.
 _WIRE = {"frozen": True, "array_like": True, "gc": False}
@@ -28,73 +33,188 @@ class ReadRequest(msgspec.Struct, tag=0, **_WIRE):
 
 
 class WriteRequest(msgspec.Struct, tag=1, **_WIRE):
-    """Store `record` if it supersedes what the replica holds (also used for repair)."""
+    """Store `record` if it supersedes what the replica holds.
+
+    `repair` marks a read repair (the coordinator sends the newest version it read), so the
+    replica can count what each healing mechanism did.
+    """
 
     req: int
     record: Record
+    repair: bool = False
 
 
-Request = ReadRequest | WriteRequest
+class HintRequest(msgspec.Struct, tag=2, **_WIRE):
+    """Keep `record` for `target`, which missed it, and hand it over when `target` is back."""
+
+    req: int
+    record: Record
+    target: str
+
+
+Request = ReadRequest | WriteRequest | HintRequest
 
 
 # -- replica -> coordinator -------------------------------------------------------------
 
 
-class ReadReply(msgspec.Struct, tag=0, **_WIRE):
+class ReadReply(msgspec.Struct, tag=3, **_WIRE):
     req: int
     record: Record | None  # None: the replica has never heard of the key
 
 
-class WriteReply(msgspec.Struct, tag=1, **_WIRE):
-    """The record is durable on the replica (or a newer version already was)."""
+class WriteReply(msgspec.Struct, tag=4, **_WIRE):
+    """The record (or hint) is durable on the replica."""
 
     req: int
 
 
-class ErrorReply(msgspec.Struct, tag=2, **_WIRE):
+class ErrorReply(msgspec.Struct, tag=5, **_WIRE):
     req: int
     error: str
 
 
-Reply = ReadReply | WriteReply | ErrorReply
+class Superseded(msgspec.Struct, tag=6, **_WIRE):
+    """The replica holds `version`, newer than the write: storing it would change nothing.
+
+    Never a plain acknowledgement: the coordinator re-stamps the write above `version`.
+    """
+
+    req: int
+    version: Version
 
 
-# -- outcomes and effects ---------------------------------------------------------------
+Reply = ReadReply | WriteReply | ErrorReply | Superseded
 
-OK = "ok"
-NOT_FOUND = "not_found"
-UNAVAILABLE = "unavailable"  # too many replicas failed for the quorum: HTTP 503
-TIMEOUT = "timeout"  # replicas still silent at the deadline: HTTP 504
+
+# -- replica <-> replica ----------------------------------------------------------------
+# A range is the set of nodes that replicate a key (its preference list, sorted): the keys
+# two replicas should both hold are exactly those of the ranges they share.
+
+Range = tuple[str, ...]
+
+
+class TreeRequest(msgspec.Struct, tag=10, **_WIRE):
+    """Anti-entropy, step 1: the initiator's branch hashes of one range's tree."""
+
+    xid: int
+    range: Range
+    branches: list[int]
+
+
+class TreeReply(msgspec.Struct, tag=11, **_WIRE):
+    """Step 2: the responder's leaf hashes under every branch that differs."""
+
+    xid: int
+    leaves: list[tuple[int, list[int]]]  # (branch, its leaf hashes)
+
+
+class KeysRequest(msgspec.Struct, tag=12, **_WIRE):
+    """Step 3: the initiator's (key, version) entries in the segments that differ."""
+
+    xid: int
+    range: Range
+    segments: list[int]
+    entries: list[tuple[str, Version]]
+
+
+class KeysReply(msgspec.Struct, tag=13, **_WIRE):
+    """Step 4: the responder's records that are newer, and the keys it wants back."""
+
+    xid: int
+    records: list[Record]
+    want: list[str]
+
+
+class Mechanism(StrEnum):
+    """What repaired a key: the three healing mechanisms, counted apart."""
+
+    READ_REPAIR = "read_repair"
+    HINT = "hint"
+    ANTI_ENTROPY = "anti_entropy"
+
+
+class Push(msgspec.Struct, tag=14, **_WIRE):
+    """Records for the receiver to store (a hint replay, or the end of an exchange)."""
+
+    xid: int
+    records: list[Record]
+    mechanism: Mechanism
+
+
+class PushAck(msgspec.Struct, tag=15, **_WIRE):
+    """A `Push` is durable on the receiver; `stored` of its records were news there."""
+
+    xid: int
+    stored: int
+
+
+class Purge(msgspec.Struct, tag=16, **_WIRE):
+    """Every replica holds these tombstones and their grace is over: drop them."""
+
+    entries: list[tuple[str, Version]]
+
+
+PeerMessage = TreeRequest | TreeReply | KeysRequest | KeysReply | Push | PushAck | Purge
+Message = Request | Reply | PeerMessage
+
+
+# -- outcomes ---------------------------------------------------------------------------
+
+
+class OpKind(StrEnum):
+    READ = "read"
+    WRITE = "write"
+    INSPECT = "inspect"
+
+
+class Status(StrEnum):
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"  # too many replicas failed for the quorum: HTTP 503
+    TIMEOUT = "timeout"  # replicas still silent at the deadline: HTTP 504
+
+
+OK, NOT_FOUND, UNAVAILABLE, TIMEOUT = Status.OK, Status.NOT_FOUND, Status.UNAVAILABLE, \
+    Status.TIMEOUT
 
 
 class Outcome(msgspec.Struct, frozen=True):
     """What a client operation ended with, and which replicas took part.
 
     For a write, `acked` are the replicas known to hold it when the outcome was decided: a
-    write that failed its quorum may still be stored there (as in Dynamo).
+    write that failed its quorum may still be stored there (as in Dynamo). `hinted` maps a
+    primary that missed the write to the fallback node keeping a hint for it (in a sloppy
+    quorum those hints counted toward W).
     For a read, `record` is the newest version among the replies (a tombstone reads as
     not found). For an inspection, `answers` holds each replica's own record.
     """
 
     op: int
-    kind: str  # "read" | "write" | "inspect"
+    kind: str  # an OpKind
     key: str
-    status: str
+    status: str  # a Status
     record: Record | None
     replicas: tuple[str, ...]
     acked: tuple[str, ...]
     needed: int  # replies the quorum asked for (R or W)
     failed: dict[str, str]  # replica -> why it failed
     answers: dict[str, Record | None]  # inspections only: each replica's own record
+    hinted: dict[str, str] = {}
 
     @property
     def pending(self) -> tuple[str, ...]:
         return tuple(n for n in self.replicas if n not in self.acked and n not in self.failed)
 
 
+# -- effects ----------------------------------------------------------------------------
+
+
 class Send(msgspec.Struct, frozen=True, gc=False):
+    """Deliver `message` to `node` (a replica, or the coordinator a reply goes back to)."""
+
     node: str
-    request: Request
+    message: Message
 
 
 class SetTimer(msgspec.Struct, frozen=True, gc=False):
@@ -108,4 +228,29 @@ class Done(msgspec.Struct, frozen=True):
     outcome: Outcome
 
 
-Effect = Send | SetTimer | Done
+class Hint(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A record kept for `target` by a fallback node since `stored_ms` (its own clock)."""
+
+    target: str
+    record: Record
+    stored_ms: int
+
+
+class Persist(msgspec.Struct, frozen=True, gc=False):
+    """Make all of this durable in one transaction, then call `Replica.persisted(batch)`.
+
+    `records` are stored each only if it supersedes the stored one (as the replica decided);
+    `hints` are kept (replacing an older hint for the same target and key); `drop_hints`
+    and `purge` remove a hint or a tombstone only if it still holds exactly that version.
+    """
+
+    batch: int
+    records: list[Record]
+    hints: list[Hint]
+    drop_hints: list[tuple[str, str, Version]]  # (target, key, version)
+    purge: list[tuple[str, Version]]  # tombstones (key, version)
+
+
+CoordinatorEffect = Send | SetTimer | Done
+ReplicaEffect = Send | Persist
+Effect = Send | SetTimer | Done | Persist

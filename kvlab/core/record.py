@@ -26,8 +26,3 @@ def supersedes(incoming: Record, existing: Record | None) -> bool:
     second copy; older ones would undo a newer write or resurrect a deleted key.
     """
     return existing is None or incoming.version > existing.version
-
-
-def purgeable(record: Record, now_ms: int, grace_ms: int) -> bool:
-    """A tombstone may be dropped once every replica has had `grace_ms` to learn of it."""
-    return record.tombstone and now_ms - record.version.physical >= grace_ms

@@ -1,40 +1,674 @@
-"""A replica's side of the protocol.
+"""The replica: everything one node decides over time, as a state machine with no IO.
 
-Reads are answered straight from the store. Writes are gathered so that a driver can make
-a whole batch durable in one transaction (group commit) and acknowledge them together; the
-rule for accepting a record (`record.supersedes`) is applied by the store inside that
-transaction, so two racing writes to one key can't be applied out of order.
+A `Replica` serves a coordinator's reads and writes, keeps hints for nodes that missed
+writes and hands them over when those nodes are back, compares hash trees with the other
+replicas of each range it holds (anti-entropy) and repairs what differs, and purges a
+tombstone once every replica of its key holds it and its grace period is over.
+
+Like `Coordinator`, it takes messages and `now` and returns effects: `Send` a message to a
+node or coordinator, `Persist` a batch (records, hints, deletions) in one transaction.
+After a batch is durable the driver calls `persisted(batch, now)` and gets the
+acknowledgements to send; a write is never acknowledged before. The replica owns its own
+deadlines (hint replay, anti-entropy, purge, exchange time-outs): `get_timer()` says when
+it next needs `handle_timer(now)`, as in aioquic. Values are read through the `read`
+function the driver supplies (the store's committed state); everything else the replica
+needs (each key's version, in hash trees per range, and the hints it keeps) it holds in
+memory, rebuilt by `load` at start.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import assert_never
 
-from kvlab.core.messages import ReadReply, ReadRequest, Reply, Request, WriteReply, WriteRequest
+from kvlab.core.hashtree import (
+    SEGMENTS,
+    HashTree,
+    differing_branches,
+    differing_segments,
+    segment_of,
+)
+from kvlab.core.messages import (
+    ErrorReply,
+    Hint,
+    HintRequest,
+    KeysReply,
+    KeysRequest,
+    Mechanism,
+    Message,
+    Persist,
+    Purge,
+    Push,
+    PushAck,
+    Range,
+    ReadReply,
+    ReadRequest,
+    ReplicaEffect,
+    Send,
+    Superseded,
+    TreeReply,
+    TreeRequest,
+    WriteReply,
+    WriteRequest,
+)
 from kvlab.core.record import Record
+from kvlab.core.ring import Ring, hash_key
+from kvlab.core.hashtree import PER_BRANCH
+from kvlab.core.version import MAX_AHEAD_MS, Version, too_far_ahead
+
+Reader = Callable[[Sequence[str]], Mapping[str, Record]]
+
+HOUR_MS = 3_600_000
 
 
-def serve(requests: Iterable[Request],
-          lookup: Callable[[Sequence[str]], Mapping[str, Record]]
-          ) -> tuple[list[Reply], list[WriteRequest]]:
-    """Answer the reads now; return the writes that must be persisted before their replies.
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """How a node heals; the defaults are the cluster's."""
 
-    `lookup` gets the keys of all the reads at once (a store answers them in one query) and
-    returns the records it holds, by key.
-    """
-    reads: list[ReadRequest] = []
-    writes: list[WriteRequest] = []
-    for request in requests:
-        if isinstance(request, ReadRequest):
-            reads.append(request)
+    n: int = 3  # replicas per key
+    tombstone_grace_ms: int = 24 * HOUR_MS
+    max_ahead_ms: int = MAX_AHEAD_MS  # refuse writes stamped further ahead of our clock
+    hints: bool = True
+    hint_window_ms: int = 3 * HOUR_MS  # hints older than this are dropped
+    hint_batch: int = 500  # records per hint replay message
+    retry_ms: int = 1_000  # wait before replaying to a target that did not answer
+    anti_entropy: bool = True
+    # Each (range, peer) pair is compared from this node's side this often; the peer
+    # compares from its side too.
+    anti_entropy_ms: int = 5_000
+    exchange_keys: int = 1_000  # at most this many keys repaired per round, each way
+    exchange_bytes: int = 4 << 20  # and at most this many value bytes
+    exchange_timeout_ms: int = 5_000
+    purge_every_ms: int = 1_000
+
+    def __post_init__(self) -> None:
+        for name in ("n", "anti_entropy_ms", "exchange_keys", "exchange_bytes",
+                     "exchange_timeout_ms", "purge_every_ms", "hint_batch", "retry_ms"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.tombstone_grace_ms < 0 or self.hint_window_ms < 0 or self.max_ahead_ms < 0:
+            raise ValueError("grace, hint window and clock bound must not be negative")
+
+    @property
+    def purge_after_ms(self) -> int:
+        """A tombstone's age before it may go: past its grace, and past every hint that
+        could still hold an older value of its key (plus the clock bound, for skew)."""
+        if not self.hints:
+            return self.tombstone_grace_ms
+        return max(self.tombstone_grace_ms, self.hint_window_ms + self.max_ahead_ms)
+
+
+@dataclass
+class ReplicaStats:
+    reads: int = 0
+    writes: int = 0
+    superseded: int = 0  # writes answered "superseded" (a newer version was held)
+    refused: int = 0  # writes refused: stamped too far ahead of this node's clock
+    hints_stored: int = 0
+    hints_replayed: int = 0  # hints handed over to their target (acknowledged)
+    hints_expired: int = 0  # dropped after the hint window
+    ae_rounds: int = 0  # exchanges this node started and finished
+    ae_in_sync: int = 0  # of which found nothing to repair
+    repaired: dict[str, int] = field(default_factory=lambda: {m.value: 0 for m in Mechanism})
+    repair_bytes: int = 0  # key and value bytes this node received through repairs
+    purged: int = 0  # tombstones dropped
+    # peer -> the last finished exchange with it: when, keys in and out, how long
+    exchanges: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class _Batch:
+    """One `Persist` being built, and what to send once it is durable."""
+
+    records: list[Record] = field(default_factory=list)
+    hints: list[Hint] = field(default_factory=list)
+    drop_hints: list[tuple[str, str, Version]] = field(default_factory=list)
+    purge: list[tuple[str, Version]] = field(default_factory=list)
+    # (destination, message once durable, message if the batch failed, or None)
+    acks: list[tuple[str, Message, Message | None]] = field(default_factory=list)
+    # how to undo the in-memory state if the batch fails: (key, new, previous, was a tombstone)
+    undo: list[tuple[str, Version, Version | None, bool]] = field(default_factory=list)
+    new_hints: list[Hint] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.hints or self.drop_hints or self.purge or self.acks)
+
+
+@dataclass
+class _Exchange:
+    """An anti-entropy exchange this node started."""
+
+    range: Range
+    peer: str
+    started_ms: int
+    deadline_ms: int
+    stage: str = "tree"  # "tree": waiting for leaves; "keys": waiting for records
+    more: bool = False  # differences were left for a later round (the round was bounded)
+
+
+@dataclass
+class _Flight:
+    """A hint replay batch sent and not yet acknowledged."""
+
+    xid: int
+    entries: list[tuple[str, Version]]
+    deadline_ms: int
+
+
+class Replica:
+    """One node's replica of its ranges."""
+
+    def __init__(self, name: str, ring: Ring, config: ReplicaConfig, read: Reader) -> None:
+        self.name = name
+        self.config = config
+        self.read = read
+        self.stats = ReplicaStats()
+        self._trees: dict[Range, HashTree] = {}
+        self._ranges: dict[tuple[str, ...], Range | None] = {}  # preference list -> range
+        self._strays: dict[str, Version] = {}  # keys held outside this node's ranges
+        self._tombs: dict[str, Version] = {}
+        self._ripe: dict[str, tuple[Range, int, Version]] = {}  # purgeable once confirmed
+        self._confirmed: dict[str, set[str]] = {}  # ripe tombstone -> peers known to hold it
+        self._hints: dict[str, dict[str, Hint]] = {}  # target -> key -> hint
+        self._flights: dict[str, _Flight] = {}  # target -> replay in flight
+        self._retry_at: dict[str, int] = {}  # target -> earliest next replay
+        self._exchanges: dict[int, _Exchange] = {}
+        self._pairs: list[tuple[Range, str]] = []
+        self._urgent: deque[tuple[Range, str]] = deque()
+        self._turn = 0
+        self._next_ae: int | None = None
+        self._next_purge: int | None = None
+        self._batches: dict[int, _Batch] = {}
+        self._next_batch = 0
+        self._next_xid = 0
+        self.ring = ring
+        self._layout(ring)
+
+    # -- start-up and membership ---------------------------------------------------------
+
+    def load(self, entries: Iterable[tuple[str, Version, bool]], hints: Iterable[Hint] = ()
+             ) -> None:
+        """What the store holds (key, version, is a tombstone), and the hints it keeps."""
+        for key, version, tombstone in entries:
+            self._set(key, version, tombstone)
+        for hint in hints:
+            self._hints.setdefault(hint.target, {})[hint.record.key] = hint
+
+    def set_ring(self, ring: Ring) -> None:
+        """Membership changed: re-place every key in the new ring's ranges."""
+        held = [(k, v) for tree in self._trees.values() for e in tree.entries for k, v in
+                e.items()] + list(self._strays.items())
+        self.ring = ring
+        self._layout(ring)
+        for key, version in held:
+            self._set(key, version, key in self._tombs)
+
+    def _layout(self, ring: Ring) -> None:
+        self._trees, self._ranges, self._strays = {}, {}, {}
+        self._ripe, self._confirmed, self._urgent = {}, {}, deque()
+        for start, _, _ in ring.arcs() or [(0, 0, "")]:
+            listed = ring.preference_list_at(start, self.config.n)
+            rng = self._range_for(listed)
+            if rng is not None and rng not in self._trees:
+                self._trees[rng] = HashTree()
+        self._pairs = [(r, peer) for r in sorted(self._trees) for peer in r if peer != self.name]
+
+    def _range_for(self, listed: tuple[str, ...]) -> Range | None:
+        rng = self._ranges.get(listed, ())
+        if rng == ():
+            rng = tuple(sorted(listed)) if self.name in listed else None
+            self._ranges[listed] = rng
+        return rng
+
+    # -- where a key lives ---------------------------------------------------------------
+
+    def _place(self, key: str) -> tuple[HashTree | None, int]:
+        point = hash_key(key)
+        rng = self._range_for(self.ring.preference_list_at(point, self.config.n))
+        return (None if rng is None else self._trees[rng]), segment_of(point)
+
+    def holds(self, key: str) -> Version | None:
+        """The version of `key` this replica has accepted (durable, or being made so)."""
+        tree, segment = self._place(key)
+        return self._strays.get(key) if tree is None else tree.get(segment, key)
+
+    def _set(self, key: str, version: Version, tombstone: bool) -> None:
+        tree, segment = self._place(key)
+        if tree is None:
+            self._strays[key] = version
         else:
-            writes.append(request)
-    if not reads:
-        return [], writes
-    found = lookup([r.key for r in reads])
-    return [ReadReply(r.req, found.get(r.key)) for r in reads], writes
+            tree.put(segment, key, version)
+        if tombstone:
+            self._tombs[key] = version
+        elif self._tombs:
+            self._tombs.pop(key, None)
+        if self._confirmed:
+            self._confirmed.pop(key, None)
+            self._ripe.pop(key, None)
+
+    def _unset(self, key: str) -> None:
+        tree, segment = self._place(key)
+        if tree is None:
+            self._strays.pop(key, None)
+        else:
+            tree.remove(segment, key)
+        self._tombs.pop(key, None)
+        self._confirmed.pop(key, None)
+        self._ripe.pop(key, None)
+
+    def _accept(self, record: Record, batch: _Batch) -> bool:
+        """Take `record` if it supersedes what is held; it is persisted with `batch`."""
+        held = self.holds(record.key)
+        if held is not None and record.version <= held:
+            return False
+        batch.undo.append((record.key, record.version, held, record.key in self._tombs))
+        self._set(record.key, record.version, record.value is None)
+        batch.records.append(record)
+        return True
+
+    # -- messages ------------------------------------------------------------------------
+
+    def receive(self, src: str, message: Message, now_ms: int) -> list[ReplicaEffect]:
+        return self.receive_many(src, (message,), now_ms)
+
+    def receive_many(self, src: str, messages: Iterable[Message], now_ms: int
+                     ) -> list[ReplicaEffect]:
+        """Messages from `src` (arrived together: their writes share one `Persist`)."""
+        effects: list[ReplicaEffect] = []
+        batch = _Batch()
+        reads: list[ReadRequest] = []
+        for message in messages:
+            match message:
+                case ReadRequest():
+                    reads.append(message)
+                case WriteRequest():
+                    self._write(src, message, now_ms, batch, effects)
+                case HintRequest():
+                    self._keep_hint(src, message, now_ms, batch, effects)
+                case TreeRequest():
+                    self._tree_request(src, message, effects)
+                case TreeReply():
+                    self._tree_reply(src, message, now_ms, effects)
+                case KeysRequest():
+                    self._keys_request(src, message, effects)
+                case KeysReply():
+                    self._keys_reply(src, message, now_ms, batch, effects)
+                case Push():
+                    stored = sum(self._repair(r, message.mechanism, batch)
+                                 for r in message.records)
+                    batch.acks.append((src, PushAck(message.xid, stored), None))
+                case PushAck():
+                    self._replayed(src, message, now_ms, batch)
+                case Purge():
+                    for key, version in message.entries:
+                        if self._tombs.get(key) == version:
+                            self._drop_tombstone(key, version, batch)
+                case ReadReply() | WriteReply() | ErrorReply() | Superseded():
+                    pass  # replies go to coordinators; a replica never asked for one
+                case _:
+                    assert_never(message)
+        if reads:
+            self.stats.reads += len(reads)
+            found = self.read([r.key for r in reads])
+            effects.extend(Send(src, ReadReply(r.req, found.get(r.key))) for r in reads)
+        if batch:
+            effects.append(self._persist(batch))
+        return effects
+
+    def _persist(self, batch: _Batch) -> Persist:
+        self._next_batch += 1
+        self._batches[self._next_batch] = batch
+        return Persist(self._next_batch, batch.records, batch.hints, batch.drop_hints,
+                       batch.purge)
+
+    def persisted(self, batch_id: int, now_ms: int) -> list[ReplicaEffect]:
+        """The batch is durable: send what waited for it."""
+        batch = self._batches.pop(batch_id)
+        return [Send(dst, ok) for dst, ok, _ in batch.acks]
+
+    def persist_failed(self, batch_id: int, error: str, now_ms: int) -> list[ReplicaEffect]:
+        """The batch could not be made durable: forget it, and say so to whoever waits."""
+        batch = self._batches.pop(batch_id)
+        for key, new, previous, was_tomb in reversed(batch.undo):
+            if self.holds(key) == new:
+                if previous is None:
+                    self._unset(key)
+                else:
+                    self._set(key, previous, was_tomb)
+        for hint in batch.new_hints:
+            held = self._hints.get(hint.target, {})
+            if held.get(hint.record.key) is hint:
+                del held[hint.record.key]
+        return [Send(dst, failed(error) if callable(failed) else failed)
+                for dst, _, failed in batch.acks if failed is not None]
+
+    def unreachable(self, dst: str, message: Message, now_ms: int) -> list[ReplicaEffect]:
+        """`message` could not be delivered to `dst` (its link is down)."""
+        match message:
+            case Push(mechanism=Mechanism.HINT):
+                flight = self._flights.get(dst)
+                if flight is not None and flight.xid == message.xid:
+                    del self._flights[dst]
+                    self._retry_at[dst] = now_ms + self.config.retry_ms
+            case TreeRequest() | KeysRequest():
+                self._exchanges.pop(message.xid, None)
+            case _:
+                pass  # replies and pushes of an exchange: the peer's anti-entropy covers it
+        return []
+
+    # -- coordinator writes and hints ----------------------------------------------------
+
+    def _write(self, src: str, request: WriteRequest, now_ms: int, batch: _Batch,
+               effects: list[ReplicaEffect]) -> None:
+        record = request.record
+        if too_far_ahead(record.version, now_ms, self.config.max_ahead_ms):
+            self.stats.refused += 1
+            effects.append(Send(src, ErrorReply(request.req, self._ahead(record, now_ms))))
+            return
+        held = self.holds(record.key)
+        if held is not None and record.version < held:
+            self.stats.superseded += 1
+            effects.append(Send(src, Superseded(request.req, held)))
+            return
+        self.stats.writes += 1
+        if self._accept(record, batch) and request.repair:
+            self._count_repair(Mechanism.READ_REPAIR, record)
+        # An equal version (a retry) is acknowledged only after the batch that stores it.
+        batch.acks.append((src, WriteReply(request.req), _storage_error(request.req)))
+
+    def _keep_hint(self, src: str, request: HintRequest, now_ms: int, batch: _Batch,
+                   effects: list[ReplicaEffect]) -> None:
+        record = request.record
+        if not self.config.hints:
+            effects.append(Send(src, ErrorReply(request.req, f"{self.name} keeps no hints")))
+            return
+        if too_far_ahead(record.version, now_ms, self.config.max_ahead_ms):
+            self.stats.refused += 1
+            effects.append(Send(src, ErrorReply(request.req, self._ahead(record, now_ms))))
+            return
+        held = self._hints.setdefault(request.target, {})
+        old = held.get(record.key)
+        if old is None or record.version > old.record.version:
+            hint = Hint(request.target, record, now_ms)
+            held[record.key] = hint
+            batch.hints.append(hint)
+            batch.new_hints.append(hint)
+            self.stats.hints_stored += 1
+        batch.acks.append((src, WriteReply(request.req), _storage_error(request.req)))
+
+    def _ahead(self, record: Record, now_ms: int) -> str:
+        ahead = record.version.physical - now_ms
+        return (f"version {record.version} is {ahead} ms ahead of {self.name}'s clock "
+                f"(the limit is {self.config.max_ahead_ms} ms): a coordinator's clock is wrong")
+
+    # -- repairs -------------------------------------------------------------------------
+
+    def _repair(self, record: Record, mechanism: Mechanism, batch: _Batch) -> bool:
+        if not self._accept(record, batch):
+            return False
+        self._count_repair(mechanism, record)
+        return True
+
+    def _count_repair(self, mechanism: Mechanism, record: Record) -> None:
+        self.stats.repaired[mechanism] += 1
+        self.stats.repair_bytes += len(record.key) + len(record.value or b"")
+
+    # -- hinted handoff ------------------------------------------------------------------
+
+    def hints_held(self) -> dict[str, int]:
+        return {t: len(h) for t, h in self._hints.items() if h}
+
+    def _replay(self, target: str, now_ms: int, effects: list[ReplicaEffect]) -> None:
+        held = self._hints[target]
+        window = self.config.hint_window_ms
+        expired = [h for h in held.values() if now_ms - h.stored_ms > window]
+        if expired or target not in self.ring.nodes:
+            drop = expired if target in self.ring.nodes else list(held.values())
+            batch = _Batch()
+            for hint in drop:
+                del held[hint.record.key]
+                batch.drop_hints.append((target, hint.record.key, hint.record.version))
+            self.stats.hints_expired += len(drop)
+            effects.append(self._persist(batch))
+        if not held:
+            return
+        records = []
+        for hint in held.values():
+            records.append(hint.record)
+            if len(records) == self.config.hint_batch:
+                break
+        self._next_xid += 1
+        self._flights[target] = _Flight(self._next_xid, [(r.key, r.version) for r in records],
+                                        now_ms + self.config.exchange_timeout_ms)
+        effects.append(Send(target, Push(self._next_xid, records, Mechanism.HINT)))
+
+    def _replayed(self, src: str, ack: PushAck, now_ms: int, batch: _Batch) -> None:
+        flight = self._flights.get(src)
+        if flight is None or flight.xid != ack.xid:
+            return  # the end of an anti-entropy exchange, or a replay already timed out
+        del self._flights[src]
+        held = self._hints.get(src, {})
+        for key, version in flight.entries:
+            hint = held.get(key)
+            if hint is not None and hint.record.version == version:
+                del held[key]
+                batch.drop_hints.append((src, key, version))
+        self.stats.hints_replayed += len(flight.entries)
+        self._retry_at.pop(src, None)  # the target is back: the next batch goes at once
+
+    # -- anti-entropy --------------------------------------------------------------------
+
+    def _start_exchange(self, now_ms: int, effects: list[ReplicaEffect]) -> None:
+        busy = {e.peer for e in self._exchanges.values()}
+        for _ in range(len(self._urgent) + len(self._pairs)):
+            if self._urgent:
+                pair = self._urgent.popleft()
+            else:
+                pair = self._pairs[self._turn % len(self._pairs)]
+                self._turn += 1
+            rng, peer = pair
+            if peer in busy or rng not in self._trees:
+                continue
+            self._next_xid += 1
+            self._exchanges[self._next_xid] = _Exchange(
+                rng, peer, now_ms, now_ms + self.config.exchange_timeout_ms)
+            effects.append(Send(peer, TreeRequest(self._next_xid, rng,
+                                                  list(self._trees[rng].branches))))
+            return
+
+    def _tree_request(self, src: str, request: TreeRequest, effects: list[ReplicaEffect]
+                      ) -> None:
+        tree = self._trees.get(request.range)
+        if tree is None:
+            return  # not a range of ours (the two rings disagree): the initiator gives up
+        branches = differing_branches(tree.branches, request.branches)
+        self._confirm(request.range, src, {b * PER_BRANCH + i for b in branches
+                                           for i in range(PER_BRANCH)})
+        effects.append(Send(src, TreeReply(request.xid,
+                                           [(b, tree.branch_leaves(b)) for b in branches])))
+
+    def _tree_reply(self, src: str, reply: TreeReply, now_ms: int,
+                    effects: list[ReplicaEffect]) -> None:
+        exchange = self._exchanges.get(reply.xid)
+        if exchange is None or exchange.stage != "tree" or exchange.peer != src:
+            return
+        tree = self._trees.get(exchange.range)
+        if tree is None:
+            del self._exchanges[reply.xid]
+            return
+        segments = differing_segments(tree, reply.leaves)
+        self._confirm(exchange.range, src, set(segments))
+        if not segments:
+            self.stats.ae_in_sync += 1
+            self._finish(reply.xid, now_ms, 0, 0)
+            return
+        chosen, entries = [], []
+        for segment in segments:  # bounded: the keys of as many segments as fit a round
+            if entries and len(entries) + len(tree.entries[segment]) > self.config.exchange_keys:
+                exchange.more = True
+                break
+            chosen.append(segment)
+            entries.extend(tree.entries[segment].items())
+        exchange.stage = "keys"
+        effects.append(Send(src, KeysRequest(reply.xid, exchange.range, chosen, entries)))
+
+    def _keys_request(self, src: str, request: KeysRequest, effects: list[ReplicaEffect]
+                      ) -> None:
+        tree = self._trees.get(request.range)
+        if tree is None:
+            return
+        theirs = dict(request.entries)
+        mine = dict(tree.items([s for s in request.segments if 0 <= s < SEGMENTS]))
+        newer = [k for k, v in mine.items() if k not in theirs or theirs[k] < v]
+        want = [k for k, v in theirs.items() if k not in mine or mine[k] < v]
+        same = {k for k, v in theirs.items() if mine.get(k) == v}
+        for key in same & self._ripe.keys():
+            self._confirmed.setdefault(key, set()).add(src)
+        effects.append(Send(src, KeysReply(request.xid, self._records(newer),
+                                           want[:self.config.exchange_keys])))
+
+    def _keys_reply(self, src: str, reply: KeysReply, now_ms: int, batch: _Batch,
+                    effects: list[ReplicaEffect]) -> None:
+        exchange = self._exchanges.get(reply.xid)
+        if exchange is None or exchange.stage != "keys" or exchange.peer != src:
+            return
+        got = sum(self._repair(r, Mechanism.ANTI_ENTROPY, batch) for r in reply.records)
+        sent = self._records(reply.want)
+        if sent:
+            effects.append(Send(src, Push(reply.xid, sent, Mechanism.ANTI_ENTROPY)))
+        if len(reply.records) >= self.config.exchange_keys or len(sent) < len(reply.want):
+            exchange.more = True
+        self._finish(reply.xid, now_ms, got, len(sent))
+
+    def _records(self, keys: list[str]) -> list[Record]:
+        """The stored records of `keys`, as many as one round may carry."""
+        keys = keys[:self.config.exchange_keys]
+        found = self.read(keys) if keys else {}
+        out, size = [], 0
+        for key in keys:
+            record = found.get(key)
+            if record is None:
+                continue  # accepted but not yet durable: a later round carries it
+            size += len(key) + len(record.value or b"")
+            if out and size > self.config.exchange_bytes:
+                break
+            out.append(record)
+        return out
+
+    def _finish(self, xid: int, now_ms: int, keys_in: int, keys_out: int) -> None:
+        exchange = self._exchanges.pop(xid)
+        self.stats.ae_rounds += 1
+        self.stats.exchanges[exchange.peer] = {
+            "at_ms": now_ms, "range": ",".join(exchange.range), "keys_in": keys_in,
+            "keys_out": keys_out, "ms": now_ms - exchange.started_ms}
+        if exchange.more or keys_in or keys_out:
+            # Differences were found: go again soon rather than in a full period.
+            self._urgent.append((exchange.range, exchange.peer))
+            if self._next_ae is not None:
+                self._next_ae = min(self._next_ae, now_ms)
+
+    def _confirm(self, rng: Range, peer: str, differing: set[int]) -> None:
+        """`peer` holds what we hold in every segment of `rng` outside `differing`."""
+        for key, (key_range, segment, _) in self._ripe.items():
+            if key_range == rng and segment not in differing:
+                self._confirmed.setdefault(key, set()).add(peer)
+
+    # -- tombstones ----------------------------------------------------------------------
+
+    def _purge_ripe(self, now_ms: int, effects: list[ReplicaEffect]) -> None:
+        after = self.config.purge_after_ms
+        ripe: dict[str, tuple[Range, int, Version]] = {}
+        batch = _Batch()
+        told: dict[str, list[tuple[str, Version]]] = {}
+        for key, version in list(self._tombs.items()):
+            if now_ms - version.physical < after:
+                continue
+            point = hash_key(key)
+            rng = self._range_for(self.ring.preference_list_at(point, self.config.n))
+            if rng is None:
+                continue  # not ours to decide: the key's own replicas purge it
+            peers = [p for p in rng if p != self.name]
+            if self.config.anti_entropy and not self._confirmed.get(key, set()).issuperset(
+                    peers):
+                ripe[key] = (rng, segment_of(point), version)
+                continue
+            self._drop_tombstone(key, version, batch)
+            for peer in peers:
+                told.setdefault(peer, []).append((key, version))
+        self._ripe = ripe
+        self._confirmed = {k: v for k, v in self._confirmed.items() if k in ripe}
+        effects.extend(Send(peer, Purge(entries)) for peer, entries in told.items())
+        if batch:
+            effects.append(self._persist(batch))
+
+    def _drop_tombstone(self, key: str, version: Version, batch: _Batch) -> None:
+        self._unset(key)
+        batch.purge.append((key, version))
+        self.stats.purged += 1
+
+    # -- time ----------------------------------------------------------------------------
+
+    def get_timer(self) -> int | None:
+        """When `handle_timer` must next run (None: never, until a message arrives)."""
+        times = [t for t in (self._next_purge, self._next_ae) if t is not None]
+        times.extend(e.deadline_ms for e in self._exchanges.values())
+        times.extend(f.deadline_ms for f in self._flights.values())
+        for target, held in self._hints.items():
+            if held and target not in self._flights:
+                times.append(self._retry_at.get(target, 0))
+        return min(times) if times else None
+
+    def handle_timer(self, now_ms: int) -> list[ReplicaEffect]:
+        """Do whatever has fallen due: purges, replays, exchanges, give-ups."""
+        effects: list[ReplicaEffect] = []
+        config = self.config
+        if self._next_purge is None:  # the first call: start the periodic work
+            self._next_purge = now_ms + config.purge_every_ms
+            if config.anti_entropy and self._pairs:
+                self._next_ae = now_ms + self._ae_gap()
+        for xid, exchange in list(self._exchanges.items()):
+            if exchange.deadline_ms <= now_ms:
+                del self._exchanges[xid]
+        for target, flight in list(self._flights.items()):
+            if flight.deadline_ms <= now_ms:
+                del self._flights[target]
+                self._retry_at[target] = now_ms + config.retry_ms
+        if now_ms >= self._next_purge:
+            self._next_purge = now_ms + config.purge_every_ms
+            self._purge_ripe(now_ms, effects)
+        for target, held in list(self._hints.items()):
+            if held and target not in self._flights and now_ms >= self._retry_at.get(target, 0):
+                self._replay(target, now_ms, effects)
+        if self._next_ae is not None and now_ms >= self._next_ae:
+            self._next_ae = now_ms + self._ae_gap()
+            self._start_exchange(now_ms, effects)
+        return effects
+
+    def _ae_gap(self) -> int:
+        return max(1, self.config.anti_entropy_ms // max(1, len(self._pairs)))
+
+    # -- views ---------------------------------------------------------------------------
+
+    def key_count(self) -> int:
+        """Keys held, tombstones included."""
+        return sum(len(t) for t in self._trees.values()) + len(self._strays)
+
+    def snapshot(self, now_ms: int) -> dict:
+        """Counters for `/stats`, `/cluster` and the dashboard."""
+        s = self.stats
+        return {
+            "hints_held": self.hints_held(), "hints_stored": s.hints_stored,
+            "hints_replayed": s.hints_replayed, "hints_expired": s.hints_expired,
+            "ae_rounds": s.ae_rounds, "ae_in_sync": s.ae_in_sync,
+            "repaired": dict(s.repaired), "repair_bytes": s.repair_bytes,
+            "superseded": s.superseded, "refused": s.refused, "purged": s.purged,
+            "tombstones": len(self._tombs),
+            "exchanges": {peer: {**e, "ago_ms": now_ms - e["at_ms"]}
+                          for peer, e in sorted(s.exchanges.items())},
+        }
 
 
-def acknowledge(writes: Iterable[WriteRequest]) -> list[Reply]:
-    """Replies for writes that are now durable."""
-    return [WriteReply(w.req) for w in writes]
+def _storage_error(req: int) -> Callable[[str], ErrorReply]:
+    return lambda error: ErrorReply(req, f"storage: {error}")

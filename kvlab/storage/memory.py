@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
-from kvlab.core.record import Record, purgeable, supersedes
+from kvlab.core.messages import Hint, Persist
+from kvlab.core.record import Record, supersedes
+from kvlab.core.version import Version
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
+        self._hints: dict[tuple[str, str], Hint] = {}  # (target, key) -> hint
 
     def get(self, key: str) -> Record | None:
         return self._records.get(key)
@@ -18,22 +21,37 @@ class MemoryStore:
         records = self._records
         return {key: records[key] for key in keys if key in records}
 
-    def apply(self, records: Iterable[Record]) -> list[bool]:
-        """Store each record that supersedes the current one; report which were stored."""
-        stored = []
-        for record in records:
-            if supersedes(record, self._records.get(record.key)):
-                self._records[record.key] = record
-                stored.append(True)
-            else:
-                stored.append(False)
-        return stored
+    def write(self, batch: Persist) -> None:
+        """Apply a replica's `Persist` as one transaction would (see `SqliteStore.write`)."""
+        records = self._records
+        for record in batch.records:
+            if supersedes(record, records.get(record.key)):
+                records[record.key] = record
+        for hint in batch.hints:
+            slot = (hint.target, hint.record.key)
+            old = self._hints.get(slot)
+            if old is None or hint.record.version > old.record.version:
+                self._hints[slot] = hint
+        for target, key, version in batch.drop_hints:
+            old = self._hints.get((target, key))
+            if old is not None and old.record.version == version:
+                del self._hints[(target, key)]
+        for key, version in batch.purge:
+            old = records.get(key)
+            if old is not None and old.tombstone and old.version == version:
+                del records[key]
 
-    def purge(self, now_ms: int, grace_ms: int) -> int:
-        dead = [k for k, r in self._records.items() if purgeable(r, now_ms, grace_ms)]
-        for key in dead:
-            del self._records[key]
-        return len(dead)
+    def entries(self) -> Iterator[tuple[str, Version, bool]]:
+        """(key, version, is a tombstone) of every record: what a replica loads at start."""
+        return iter([(r.key, r.version, r.tombstone) for r in self._records.values()])
+
+    def hints(self) -> Iterator[Hint]:
+        return iter(list(self._hints.values()))
+
+    def wipe(self) -> None:
+        """Lose everything, as a replaced disk does."""
+        self._records.clear()
+        self._hints.clear()
 
     def count(self) -> int:
         """Live keys (tombstones are not counted)."""
