@@ -23,5 +23,22 @@ def test_clock_stays_monotonic_when_wall_clock_steps_back():
 
 def test_clock_moves_past_observed_versions():
     clock = HybridClock("p")
-    clock.observe(Version(5000, 3, "other"))
+    clock.observe(Version(5000, 3, "other"), now_ms=1000)
     assert clock.tick(1000) > Version(5000, 3, "other")
+
+
+def test_clock_ignores_a_version_far_in_its_future():
+    # One broken clock elsewhere must not drag every later write an hour ahead.
+    clock = HybridClock("p", max_ahead_ms=60_000)
+    clock.observe(Version(1000 + 3_600_000, 0, "rogue"), now_ms=1000)
+    assert clock.tick(1000) == Version(1000, 0, "p")
+    clock.observe(Version(1000 + 59_000, 0, "close"), now_ms=1000)
+    assert clock.tick(1000) > Version(1000 + 59_000, 0, "close")
+
+
+def test_a_restored_high_water_mark_keeps_a_restarted_clock_above_its_last_run():
+    first = HybridClock("p")
+    last = first.tick(10_000)
+    second = HybridClock("p")  # the coordinator restarted, its wall clock 5 s behind
+    second.restore(first.high_water_ms)
+    assert second.tick(5_000) > last

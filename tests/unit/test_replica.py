@@ -1,0 +1,209 @@
+"""The replica state machine on the pure core: writes, hints, anti-entropy, tombstone purge."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvlab.core.coordinator import Quorum
+from kvlab.core.messages import (
+    OK,
+    ErrorReply,
+    HintRequest,
+    KeysReply,
+    Persist,
+    Push,
+    Send,
+    Superseded,
+    WriteReply,
+    WriteRequest,
+)
+from kvlab.core.record import Record
+from kvlab.core.replica import Replica, ReplicaConfig
+from kvlab.core.ring import Ring
+from kvlab.core.version import Version
+from kvlab.storage.memory import MemoryStore
+from tests.unit.core_harness import CoreCluster
+
+NOW = 1_000_000
+
+
+def _lone(config: ReplicaConfig = ReplicaConfig(n=1)) -> tuple[Replica, MemoryStore]:
+    store = MemoryStore()
+    return Replica("n1", Ring(("n1",), 8), config, store.get_many), store
+
+
+def _rec(key: str, value: bytes | None, t: int) -> Record:
+    return Record(key, value, Version(t, 0, "c"))
+
+
+def _persist(replica: Replica, store: MemoryStore, effects) -> list:
+    """Carry out the Persist effects at once; return every Send, in order."""
+    sends = []
+    for effect in effects:
+        if isinstance(effect, Persist):
+            store.write(effect)
+            sends.extend(replica.persisted(effect.batch, NOW))
+        else:
+            sends.append(effect)
+    return sends
+
+
+# -- writes ---------------------------------------------------------------------------
+
+
+def test_a_write_is_acknowledged_only_after_it_is_durable():
+    replica, store = _lone()
+    effects = replica.receive("p", WriteRequest(1, _rec("k", b"v", NOW)), NOW)
+    assert [type(e) for e in effects] == [Persist]  # no acknowledgement yet
+    assert store.get("k") is None
+    sends = _persist(replica, store, effects)
+    assert sends == [Send("p", WriteReply(1))] and store.get("k").value == b"v"
+
+
+def test_an_older_write_is_answered_superseded_with_the_version_held():
+    replica, store = _lone()
+    _persist(replica, store, replica.receive("p", WriteRequest(1, _rec("k", b"new", NOW)), NOW))
+    effects = replica.receive("p", WriteRequest(2, _rec("k", b"old", NOW - 5000)), NOW)
+    assert effects == [Send("p", Superseded(2, Version(NOW, 0, "c")))]
+    assert store.get("k").value == b"new"
+
+
+def test_a_write_stamped_far_ahead_of_the_replicas_clock_is_refused():
+    replica, store = _lone(ReplicaConfig(n=1, max_ahead_ms=60_000))
+    effects = replica.receive("p", WriteRequest(1, _rec("k", b"v", NOW + 3_600_000)), NOW)
+    assert len(effects) == 1 and isinstance(effects[0].message, ErrorReply)
+    assert "ahead" in effects[0].message.error and replica.holds("k") is None
+    ok = replica.receive("p", WriteRequest(2, _rec("k", b"v", NOW + 59_000)), NOW)
+    assert isinstance(ok[0], Persist)
+
+
+def test_a_failed_commit_is_undone_and_reported_never_acknowledged():
+    replica, store = _lone()
+    _persist(replica, store, replica.receive("p", WriteRequest(1, _rec("k", b"a", NOW)), NOW))
+    effects = replica.receive("p", WriteRequest(2, _rec("k", b"b", NOW + 1)), NOW)
+    assert replica.holds("k") == Version(NOW + 1, 0, "c")
+    sends = replica.persist_failed(effects[0].batch, "disk full", NOW)
+    assert sends == [Send("p", ErrorReply(2, "storage: disk full"))]
+    assert replica.holds("k") == Version(NOW, 0, "c")  # back to what is on disk
+
+
+# -- the whole cluster ----------------------------------------------------------------
+
+
+def test_a_primary_that_missed_writes_gets_them_from_hints_without_any_read():
+    c = CoreCluster()
+    keys = [f"k{i}" for i in range(60)]
+    victim = "n1"
+    c.crash(victim)
+    for key in keys:
+        assert c.write(key, b"v").status == OK
+    mine = [k for k in keys if victim in c.prefs(k)]
+    assert mine
+    held = sum(sum(r.hints_held().values()) for r in c.replicas.values())
+    assert held == len(mine)
+    # Each hint sits on the first node past the key's preference list.
+    for key in mine:
+        fallback = c.ring.preference_list(key, 4)[3]
+        assert c.stores[fallback].get(key) is None
+        assert any(h.record.key == key for h in c.stores[fallback].hints())
+    c.restart(victim)
+    c.tick(3_000)
+    assert all(c.stores[victim].get(k) is not None for k in mine)
+    assert all(not list(s.hints()) for s in c.stores.values())  # handed over, then dropped
+    assert c.replicas[victim].stats.repaired["hint"] == len(mine)
+
+
+def test_hints_do_not_count_toward_w_unless_the_write_is_sloppy():
+    c = CoreCluster()
+    key = "k"
+    first, second, third = c.prefs(key)
+    c.crash(first)
+    c.crash(second)
+    strict = c.write(key, b"v")
+    assert strict.status != OK
+    sloppy = c.write(key, b"v2", sloppy=True)
+    assert sloppy.status == OK and sloppy.acked == (third,)
+    assert sloppy.hinted and set(sloppy.hinted) <= {first, second}
+    assert not set(sloppy.hinted.values()) & set(c.prefs(key))  # fallbacks, not primaries
+
+
+def test_anti_entropy_restores_a_wiped_node_in_bounded_rounds():
+    config = ReplicaConfig(n=3, exchange_keys=40, anti_entropy_ms=1_000, hints=False)
+    c = CoreCluster(config=config)
+    keys = [f"k{i}" for i in range(400)]
+    for key in keys:
+        c.write(key, key.encode())
+    victim = "n2"
+    c.crash(victim)
+    c.wipe(victim)
+    c.restart(victim)
+    mine = [k for k in keys if victim in c.prefs(k)]
+    c.tick(30_000)
+    assert all(c.stores[victim].get(k) is not None for k in mine)
+    # Every round carried at most `exchange_keys` records.
+    rounds = [s.message for _, s in c.sent if isinstance(s.message, (KeysReply, Push))]
+    assert rounds and max(len(m.records) for m in rounds) <= 40
+    assert c.replicas[victim].stats.repaired["anti_entropy"] == len(mine)
+
+
+def test_a_missed_delete_never_comes_back_and_its_tombstone_is_purged_everywhere():
+    config = ReplicaConfig(n=3, tombstone_grace_ms=1_000, hint_window_ms=0, max_ahead_ms=0,
+                           anti_entropy_ms=500)
+    c = CoreCluster(config=config, hints=False)
+    key = "doomed"
+    c.write(key, b"alive")
+    lagging = c.prefs(key)[2]
+    c.silent.add(lagging)
+    assert c.write(key, None).status == OK  # the delete misses one replica
+    c.held.clear()
+    c.silent.clear()
+    for _ in range(10):
+        c.tick(1_000)
+        assert c.read(key).status == "not_found"
+    assert all(c.stores[n].get(key) is None for n in c.prefs(key))  # purged on all three
+    assert sum(r.stats.purged for r in c.replicas.values()) >= 3
+
+
+def test_a_tombstone_is_kept_while_a_replica_has_not_confirmed_it():
+    config = ReplicaConfig(n=3, tombstone_grace_ms=1_000, hint_window_ms=0, max_ahead_ms=0,
+                           anti_entropy_ms=500)
+    c = CoreCluster(config=config, hints=False)
+    key = "doomed"
+    c.write(key, b"alive")
+    lagging = c.prefs(key)[2]
+    c.crash(lagging)
+    c.write(key, None)
+    c.tick(10_000)  # long past the grace: but `lagging` never said it holds the tombstone
+    assert all(c.stores[n].get(key).tombstone for n in c.prefs(key) if n != lagging)
+    c.restart(lagging)
+    c.tick(10_000)
+    assert c.read(key).status == "not_found"
+    assert all(c.stores[n].get(key) is None for n in c.prefs(key))
+
+
+@pytest.mark.parametrize("hints", [True, False])
+def test_a_hint_for_an_old_value_cannot_outlive_the_purge_of_its_delete(hints):
+    # The hint window bounds how long an old value can wait on a fallback; a tombstone
+    # waits at least that long before it goes.
+    config = ReplicaConfig(n=3, tombstone_grace_ms=1_000, hint_window_ms=5_000,
+                           max_ahead_ms=0, hints=hints)
+    assert config.purge_after_ms == (5_000 if hints else 1_000)
+
+
+def test_a_node_holding_keys_outside_its_ranges_keeps_them_apart():
+    replica, store = _lone(ReplicaConfig(n=1))
+    replica.set_ring(Ring(("n1", "n2", "n3"), 8))
+    stray = next(f"s{i}" for i in range(100)
+                 if Ring(("n1", "n2", "n3"), 8).preference_list(f"s{i}", 1) != ("n1",))
+    _persist(replica, store, replica.receive("p", WriteRequest(1, _rec(stray, b"v", NOW)), NOW))
+    assert replica.holds(stray) == Version(NOW, 0, "c")
+    assert replica.key_count() == 1
+
+
+def test_a_fallback_keeps_the_newest_hint_per_target_and_key():
+    replica, store = _lone()
+    for req, t in ((1, NOW), (2, NOW + 5), (3, NOW + 2)):
+        _persist(replica, store, replica.receive(
+            "p", HintRequest(req, _rec("k", str(t).encode(), t), "n9"), NOW))
+    assert [h.record.value for h in store.hints()] == [str(NOW + 5).encode()]
+    assert replica.hints_held() == {"n9": 1}
