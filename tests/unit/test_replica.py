@@ -122,8 +122,7 @@ def test_hints_do_not_count_toward_w_unless_the_write_is_sloppy():
     strict = c.write(key, b"v")
     assert strict.status != OK
     sloppy = c.write(key, b"v2", sloppy=True)
-    assert sloppy.status == OK and sloppy.acked == (third,)
-    assert sloppy.hinted and set(sloppy.hinted) <= {first, second}
+    assert sloppy.status == OK and set(sloppy.hinted) == {first, second}
     assert not set(sloppy.hinted.values()) & set(c.prefs(key))  # fallbacks, not primaries
 
 
