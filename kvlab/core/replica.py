@@ -19,6 +19,7 @@ memory, rebuilt by `load` at start.
 from __future__ import annotations
 
 from collections import deque
+from heapq import heappop, heappush
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import assert_never
@@ -169,6 +170,9 @@ class Replica:
         self._ranges: dict[tuple[str, ...], Range | None] = {}  # preference list -> range
         self._strays: dict[str, Version] = {}  # keys held outside this node's ranges
         self._tombs: dict[str, Version] = {}
+        # Tombstones by age (physical ms, key), so each purge round looks only at those
+        # whose grace just ended instead of at every tombstone held.
+        self._aging: list[tuple[int, str]] = []
         self._ripe: dict[str, tuple[Range, int, Version]] = {}  # purgeable once confirmed
         self._confirmed: dict[str, set[str]] = {}  # ripe tombstone -> peers known to hold it
         self._hints: dict[str, dict[str, Hint]] = {}  # target -> key -> hint
@@ -207,7 +211,7 @@ class Replica:
 
     def _layout(self, ring: Ring) -> None:
         self._trees, self._ranges, self._strays = {}, {}, {}
-        self._ripe, self._confirmed, self._urgent = {}, {}, deque()
+        self._ripe, self._confirmed, self._urgent, self._aging = {}, {}, deque(), []
         for start, _, _ in ring.arcs() or [(0, 0, "")]:
             listed = ring.preference_list_at(start, self.config.n)
             rng = self._range_for(listed)
@@ -242,9 +246,10 @@ class Replica:
             tree.put(segment, key, version)
         if tombstone:
             self._tombs[key] = version
+            heappush(self._aging, (version.physical, key))
         elif self._tombs:
             self._tombs.pop(key, None)
-        if self._confirmed:
+        if self._ripe:  # a ripe tombstone overwritten is no longer to be purged
             self._confirmed.pop(key, None)
             self._ripe.pop(key, None)
 
@@ -578,27 +583,31 @@ class Replica:
     # -- tombstones ----------------------------------------------------------------------
 
     def _purge_ripe(self, now_ms: int, effects: list[ReplicaEffect]) -> None:
-        after = self.config.purge_after_ms
-        ripe: dict[str, tuple[Range, int, Version]] = {}
-        batch = _Batch()
-        told: dict[str, list[tuple[str, Version]]] = {}
-        for key, version in list(self._tombs.items()):
-            if now_ms - version.physical < after:
-                continue
+        """Drop the tombstones past their grace that every replica is known to hold."""
+        aging, ripe = self._aging, self._ripe
+        while aging and now_ms - aging[0][0] >= self.config.purge_after_ms:
+            physical, key = heappop(aging)
+            version = self._tombs.get(key)
+            if version is None or version.physical != physical:
+                continue  # overwritten or purged since
             point = hash_key(key)
             rng = self._range_for(self.ring.preference_list_at(point, self.config.n))
-            if rng is None:
-                continue  # not ours to decide: the key's own replicas purge it
-            peers = [p for p in rng if p != self.name]
-            if self.config.anti_entropy and not self._confirmed.get(key, set()).issuperset(
-                    peers):
+            if rng is not None:  # otherwise not ours to decide: the key's replicas purge it
                 ripe[key] = (rng, segment_of(point), version)
+        if not self.config.anti_entropy:
+            return  # nothing could ever confirm the other replicas hold them: keep them all
+        batch = _Batch()
+        told: dict[str, list[tuple[str, Version]]] = {}
+        for key, (rng, _, version) in list(ripe.items()):
+            peers = [p for p in rng if p != self.name]
+            if self._tombs.get(key) != version:
+                del ripe[key]
+                continue
+            if not self._confirmed.get(key, set()).issuperset(peers):
                 continue
             self._drop_tombstone(key, version, batch)
             for peer in peers:
                 told.setdefault(peer, []).append((key, version))
-        self._ripe = ripe
-        self._confirmed = {k: v for k, v in self._confirmed.items() if k in ripe}
         effects.extend(Send(peer, Purge(entries)) for peer, entries in told.items())
         if batch:
             effects.append(self._persist(batch))

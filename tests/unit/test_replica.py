@@ -206,3 +206,16 @@ def test_a_fallback_keeps_the_newest_hint_per_target_and_key():
             "p", HintRequest(req, _rec("k", str(t).encode(), t), "n9"), NOW))
     assert [h.record.value for h in store.hints()] == [str(NOW + 5).encode()]
     assert replica.hints_held() == {"n9": 1}
+
+
+def test_a_value_written_over_a_ripe_tombstone_is_never_purged():
+    config = ReplicaConfig(n=1, tombstone_grace_ms=1_000, hint_window_ms=0, max_ahead_ms=0)
+    replica, store = _lone(config)
+    _persist(replica, store, replica.receive("p", WriteRequest(1, _rec("k", None, NOW)), NOW))
+    replica.handle_timer(NOW)
+    # Past the grace: the tombstone is ripe (no peers to confirm: n=1)...
+    later = NOW + 2_000
+    _persist(replica, store, replica.receive("p", WriteRequest(2, _rec("k", b"back", later)),
+                                             later))
+    _persist(replica, store, replica.handle_timer(later + 1_000))
+    assert store.get("k").value == b"back" and replica.holds("k") is not None
