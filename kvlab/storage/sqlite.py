@@ -1,10 +1,16 @@
-"""A replica's records in SQLite (WAL mode), with group commit.
+"""A replica's records and hints in SQLite (WAL mode), with group commit.
 
-Writes are handed to one writer thread. It takes every write waiting at that moment, applies
-them in a single transaction and commits once, so concurrent writes share one fsync; each
-caller's future resolves only after the commit, which is what lets a replica acknowledge a
-write as durable. Reads use a second connection on the caller's thread: in WAL mode they
-never wait for the writer and always see the last committed state.
+A replica's `Persist` (records, hints, deletions) is handed to one writer thread. It takes
+every Persist waiting at that moment, applies them in a single transaction and commits once,
+so concurrent batches share one fsync; each caller's future resolves only after the commit,
+which is what lets a replica acknowledge a write as durable. Each Persist is applied under
+its own savepoint: one that fails is rolled back as a whole and fails alone, the others in
+the transaction still commit. Reads use a second connection on the caller's thread: in WAL
+mode they never wait for the writer and always see the last committed state.
+
+The semantics are those of `kvlab.storage.memory.MemoryStore` (the reference): a record is
+stored only if it supersedes the stored one, a hint replaces only an older hint for the same
+(target, key), and `drop_hints` / `purge` remove only an exact version.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
 
-from kvlab.core.record import Record, purgeable, supersedes
+from kvlab.core.messages import Hint, Persist
+from kvlab.core.record import Record
 from kvlab.core.version import Version
 
 SCHEMA = """
@@ -28,7 +35,17 @@ CREATE TABLE IF NOT EXISTS records (
     physical INTEGER NOT NULL,
     logical INTEGER NOT NULL,
     coordinator TEXT NOT NULL
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hints (
+    target TEXT NOT NULL,    -- the node that missed the write
+    key TEXT NOT NULL,
+    value BLOB,              -- NULL: a hinted delete
+    physical INTEGER NOT NULL,
+    logical INTEGER NOT NULL,
+    coordinator TEXT NOT NULL,
+    stored_ms INTEGER NOT NULL,  -- when this node took the hint (its own clock)
+    PRIMARY KEY (target, key)
+) WITHOUT ROWID;
 """
 
 _SELECT = "SELECT value, physical, logical, coordinator FROM records WHERE key = ?"
@@ -36,7 +53,24 @@ _SELECT = "SELECT value, physical, logical, coordinator FROM records WHERE key =
 # query each (measured on the dev machine; the per-statement overhead dominates).
 _SELECT_MANY = ("SELECT key, value, physical, logical, coordinator FROM records "
                 "WHERE key IN (SELECT value FROM json_each(?))")
+# What the supersede rule needs, without copying the stored value out of the page.
+_SELECT_VERSION = ("SELECT physical, logical, coordinator, value IS NULL FROM records "
+                   "WHERE key = ?")
 _UPSERT = "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)"
+# Row values compare field by field, as `Version` does (text by code point: UTF-8 bytes
+# sort in code point order), so an older hint never replaces a newer one.
+_HINT = ("INSERT INTO hints VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, key) DO UPDATE "
+         "SET value = excluded.value, physical = excluded.physical, logical = excluded.logical, "
+         "coordinator = excluded.coordinator, stored_ms = excluded.stored_ms "
+         "WHERE (excluded.physical, excluded.logical, excluded.coordinator) "
+         "> (hints.physical, hints.logical, hints.coordinator)")
+_DROP_HINT = ("DELETE FROM hints WHERE target = ? AND key = ? AND physical = ? AND logical = ? "
+              "AND coordinator = ?")
+# The version in the WHERE clause spares a newer record written meanwhile.
+_PURGE = ("DELETE FROM records WHERE key = ? AND value IS NULL AND physical = ? "
+          "AND logical = ? AND coordinator = ?")
+_ENTRIES = "SELECT key, physical, logical, coordinator, value IS NULL FROM records"
+_HINTS = "SELECT target, key, value, physical, logical, coordinator, stored_ms FROM hints"
 
 
 def _record(key: str, row: tuple | None) -> Record | None:
@@ -46,12 +80,14 @@ def _record(key: str, row: tuple | None) -> Record | None:
     return Record(key, value, Version(physical, logical, coordinator))
 
 
-class _Batch:
-    __slots__ = ("records", "future", "loop")
+class _Job:
+    """One Persist (or a wipe, `persist=None`) waiting for the writer, and who waits."""
 
-    def __init__(self, records: Sequence[Record], future: asyncio.Future,
+    __slots__ = ("persist", "future", "loop")
+
+    def __init__(self, persist: Persist | None, future: asyncio.Future,
                  loop: asyncio.AbstractEventLoop) -> None:
-        self.records = records
+        self.persist = persist
         self.future = future
         self.loop = loop
 
@@ -60,30 +96,39 @@ _STOP = object()
 
 
 class SqliteStore:
-    """One node's database. `durable=False` skips fsync (`--durability none`)."""
+    """One node's database. `durable=False` skips fsync (`--durability none`).
 
-    def __init__(self, path: str | Path, durable: bool = True) -> None:
+    `busy_timeout_s`: how long a transaction waits for a lock another program holds on the
+    file (say, the sqlite3 shell) before its batches fail.
+    """
+
+    def __init__(self, path: str | Path, durable: bool = True, busy_timeout_s: float = 5.0
+                 ) -> None:
         self.path = str(path)
         self.durable = durable
+        self.busy_timeout_s = busy_timeout_s
         writer = self._connect()
         writer.execute("PRAGMA journal_mode=WAL")
         # FULL makes every WAL commit fsync: an acknowledged write survives power loss.
         writer.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
-        writer.execute(SCHEMA)
-        writer.commit()
+        writer.executescript(SCHEMA)  # IF NOT EXISTS: a database from before hints opens
         self._live = writer.execute(
             "SELECT count(*) FROM records WHERE value IS NOT NULL").fetchone()[0]
         self._reader = self._connect()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.commits = 0  # transactions committed: writes / commits = group commit factor
-        self.writes = 0
+        self.commits = 0  # transactions committed: batches / commits = group commit factor
+        self.batches = 0  # Persists made durable
+        self.writes = 0  # records stored (those that superseded what was there)
         self._thread = threading.Thread(target=self._write_loop, args=(writer,),
                                         name="kvlab-sqlite-writer", daemon=True)
         self._thread.start()
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
-        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per group.
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self.busy_timeout_s)
+
+    # -- reads (the caller's thread) ------------------------------------------------------
 
     def get(self, key: str) -> Record | None:
         return _record(key, self._reader.execute(_SELECT, (key,)).fetchone())
@@ -97,54 +142,61 @@ class SqliteStore:
         return {key: Record(key, value, Version(physical, logical, coordinator))
                 for key, value, physical, logical, coordinator in rows}
 
+    def entries(self) -> list[tuple[str, Version, bool]]:
+        """(key, version, is a tombstone) of every record, values left unread.
+
+        What `Replica.load` needs at start.
+        """
+        return [(key, Version(physical, logical, coordinator), bool(tomb))
+                for key, physical, logical, coordinator, tomb in self._reader.execute(_ENTRIES)]
+
+    def hints(self) -> list[Hint]:
+        """Every hint this node keeps for another."""
+        return [Hint(target, Record(key, value, Version(physical, logical, coordinator)), stored)
+                for target, key, value, physical, logical, coordinator, stored
+                in self._reader.execute(_HINTS)]
+
     def count(self) -> int:
         """Live keys (tombstones are not counted)."""
         return self._live
 
-    async def apply(self, records: Sequence[Record]) -> list[bool]:
-        """Make `records` durable (each only if it supersedes the stored one).
+    # -- writes (the writer thread) -------------------------------------------------------
 
-        Returns, per record, whether it was stored; resolves after the commit.
+    def submit(self, persist: Persist) -> asyncio.Future[int]:
+        """Queue `persist` for the next group commit; the future resolves after it.
+
+        Its result is the number of records that were stored (news to this store); it fails
+        if the Persist could not be applied, and then nothing of it was. A plain callback on
+        the future is cheaper than a task per batch on the node's write path.
         """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(_Batch(records, future, loop))
-        return await future
+        self._queue.put(_Job(persist, future, loop))
+        return future
 
-    def purge(self, now_ms: int, grace_ms: int) -> int:
-        """Drop tombstones older than the grace period (runs on the caller's connection)."""
-        rows = self._reader.execute(
-            "SELECT key, value, physical, logical, coordinator FROM records "
-            "WHERE value IS NULL").fetchall()
-        dead = [(k, *rest[1:]) for k, *rest in rows
-                if purgeable(_record(k, rest), now_ms, grace_ms)]
-        if dead:
-            # The version in the WHERE clause spares a newer tombstone written meanwhile.
-            try:
-                self._reader.execute("BEGIN IMMEDIATE")
-                self._reader.executemany(
-                    "DELETE FROM records WHERE key = ? AND value IS NULL AND physical = ? "
-                    "AND logical = ? AND coordinator = ?", dead)
-                self._reader.execute("COMMIT")
-            except sqlite3.Error:
-                if self._reader.in_transaction:  # never keep the write lock from the writer
-                    self._reader.execute("ROLLBACK")
-                raise
-        return len(dead)
+    async def write(self, persist: Persist) -> int:
+        """Apply a replica's `Persist` in one transaction (shared with others waiting)."""
+        return await self.submit(persist)
+
+    async def wipe(self) -> None:
+        """Lose every record and hint, as a replaced disk does (after what is queued)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(_Job(None, future, loop))
+        await future
 
     def close(self) -> None:
+        """Commit what is queued, then stop the writer."""
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
         self._reader.close()
-
-    # -- writer thread ------------------------------------------------------------------
 
     def _write_loop(self, db: sqlite3.Connection) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
                 break
-            batches = [first]
+            jobs = [first]
             stop = False
             while True:  # everything already waiting joins this commit
                 try:
@@ -154,52 +206,102 @@ class SqliteStore:
                 if more is _STOP:
                     stop = True
                     break
-                batches.append(more)
+                jobs.append(more)
             try:
-                self._commit(db, batches)
+                self._commit(db, jobs)
             except Exception as exc:  # keep the thread alive: a dead writer would hang writes
-                for b in batches:
-                    _resolve(b, None, exc)
+                for job in jobs:
+                    _resolve(job, None, exc)
             if stop:
                 break
         db.close()
 
-    def _commit(self, db: sqlite3.Connection, batches: list[_Batch]) -> None:
+    def _commit(self, db: sqlite3.Connection, jobs: list[_Job]) -> None:
+        if not any(job.persist is None or _has_work(job.persist) for job in jobs):
+            # Nothing to write (say, only a retry's acknowledgement waits): everything queued
+            # before is committed already, so the order of acknowledgements holds.
+            for job in jobs:
+                _resolve(job, 0, None)
+            return
+        # Per job: the records it stored, or the exception that failed it (alone).
+        outcomes: list[int | Exception] = []
+        live = self._live  # kept apart until the commit: a rollback must not change it
         try:
             db.execute("BEGIN IMMEDIATE")
-            results = [[self._apply_one(db, r) for r in b.records] for b in batches]
+            for job in jobs:
+                if job.persist is None:
+                    db.execute("DELETE FROM records")
+                    db.execute("DELETE FROM hints")
+                    outcomes.append(0)
+                    live = 0
+                    continue
+                db.execute("SAVEPOINT persist")
+                try:
+                    stored, change = self._apply(db, job.persist)
+                except Exception as exc:
+                    if not db.in_transaction:
+                        raise  # SQLite rolled back the whole transaction (disk full, I/O)
+                    db.execute("ROLLBACK TO persist")
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(stored)
+                    live += change
+                db.execute("RELEASE persist")
             db.execute("COMMIT")
-        except Exception as exc:  # disk full, I/O error: fail the writes, keep serving
+        except Exception as exc:  # disk full, I/O error: fail them all, keep serving
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            self._live = db.execute(
-                "SELECT count(*) FROM records WHERE value IS NOT NULL").fetchone()[0]
-            for b in batches:
-                _resolve(b, None, exc)
+            for job in jobs:
+                _resolve(job, None, exc)
             return
         self.commits += 1
-        for b, result in zip(batches, results):
-            self.writes += len(result)
-            _resolve(b, result, None)
+        self._live = live
+        for job, outcome in zip(jobs, outcomes):
+            if isinstance(outcome, Exception):
+                _resolve(job, None, outcome)
+                continue
+            self.writes += outcome
+            self.batches += job.persist is not None
+            _resolve(job, outcome, None)
 
-    def _apply_one(self, db: sqlite3.Connection, record: Record) -> bool:
-        existing = _record(record.key, db.execute(_SELECT, (record.key,)).fetchone())
-        if not supersedes(record, existing):
-            return False
-        v = record.version
-        db.execute(_UPSERT, (record.key, record.value, v.physical, v.logical, v.coordinator))
-        self._live += (not record.tombstone) - (existing is not None and not existing.tombstone)
-        return True
+    def _apply(self, db: sqlite3.Connection, persist: Persist) -> tuple[int, int]:
+        """One Persist inside the open transaction: (records stored, change in live keys)."""
+        stored = live = 0
+        execute = db.execute
+        for record in persist.records:
+            v = record.version
+            row = execute(_SELECT_VERSION, (record.key,)).fetchone()
+            if row is not None and (v.physical, v.logical, v.coordinator) <= row[:3]:
+                continue  # the supersede rule: only a strictly newer version is stored
+            execute(_UPSERT, (record.key, record.value, v.physical, v.logical, v.coordinator))
+            stored += 1
+            live += (record.value is not None) - (row is not None and not row[3])
+        if persist.hints:
+            db.executemany(_HINT, [
+                (h.target, h.record.key, h.record.value, h.record.version.physical,
+                 h.record.version.logical, h.record.version.coordinator, h.stored_ms)
+                for h in persist.hints])
+        if persist.drop_hints:
+            db.executemany(_DROP_HINT, [(t, k, v.physical, v.logical, v.coordinator)
+                                        for t, k, v in persist.drop_hints])
+        if persist.purge:  # only tombstones go, and they were not counted as live
+            db.executemany(_PURGE, [(k, v.physical, v.logical, v.coordinator)
+                                    for k, v in persist.purge])
+        return stored, live
 
 
-def _resolve(batch: _Batch, result: list[bool] | None, exc: Exception | None) -> None:
+def _has_work(persist: Persist) -> bool:
+    return bool(persist.records or persist.hints or persist.drop_hints or persist.purge)
+
+
+def _resolve(job: _Job, result: int | None, exc: Exception | None) -> None:
     try:
-        batch.loop.call_soon_threadsafe(_settle, batch.future, result, exc)
+        job.loop.call_soon_threadsafe(_settle, job.future, result, exc)
     except RuntimeError:
         pass  # the caller's loop is closed: nobody is waiting any more
 
 
-def _settle(future: asyncio.Future, result: list[bool] | None, exc: Exception | None) -> None:
+def _settle(future: asyncio.Future, result: int | None, exc: Exception | None) -> None:
     if future.done():  # the caller gave up (cancelled)
         return
     if exc is not None:
