@@ -1,14 +1,26 @@
-"""Wire format of the replica channel: msgpack frames, each a list of messages.
+"""Wire format of the replica channels: msgpack frames, each a list of messages.
 
 The format is the message declarations in `kvlab.core.messages`: each is an `array_like`
-msgspec Struct, so it travels as a msgpack array of its fields, led by its tag:
+msgspec Struct, so it travels as a msgpack array of its fields led by its tag, which is
+unique across every message, so one channel (coordinator <-> node, node -> node) can carry
+any of them:
   read request   [0, req, key]
-  write request  [1, req, [key, value, [physical, logical, coordinator]]]   value nil = delete
-  read reply     [0, req, record or nil]
-  write reply    [1, req]
-  error reply    [2, req, text]
+  write request  [1, req, [key, value, [physical, logical, coordinator]], repair]
+  hint request   [2, req, record, target]
+  read reply     [3, req, record or nil]          write reply [4, req]
+  error reply    [5, req, text]                   superseded  [6, req, version]
+  tree request   [10, xid, range, branches]       tree reply  [11, xid, [[branch, leaves]]]
+  keys request   [12, xid, range, segments, [[key, version]]]
+  keys reply     [13, xid, records, want]
+  push           [14, xid, records, mechanism]    push ack    [15, xid, stored]
+  purge          [16, [[key, version]]]
+(value nil = a tombstone; trailing fields with defaults may be left out.)
+
 msgspec encodes and decodes whole frames in C, type-checking every field: a malformed frame
-raises `msgspec.DecodeError` (a `ValueError`), never yields a half-built message.
+raises `msgspec.DecodeError` (a `ValueError`), never yields a half-built message. One
+decoder for the union costs no more per message than one for a single kind (measured:
+~105 ns per reply and ~120 ns per request either way); `decode_replies` stays for the
+proxy, which must never take anything else from a node.
 """
 
 from __future__ import annotations
@@ -17,32 +29,46 @@ from collections.abc import Sequence
 
 import msgspec
 
-from kvlab.core.messages import (
-    ErrorReply,
-    ReadReply,
-    ReadRequest,
-    Reply,
-    Request,
-    WriteReply,
-    WriteRequest,
-)
+from kvlab.core.hashtree import BRANCHES, PER_BRANCH
+from kvlab.core.messages import Message, Reply, TreeReply, TreeRequest
 
 _encoder = msgspec.msgpack.Encoder()
-_requests = msgspec.msgpack.Decoder(list[ReadRequest | WriteRequest])
-_replies = msgspec.msgpack.Decoder(list[ReadReply | WriteReply | ErrorReply])
+_messages = msgspec.msgpack.Decoder(list[Message])
+_replies = msgspec.msgpack.Decoder(list[Reply])
 
 
-def encode_requests(requests: Sequence[Request]) -> bytes:
-    return _encoder.encode(requests)
+def encode(messages: Sequence[Message]) -> bytes:
+    """One frame holding `messages`, in order."""
+    return _encoder.encode(messages)
 
 
-def decode_requests(frame: bytes) -> list[Request]:
-    return _requests.decode(frame)
-
-
-def encode_replies(replies: Sequence[Reply]) -> bytes:
-    return _encoder.encode(replies)
+def decode(frame: bytes) -> list[Message]:
+    """Every message in `frame`; raises `ValueError` if any is malformed."""
+    messages = _messages.decode(frame)
+    for message in messages:
+        if type(message) in _SHAPED:  # rare (anti-entropy), so cheap to look for
+            _check_shape(message)
+    return messages
 
 
 def decode_replies(frame: bytes) -> list[Reply]:
+    """A frame a node sent a coordinator: replies only."""
     return _replies.decode(frame)
+
+
+# Hash tree messages must match the tree's dimensions: the replica indexes them by branch
+# and leaf, and a short list would fail it half-way through a frame.
+_SHAPED = (TreeRequest, TreeReply)
+
+
+def _check_shape(message: Message) -> None:
+    if isinstance(message, TreeRequest):
+        if len(message.branches) != BRANCHES:
+            raise msgspec.ValidationError(
+                f"TreeRequest has {len(message.branches)} branches, expected {BRANCHES}")
+    elif isinstance(message, TreeReply):
+        for branch, leaves in message.leaves:
+            if not 0 <= branch < BRANCHES or len(leaves) != PER_BRANCH:
+                raise msgspec.ValidationError(
+                    f"TreeReply branch {branch} with {len(leaves)} leaves: expected a branch "
+                    f"below {BRANCHES} with {PER_BRANCH} leaves")

@@ -100,7 +100,7 @@ class ReplicaLink:
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             delay = RETRY_MIN_S
-            self._ws, self._writer, self.state = ws, FrameWriter(ws, codec.encode_requests), UP
+            self._ws, self._writer, self.state = ws, FrameWriter(ws, codec.encode), UP
             try:
                 await self._read(ws)
             except Exception as exc:  # a bad frame must not end the link for good
