@@ -5,6 +5,10 @@ It reads the cluster the way any other terminal would: `cluster.json` through th
 the coordinator's `/cluster`, and each node's `/stats`. Blocking supervisor calls run in a
 thread; HTTP goes through one aiohttp session and one `AsyncKV`.
 
+Each node's healing counters come from the coordinator's `/cluster` (its "healing" field,
+null for a node it can't reach), or failing that from the node's own `/stats`; a proxy or
+node too old to report them leaves them unknown.
+
 Membership has two records that can briefly disagree while a node is added or removed:
 cluster.json (the processes) and the coordinator's ring (who gets replicas). The ring is drawn
 from the coordinator's list, since that is where keys go; the rows are cluster.json's nodes
@@ -28,6 +32,7 @@ from kvlab.core.ring import Ring
 from kvlab.tui.source import (
     ActionsByName,
     DOWN,
+    Healing,
     STARTING,
     UP,
     ClusterView,
@@ -124,6 +129,8 @@ class LiveSource(ActionsByName):
         proxy_state = procs["proxy"]
         if proxy_state == UP and coordinator is None:
             proxy_state = STARTING
+        proxy = (coordinator or {}).get("proxy")
+        proxy = proxy if isinstance(proxy, dict) else {}
         return ClusterView(
             name=spec.name,
             n=(coordinator or {}).get("n", spec.replicas),
@@ -131,6 +138,7 @@ class LiveSource(ActionsByName):
             w=(coordinator or {}).get("w", spec.write_quorum),
             vnodes=vnodes, nodes=nodes, ring=self._ring,
             proxy_state=proxy_state, proxy_url=cluster.url,
+            hints_sent=_int(proxy.get("hints_sent")), restamped=_int(proxy.get("restamped")),
         )
 
     def _node_view(self, member: Member, proc_state: str, stats: dict | None,
@@ -156,6 +164,7 @@ class LiveSource(ActionsByName):
             p99_ms=link.get("p99_ms") if link else None,
             last_error=(stats or {}).get("last_error") or self._link_error(member.name, link),
             partitioned=link is not None and link.get("partitioned") is not None,
+            healing=_healing(state, link, stats),
         )
 
     def _forget(self, members: set[str]) -> None:
@@ -265,6 +274,22 @@ class LiveSource(ActionsByName):
 
 
 async def _none() -> None:
+    return None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _healing(state: str, link: dict | None, stats: dict | None) -> Healing | None:
+    """The node's healing counters: the coordinator's view of them first, its own `/stats`
+    next; none for a node not running (a coordinator's figures would be out of date)."""
+    if state != UP:
+        return None
+    for report in (link, stats):
+        healing = Healing.from_snapshot((report or {}).get("healing"))
+        if healing is not None:
+            return healing
     return None
 
 

@@ -14,12 +14,15 @@ Contract for implementers:
   dashboard (another terminal killing a node).
 - Actions that can't be done raise `SourceError` with a message fit for the event log.
 - `traffic_stats()` is synchronous and cheap (it reads counters, no IO).
+- A node's `healing` is what its replica core reports (`Replica.snapshot(now)`), parsed with
+  `Healing.from_snapshot`; None when the node is not answering or does not report it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from kvlab.core.ring import Ring
 
@@ -29,10 +32,98 @@ UP, DOWN, PAUSED, STARTING = "up", "down", "paused", "starting"
 OK, MISSING, UNREACHABLE = "ok", "missing", "unreachable"
 
 ACTIONS = ("kill", "pause", "resume", "restart")
+# What repaired a key, as `Replica.snapshot` counts them (kvlab.core.messages.Mechanism).
+READ_REPAIR, HINT, ANTI_ENTROPY = "read_repair", "hint", "anti_entropy"
 
 
 class SourceError(Exception):
     """An action the source could not carry out; the message says why."""
+
+
+def _count(value: object) -> int:
+    """A counter from JSON: anything but a non-negative int (absent, null, junk) is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else 0
+
+
+def _counts(value: object) -> dict[str, int]:
+    return {str(k): _count(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """The last anti-entropy exchange a node started with one peer, and finished.
+
+    `keys_in` were repaired on the node that started it, `keys_out` sent to the peer.
+    `at_ms` is on that node's clock: compare it only with its own earlier values.
+    """
+
+    at_ms: int
+    range: str = ""
+    keys_in: int = 0
+    keys_out: int = 0
+    ms: int = 0  # how long it took
+    ago_ms: int | None = None  # how long before the snapshot it finished
+
+    @classmethod
+    def from_snapshot(cls, data: object) -> Exchange | None:
+        if not isinstance(data, Mapping) or not isinstance(data.get("at_ms"), int):
+            return None
+        ago = data.get("ago_ms")
+        return cls(at_ms=data["at_ms"], range=str(data.get("range", "")),
+                   keys_in=_count(data.get("keys_in")), keys_out=_count(data.get("keys_out")),
+                   ms=_count(data.get("ms")), ago_ms=ago if isinstance(ago, int) else None)
+
+
+@dataclass(frozen=True)
+class Healing:
+    """One node's self-healing counters since its process started (`Replica.snapshot`)."""
+
+    # target node -> hints this node holds for it, not yet handed over
+    hints_held: dict[str, int] = field(default_factory=dict, hash=False)
+    hints_stored: int = 0
+    hints_replayed: int = 0  # handed over to their target (acknowledged)
+    hints_expired: int = 0  # dropped after the hint window
+    ae_rounds: int = 0  # anti-entropy exchanges this node started and finished
+    ae_in_sync: int = 0  # of which found nothing to repair
+    # mechanism (READ_REPAIR, HINT, ANTI_ENTROPY) -> keys repaired on this node
+    repaired: dict[str, int] = field(default_factory=dict, hash=False)
+    repair_bytes: int = 0
+    superseded: int = 0  # writes answered "a newer version is held"
+    refused: int = 0  # writes refused: stamped too far ahead of the node's clock
+    purged: int = 0  # tombstones dropped
+    tombstones: int = 0  # tombstones held now
+    # peer -> the last exchange this node started with it
+    exchanges: dict[str, Exchange] = field(default_factory=dict, hash=False)
+
+    @property
+    def hints_pending(self) -> int:
+        """Hints held for every target together."""
+        return sum(self.hints_held.values())
+
+    def hints_for(self, target: str) -> int:
+        return self.hints_held.get(target, 0)
+
+    def repaired_by(self, mechanism: str) -> int:
+        return self.repaired.get(mechanism, 0)
+
+    @classmethod
+    def from_snapshot(cls, data: object) -> Healing | None:
+        """Parse `Replica.snapshot(now)` as JSON has it; None if there is none (an older
+        node, or one not answering). Missing or malformed counters read as 0."""
+        if not isinstance(data, Mapping):
+            return None
+        exchanges = data.get("exchanges")
+        parsed = {str(peer): Exchange.from_snapshot(e) for peer, e in exchanges.items()} \
+            if isinstance(exchanges, Mapping) else {}
+        counters: dict[str, Any] = {
+            name: _count(data.get(name))
+            for name in ("hints_stored", "hints_replayed", "hints_expired", "ae_rounds",
+                         "ae_in_sync", "repair_bytes", "superseded", "refused", "purged",
+                         "tombstones")}
+        return cls(hints_held={t: c for t, c in _counts(data.get("hints_held")).items() if c},
+                   repaired=_counts(data.get("repaired")),
+                   exchanges={p: e for p, e in parsed.items() if e is not None}, **counters)
 
 
 @dataclass(frozen=True)
@@ -50,6 +141,12 @@ class NodeView:
     # The coordinator's link to the node is cut (a partition): whatever its state, the
     # coordinator can't reach it, so its replicas time out.
     partitioned: bool = False
+    healing: Healing | None = None
+
+    @property
+    def hints(self) -> int | None:
+        """Hints this node holds for others, not yet handed over (None: unknown)."""
+        return None if self.healing is None else self.healing.hints_pending
 
 
 @dataclass(frozen=True)
@@ -65,6 +162,10 @@ class ClusterView:
     ring: Ring
     proxy_state: str = UP  # the coordinator: UP, DOWN, PAUSED or STARTING
     proxy_url: str | None = None
+    # The coordinator's counters (None: unknown): writes it asked a fallback node to hold
+    # as a hint, and writes it stamped again above a newer version a replica held.
+    hints_sent: int | None = None
+    restamped: int | None = None
 
     def node(self, name: str) -> NodeView | None:
         return next((n for n in self.nodes if n.name == name), None)
