@@ -3,7 +3,8 @@
 All IO goes through a `ClusterSource` called from workers; workers only post messages, and
 the handlers here own the state and set it on the panels ("attributes down, messages up").
 The next poll is scheduled only when the previous one has been handled, so a slow cluster
-slows the refresh down instead of piling polls up.
+slows the refresh down instead of piling polls up. What each poll changed (states, ring,
+repairs) is worked out by the pure `kvlab.tui.changes.changes` and logged here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -21,9 +21,9 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input
 
+from kvlab.tui.changes import changes
 from kvlab.tui.screens.help import HelpScreen
 from kvlab.tui.source import (
-    DOWN,
     PAUSED,
     ClusterSource,
     ClusterView,
@@ -33,7 +33,6 @@ from kvlab.tui.source import (
     TrafficSettings,
     TrafficStats,
 )
-from kvlab.tui.theme import node_label, state_text
 from kvlab.tui.widgets.events import EventLog
 from kvlab.tui.widgets.inspector import KeyInspector
 from kvlab.tui.widgets.nodes import NodesPanel
@@ -220,28 +219,8 @@ class KvlabApp(App[None]):
             nodes.select(names[min(index, len(names) - 1)])
 
     def _log_changes(self, before: ClusterView, after: ClusterView) -> None:
-        for node in after.nodes:
-            previous = before.node(node.name)
-            if previous is None:
-                continue  # a new node: the ring's change below says so
-            if (previous.state, previous.partitioned) != (node.state, node.partitioned):
-                line = Text.assemble(
-                    node_label(node.name), " ", state_text(previous.state, previous.partitioned),
-                    " → ", state_text(node.state, node.partitioned))
-                self.events.add(line)
-            if node.last_error and previous.last_error != node.last_error:
-                self.events.add(f"{node.name} error: {node.last_error}", "warn")
-        # Membership as the ring has it, which is where keys go (a node's row may show up
-        # before it joins and stay after it left).
-        for name in after.ring.nodes:
-            if name not in before.ring.nodes:
-                self.events.add(f"{name} joined the ring", "ok")
-        for name in before.ring.nodes:
-            if name not in after.ring.nodes:
-                self.events.add(f"{name} left the ring", "warn")
-        if before.proxy_state != after.proxy_state:
-            self.events.add(f"proxy {before.proxy_state} → {after.proxy_state}",
-                            "error" if after.proxy_state == DOWN else "info")
+        for event in changes(before, after):
+            self.events.add(event.text, event.level)
 
     def _title_nodes(self) -> None:
         panel = self.query_one("#nodes-panel")

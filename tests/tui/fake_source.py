@@ -14,6 +14,8 @@ from kvlab.tui.source import (
     ActionsByName,
     DOWN,
     MISSING,
+    Exchange,
+    Healing,
     OK,
     PAUSED,
     UNREACHABLE,
@@ -31,13 +33,29 @@ from kvlab.tui.source import (
 NEW, OLD = "1700000000000.0@proxy", "1699999992500.0@proxy"
 
 
+def healing(hints: dict[str, int] | None = None, read_repair: int = 0, hint: int = 0,
+            anti_entropy: int = 0, exchanges: dict[str, Exchange] | None = None,
+            **counters: int) -> Healing:
+    """A node's healing counters, with the mechanisms as keyword arguments."""
+    return Healing(hints_held=dict(hints or {}),
+                   repaired={"read_repair": read_repair, "hint": hint,
+                             "anti_entropy": anti_entropy},
+                   exchanges=dict(exchanges or {}), **counters)
+
+
 def nodes() -> tuple[NodeView, ...]:
+    """n2 and n5 hold hints for n3 (down); n3 and n4 (paused) report nothing."""
     return (
-        NodeView("n1", 8001, 4101, UP, 1204, 212.0, 1.8, None, partitioned=True),
-        NodeView("n2", 8002, 4102, UP, 1187, 198.0, 2.1, None),
+        NodeView("n1", 8001, 4101, UP, 1204, 212.0, 1.8, None, partitioned=True,
+                 healing=healing(read_repair=3, ae_rounds=40, ae_in_sync=38,
+                                 exchanges={"n2": Exchange(1_700_000_000_000, "n1,n2,n5",
+                                                           12, 0, 800)})),
+        NodeView("n2", 8002, 4102, UP, 1187, 198.0, 2.1, None,
+                 healing=healing({"n3": 40}, hints_stored=40, ae_rounds=41, ae_in_sync=41)),
         NodeView("n3", 8003, None, DOWN, None, None, 2.0, "connect: ClientConnectorError"),
         NodeView("n4", 8004, 4104, PAUSED, None, None, 950.4, None),
-        NodeView("n5", 8005, 4105, UP, 1230, 205.0, 1.9, None),
+        NodeView("n5", 8005, 4105, UP, 1230, 205.0, 1.9, None,
+                 healing=healing({"n3": 1_312}, hints_stored=1_400, hints_replayed=88)),
     )
 
 
@@ -94,6 +112,11 @@ class FakeSource(ActionsByName):
         self._nodes((*self.view.nodes, NodeView(name, 8000 + len(self.view.nodes) + 1, 4200,
                                                 UP, 0)))
         return name
+
+    def set_healing(self, node: str, healing: Healing | None) -> None:
+        """What `node` reports from the next snapshot on (a repair happened)."""
+        self._nodes(replace(n, healing=healing) if n.name == node else n
+                    for n in self.view.nodes)
 
     async def remove_node(self, node: str) -> None:
         self.calls.append(("remove", node))
