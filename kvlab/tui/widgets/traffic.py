@@ -16,12 +16,19 @@ ERROR_KINDS = ("unavailable", "timeout", "connection")
 
 
 def summary(stats: TrafficStats, quorum: tuple[int, int], width: int = 80) -> Text:
-    """Settings, then counters, then errors by kind: a line each, shorter when narrow.
+    """Settings, then counters, then errors by kind: a line each, in the short form when
+    a line of the long one would not fit `width`.
 
     `quorum` is the cluster's (R, W), shown when the traffic doesn't override it.
     """
+    text = _summary(stats, quorum, narrow=False)
+    if max(line.cell_len for line in text.split()) <= width:
+        return text
+    return _summary(stats, quorum, narrow=True)
+
+
+def _summary(stats: TrafficStats, quorum: tuple[int, int], narrow: bool) -> Text:
     s = stats.settings
-    narrow = width < 46
     text = Text()
     if stats.running:
         text.append("▶ " if narrow else "▶ running  ", "bold #66bb6a")
@@ -89,4 +96,8 @@ class TrafficPanel(Widget):
         self.query_one("#errors-spark", Sparkline).data = list(stats.error_rate) or [0.0]
 
     def on_mount(self) -> None:
+        self.watch_stats(self.stats)
+
+    def on_resize(self) -> None:
+        # The summary's form depends on the width: the first stats may come before layout.
         self.watch_stats(self.stats)
