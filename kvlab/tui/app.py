@@ -223,8 +223,18 @@ class KvlabApp(App[None]):
             self.events.add(event.text, event.level)
 
     def _title_nodes(self) -> None:
+        """Which node the keys act on, and whom it holds hints for (the column's total,
+        by target)."""
         panel = self.query_one("#nodes-panel")
-        panel.border_subtitle = f"keys act on {self.selected}" if self.selected else ""
+        selected = self.view.node(self.selected) if self.view and self.selected else None
+        if selected is None:
+            panel.border_subtitle = ""
+            return
+        title = f"keys act on {selected.name}"
+        if selected.healing is not None and selected.healing.hints_held:
+            held = selected.healing.hints_held
+            title += " · hints for " + ", ".join(f"{t} {held[t]:,}" for t in sorted(held))
+        panel.border_subtitle = title
 
     @on(NodesPanel.Selected)
     def _on_selected(self, message: NodesPanel.Selected) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from kvlab.tui.app import make_app
-from kvlab.tui.source import ClusterSource
+from kvlab.tui.source import ClusterSource, Exchange
 from kvlab.tui.widgets.inspector import KeyInspector
 from kvlab.tui.widgets.ring import RingView
 from tests.tui.fake_source import FakeSource
@@ -47,11 +48,28 @@ def check(name: str, actual: str) -> None:
                                 f"intended, rerun with KVLAB_UPDATE_SNAPSHOTS=1")
 
 
+def repaired(source: FakeSource) -> None:
+    """Between two polls: n1 finished an anti-entropy round with n2 that brought 312 keys,
+    and n5 handed 88 of its hints to n3 ... which is still down, so in this fixed data
+    only the counters moved."""
+    n1, n5 = source.view.node("n1").healing, source.view.node("n5").healing
+    source.set_healing("n1", replace(
+        n1, ae_rounds=n1.ae_rounds + 1, repaired={**n1.repaired, "anti_entropy": 312},
+        exchanges={"n2": Exchange(1_700_000_005_000, "n1,n2,n5", 312, 0, 812)}))
+    source.set_healing("n5", replace(n5, hints_held={"n3": 1_224},
+                                     hints_replayed=n5.hints_replayed + 88))
+
+
 async def render_main(key: str | None) -> tuple[str, str]:
-    app = make_app(FakeSource(), clock=lambda: NOON, poll_s=60, inspect_s=60)
+    source = FakeSource()
+    app = make_app(source, clock=lambda: NOON, poll_s=60, inspect_s=60)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.query_one(RingView).view is not None, 5,
                        "the first snapshot")
+        repaired(source)
+        app.poll_now()
+        await wait_for(pilot, lambda: any("hints handed" in e for e in app.events.entries), 5,
+                       "the repairs logged")
         if key:
             app.key_typed(key)
             app.inspect_key(key)

@@ -63,26 +63,20 @@ class NodesPanel(Widget, can_focus=True):
     def render(self) -> Table | Text:
         if self.view is None:
             return Text("waiting for the cluster…", style=DIM)
-        wide = self.size.width >= 60
-        # At 80 columns something has to give: the port (fixed, known) before the error.
-        narrow = self.size.width < 54
+        rows = [(node, self._cells(node)) for node in self.view.nodes]
+        columns, long = _fit([cells for _, cells in rows], self.size.width)
         table = Table(box=None, padding=(0, 1, 0, 0), expand=True, show_edge=False,
                       header_style=f"bold {DIM}")
-        table.add_column("node", no_wrap=True)
-        if not narrow:
-            table.add_column("port", justify="right", no_wrap=True)
-        table.add_column("pid", justify="right", no_wrap=True)
-        table.add_column("state", no_wrap=True)
-        table.add_column("keys", justify="right", no_wrap=True)
-        table.add_column("ops/s", justify="right", no_wrap=True)
-        table.add_column("p99 ms" if wide else "p99", justify="right", no_wrap=True)
-        table.add_column("last error" if wide else "error", ratio=1, no_wrap=True,
-                         overflow="ellipsis", min_width=5)
-        for node in self.view.nodes:
-            cells = self._cells(node)
-            if narrow:
-                del cells[1]
-            table.add_row(*cells, style=self._row_style(node))
+        for column in columns:
+            header, wide_header, justify = COLUMNS[column]
+            if column == "error":
+                table.add_column(wide_header if long else header, ratio=1, no_wrap=True,
+                                 overflow="ellipsis", min_width=ERROR_MIN)
+            else:
+                table.add_column(wide_header if long else header, justify=justify,
+                                 no_wrap=True)
+        for node, cells in rows:
+            table.add_row(*(cells[c] for c in columns), style=self._row_style(node))
         return table
 
     def _row_style(self, node: NodeView) -> str:
@@ -90,18 +84,67 @@ class NodesPanel(Widget, can_focus=True):
             return "on #263238" if not self.has_focus else "on #37474f"
         return ""
 
-    def _cells(self, node: NodeView) -> list[Text]:
+    def _cells(self, node: NodeView) -> dict[str, Text]:
         marker = "▸" if node.name == self.selected else " "
         name = Text(marker, style="bold")
         name.append_text(node_label(node.name, node.state))
         error = Text(node.last_error or "", style="#ef9a9a" if node.last_error else DIM)
-        return [
-            name,
-            _number(node.port, "d"),
-            _number(node.pid, "d") if node.state != DOWN else Text("-", style=DIM),
-            state_text(node.state, node.partitioned),
-            _number(node.keys, ",d"),
-            _number(node.ops_per_s, ".0f"),
-            _number(node.p99_ms, ".1f"),
-            error,
-        ]
+        return {
+            "node": name,
+            "port": _number(node.port, "d"),
+            "pid": _number(node.pid, "d") if node.state != DOWN else Text("-", style=DIM),
+            "state": state_text(node.state, node.partitioned),
+            "keys": _number(node.keys, ",d"),
+            "ops/s": _number(node.ops_per_s, ".0f"),
+            "p99": _number(node.p99_ms, ".1f"),
+            "hints": _hints(node.hints),
+            "error": error,
+        }
+
+
+# column -> (header, header when there is room, justification), in display order
+COLUMNS = {
+    "node": ("node", "node", "left"),
+    "port": ("port", "port", "right"),
+    "pid": ("pid", "pid", "right"),
+    "state": ("state", "state", "left"),
+    "keys": ("keys", "keys", "right"),
+    "ops/s": ("ops/s", "ops/s", "right"),
+    "p99": ("p99", "p99 ms", "right"),
+    "hints": ("hints", "hints", "right"),
+    "error": ("error", "last error", "left"),
+}
+# Dropped in this order when the panel is too narrow (80 columns): the port is fixed and
+# known, the pid is only for killing a node by hand; the hints pending are what heals next.
+OPTIONAL = ("port", "pid")
+ERROR_MIN = 5
+ERROR_WANT = 12  # an optional column goes before the error column gets narrower than this
+ROOMY = 14  # the long headers only when the error column keeps this much
+
+
+def _fit(rows: list[dict[str, Text]], width: int) -> tuple[list[str], bool]:
+    """The columns that fit `width` (dropping OPTIONAL ones first), and whether the long
+    headers fit too. Widths are measured from the cells, so a 7-digit pid counts as such."""
+
+    def need(columns: list[str], long: bool) -> int:
+        total = 0
+        for column in columns:
+            if column == "error":
+                continue
+            header = COLUMNS[column][1 if long else 0]
+            total += max([len(header), *(r[column].cell_len for r in rows)]) + 1
+        return total
+
+    columns = list(COLUMNS)
+    for optional in OPTIONAL:
+        if need(columns, False) + ERROR_WANT <= width:
+            break
+        columns.remove(optional)
+    return columns, need(columns, True) + ROOMY <= width
+
+
+def _hints(count: int | None) -> Text:
+    """Hints pending: unknown is '-', none is a dim 0, any is yellow (a node is owed writes)."""
+    if count is None:
+        return Text("-", style=DIM)
+    return Text(format(count, ",d"), style="bold #fdd835" if count else DIM)
