@@ -27,15 +27,28 @@ TOPICS = (
                   "it: requests to its replicas get no answer and time out, as with a paused "
                   "node. A read still succeeds while R replicas answer, a write while W do. x "
                   "again heals the link; what was written meanwhile is missing or stale there "
-                  "until a read repairs it."),
+                  "until the cluster repairs it (see How kvlab heals)."),
     ("Membership", "a starts one more node and joins it to the ring: it takes over arcs from "
                    "the others, so some keys' preference lists now include it, though it has "
-                   "none of their data until writes and read repair bring it. X takes the "
+                   "none of their data until writes and repairs bring it. X takes the "
                    "selected node out of the ring and stops it: its arcs pass to the next "
                    "nodes clockwise. There are never fewer nodes than N."),
-    ("Repair", "A node that missed writes keeps its old copy (stale, or missing). Every read "
-               "compares the replies and writes the newest version back to every replica "
-               "that answered stale: inspect a key, then read it (g) and watch it heal."),
+)
+
+# How kvlab heals: (mechanism, what it does, what it covers)
+HEALING = (
+    ("Hinted handoff", "a write a replica misses goes to a fallback node (the next one "
+                       "clockwise past the preference list) as a hint, handed over once the "
+                       "replica is back. The hints column counts those still held.",
+                       "covers writes made during a short outage; with no more nodes than N "
+                       "there is no fallback"),
+    ("Anti-entropy", "every few seconds the replicas of each range compare hash trees and "
+                     "send each other only the keys that differ.",
+                     "covers everything else, read or not: expired or lost hints, long "
+                     "outages. A tombstone is purged once it has been seen on every replica"),
+    ("Read repair", "a read writes the newest version back to every replica that answered "
+                    "stale or missing.",
+                    "covers the keys being read, at once: inspect a key, read it (g)"),
 )
 
 KEYS = (
@@ -89,6 +102,15 @@ def help_text(n: int, r: int, w: int, traffic_r: int | None, traffic_w: int | No
         if title == "Partition":
             text.append_text(tolerated(n, r, w))
             text.append("\n\n")
+    text.append("How kvlab heals\n", "bold #4fc3f7")
+    text.append("A node that missed writes keeps its old copy (stale, or missing) until one "
+                "of three mechanisms repairs it; the event log says each repair as it "
+                "happens.\n")
+    for name, what, covers in HEALING:
+        text.append(f"• {name}: ", "bold")
+        text.append(what + " ")
+        text.append(covers[0].upper() + covers[1:] + ".\n", "italic")
+    text.append("\n")
     text.append("Keys\n", "bold #4fc3f7")
     for key, what in KEYS:
         text.append(f"  {key:<10}", "bold")
