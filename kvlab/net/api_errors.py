@@ -19,8 +19,10 @@ def quorum_error(outcome: Outcome) -> HttpError:
         "needed": outcome.needed,
     }
     if outcome.kind == "write":
-        # A failed write may still be stored on the replicas that acknowledged it.
-        details["partially_applied"] = bool(outcome.acked)
+        # A failed write may still be stored on the replicas that acknowledged it, or as a
+        # hint on a fallback node that will hand it over.
+        details["partially_applied"] = bool(outcome.acked or outcome.hinted)
+        details["hinted"] = outcome.hinted
     if outcome.status == UNAVAILABLE:
         return HttpError(503, "unavailable",
                          f"{verb} quorum not reached: {got} of {outcome.needed} replicas "

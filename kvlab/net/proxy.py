@@ -4,8 +4,12 @@
 
 Go-compatible routes (`POST /set`, `GET /get?key=`, `DELETE /delete?key=`), the REST form
 (`GET|PUT|DELETE /kv/{key}`), and introspection (`/cluster`, `/cluster/keys/{key}`,
-`/health`). Every read and write route takes `r=` / `w=` overrides and reports the version and
-the replicas that acknowledged in `X-Kvlab-*` headers (and in the JSON of REST writes).
+`/health`). Every read and write route takes `r=` / `w=` overrides, every write route
+`sloppy=1|0` (hints on fallback nodes count toward W, or not), and each reports the version,
+the replicas that acknowledged and the hints that stood in for replicas in `X-Kvlab-*`
+headers (and in the JSON of REST writes).
+
+With `--state DIR` the coordinator's clock survives restarts (see `kvlab.net.clock_state`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from urllib.parse import unquote
 
 import aiohttp
@@ -26,7 +31,8 @@ from kvlab.core.messages import NOT_FOUND, OK, Outcome
 from kvlab.core.record import Record
 from kvlab.core.ring import DEFAULT_VNODES, Ring
 from kvlab.net.api_errors import quorum_error
-from kvlab.net.engine import Engine
+from kvlab.net.clock_state import ClockState, ClockStateError
+from kvlab.net.engine import Engine, wall_clock
 from kvlab.net.http import (
     HttpError,
     HttpServer,
@@ -36,8 +42,12 @@ from kvlab.net.http import (
     Router,
     json_response,
 )
-from kvlab.net.link import ReplicaLink
+from kvlab.net.link import UP, ReplicaLink
 from kvlab.net.runner import run
+
+# /cluster asks every node for its healing counters; one that can't answer this fast is
+# shown without them rather than holding up the dashboard's poll.
+STATS_TIMEOUT = aiohttp.ClientTimeout(total=0.5)
 
 
 @dataclass(frozen=True)
@@ -47,14 +57,29 @@ class Limits:
 
 
 class Proxy:
-    """The proxy's state: the coordinator, its links to the nodes, and the limits."""
+    """The proxy's state: the coordinator, its links to the nodes, and the limits.
+
+    `hints`: the coordinator hands writes a primary missed to a fallback node; `sloppy`:
+    those hints count toward W unless a write says `sloppy=0` (needs `hints`).
+    `clock_offset_ms` shifts the wall clock the coordinator is given (a wrong clock, for
+    tests and demos); `state_dir` keeps the clock's high water across restarts.
+    """
 
     def __init__(self, name: str, nodes: dict[str, str], quorum: Quorum, vnodes: int,
-                 timeout_ms: int, limits: Limits) -> None:
+                 timeout_ms: int, limits: Limits, *, hints: bool = True, sloppy: bool = False,
+                 clock_offset_ms: int = 0, state_dir: Path | None = None) -> None:
+        if sloppy and not hints:
+            raise ValueError("a sloppy quorum counts hints: it needs hints on")
         self.name = name
         self.urls = dict(nodes)
         self.limits = limits
-        self.engine = Engine(Coordinator(name, Ring(tuple(nodes), vnodes), quorum, timeout_ms))
+        self.sloppy = sloppy
+        self.clock_offset_ms = clock_offset_ms
+        coordinator = Coordinator(name, Ring(tuple(nodes), vnodes), quorum, timeout_ms,
+                                  hints=hints)
+        self.engine = Engine(coordinator, wall_clock(clock_offset_ms))
+        self.clock_state = (None if state_dir is None
+                            else ClockState(state_dir, coordinator.clock, self.engine.now_ms))
         self.session: aiohttp.ClientSession | None = None
 
     @property
@@ -120,6 +145,22 @@ def _quorum_override(proxy: Proxy, request: Request, name: str) -> int | None:
     return value
 
 
+def _sloppy(proxy: Proxy, request: Request) -> bool:
+    if not request.query_string:
+        return proxy.sloppy
+    text = request.query.get("sloppy")
+    if text is None:
+        return proxy.sloppy
+    if text in ("1", "true"):
+        if not proxy.coordinator.hints:
+            raise HttpError(400, "bad_request", "sloppy=1 counts hints toward W, and this "
+                            "proxy keeps no hints (--hints off)")
+        return True
+    if text in ("0", "false"):
+        return False
+    raise HttpError(400, "bad_request", f"sloppy must be 1 or 0, got {text!r}")
+
+
 def _headers(outcome: Outcome) -> dict[str, str]:
     headers = {
         "X-Kvlab-Replicas": ",".join(outcome.replicas),
@@ -127,6 +168,8 @@ def _headers(outcome: Outcome) -> dict[str, str]:
     }
     if outcome.record is not None:
         headers["X-Kvlab-Version"] = str(outcome.record.version)
+    if outcome.hinted:
+        headers["X-Kvlab-Hinted"] = ",".join(f"{p}={f}" for p, f in outcome.hinted.items())
     return headers
 
 
@@ -146,8 +189,8 @@ def _read(proxy: Proxy, request: Request, key: str, answer: Callable[[Outcome], 
 
 def _write(proxy: Proxy, request: Request, key: str, value: bytes | None,
            answer: Callable[[Outcome], Response]) -> Later:
-    return Later(proxy.engine.write(key, value, w=_quorum_override(proxy, request, "w")),
-                 answer)
+    w = _quorum_override(proxy, request, "w")
+    return Later(proxy.engine.write(key, value, w=w, sloppy=_sloppy(proxy, request)), answer)
 
 
 def _found(outcome: Outcome) -> bytes:
@@ -229,6 +272,7 @@ def _rest_written(outcome: Outcome) -> Response:
         "version": str(record.version),
         "replicas": list(outcome.replicas),
         "acked": list(outcome.acked),
+        "hinted": outcome.hinted,
     }, headers=_headers(outcome))
 
 
@@ -244,23 +288,41 @@ async def health(proxy: Proxy, request: Request) -> Response:
                           "nodes": {n: link.state for n, link in proxy.engine.links.items()}})
 
 
+async def _healing(proxy: Proxy, link: ReplicaLink) -> dict | None:
+    """The node's own healing counters (its `/stats`), or None if it can't say now."""
+    if link.state != UP or proxy.session is None:
+        return None  # its socket is down: so is it, most likely; don't wait to find out
+    try:
+        async with proxy.session.get(f"{link.url}/stats", timeout=STATS_TIMEOUT) as response:
+            if response.status != 200:
+                return None
+            return (await response.json()).get("healing")
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
+        return None
+
+
 async def cluster(proxy: Proxy, request: Request) -> Response:
+    """The ring, the quorums, and per node the proxy's view of it and its healing counters."""
     coord = proxy.coordinator
     q = coord.quorum
+    links = [proxy.engine.links[name] for name in coord.ring.nodes]
+    healing = await asyncio.gather(*(_healing(proxy, link) for link in links))
     nodes = []
-    for name in coord.ring.nodes:
-        link = proxy.engine.links[name]
+    for link, heal in zip(links, healing):
         nodes.append({
-            "name": name, "url": link.url, "state": link.state,
+            "name": link.name, "url": link.url, "state": link.state,
             "partitioned": link.partitioned, "sent": link.sent,
             "replies": link.replies, "errors": link.errors, "last_error": link.last_error,
-            "p99_ms": link.p99_ms(),
+            "p99_ms": link.p99_ms(), "healing": heal,
         })
     return json_response({
         "proxy": {"name": proxy.name, "pid": os.getpid(), "served": proxy.engine.served,
-                  "pending_ops": coord.pending_ops()},
+                  "pending_ops": coord.pending_ops(), "hints_sent": coord.hints_sent,
+                  "restamped": coord.restamped, "high_water_ms": coord.clock.high_water_ms,
+                  "clock_offset_ms": proxy.clock_offset_ms},
         "n": q.n, "r": q.r, "w": q.w, "vnodes": coord.ring.vnodes,
-        "timeout_ms": coord.timeout_ms, "nodes": nodes,
+        "timeout_ms": coord.timeout_ms, "hints": coord.hints, "sloppy": proxy.sloppy,
+        "nodes": nodes,
     })
 
 
@@ -377,6 +439,9 @@ async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event
     # Room for the largest value plus the JSON around it; larger bodies get 413.
     server = HttpServer(make_router(proxy),
                         max_body=proxy.limits.max_value + proxy.limits.max_key + 4096)
+    state = proxy.clock_state
+    saving = None if state is None else asyncio.get_running_loop().create_task(
+        state.keep_saved(stopped))
     try:
         await server.start(host, port)
         await stopped.wait()
@@ -385,6 +450,10 @@ async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event
         for link in proxy.engine.links.values():
             await link.stop()
         await proxy.session.close()
+        if state is not None and saving is not None:
+            stopped.set()  # also when the server failed to start
+            await saving
+            state.save(final=True)  # nothing can be stamped any more: the high water itself
 
 
 def _node_arg(text: str) -> tuple[str, str]:
@@ -392,6 +461,12 @@ def _node_arg(text: str) -> tuple[str, str]:
     if not sep or not name or not url:
         raise argparse.ArgumentTypeError(f"expected NAME=URL, got {text!r}")
     return name, url
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -409,11 +484,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout-ms", type=int, default=1000)
     parser.add_argument("--max-key", type=int, default=Limits.max_key)
     parser.add_argument("--max-value", type=int, default=Limits.max_value)
+    parser.add_argument("--hints", type=_on_off, default=True, metavar="on|off",
+                        help="keep a write a primary missed as a hint on a fallback node "
+                             "(default: on)")
+    parser.add_argument("--sloppy", action="store_true",
+                        help="hints count toward W unless a write says sloppy=0 (a sloppy "
+                             "quorum; needs --hints on)")
+    parser.add_argument("--state", type=Path, metavar="DIR",
+                        help="folder for the clock's high water, so that versions never go "
+                             "back across restarts")
+    parser.add_argument("--clock-offset-ms", type=int, default=0, metavar="N",
+                        help="run the coordinator's clock N ms off the wall clock (negative: "
+                             "behind); for tests and demos of clock skew")
     args = parser.parse_args(argv)
+    if args.sloppy and not args.hints:
+        parser.error("--sloppy counts hints toward W: it needs --hints on")
     quorum = Quorum(args.replicas, args.read_quorum, args.write_quorum)
     proxy = Proxy(args.name, dict(args.node), quorum, args.vnodes, args.timeout_ms,
-                  Limits(args.max_key, args.max_value))
-    print(f"proxy {args.name} pid {os.getpid()} on {args.host}:{args.port}", flush=True)
+                  Limits(args.max_key, args.max_value), hints=args.hints, sloppy=args.sloppy,
+                  clock_offset_ms=args.clock_offset_ms, state_dir=args.state)
+    restored = None
+    if proxy.clock_state is not None:
+        try:
+            restored = proxy.clock_state.restore()
+        except ClockStateError as exc:
+            parser.exit(2, f"proxy: {exc}\n")
+    clock = "" if restored is None else f", clock restored to {restored}"
+    print(f"proxy {args.name} pid {os.getpid()} on {args.host}:{args.port}{clock}", flush=True)
     run(partial(serve_proxy, proxy, args.host, args.port))
 
 
