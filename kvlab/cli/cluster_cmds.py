@@ -1,4 +1,4 @@
-"""`kvlab up|down|status|kill|pause|resume|restart`: run and break a local cluster."""
+"""`kvlab up|down|status|kill|pause|resume|restart|wipe`: run and break a local cluster."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ ACTIONS = {
     "kill": ("SIGKILL a node: it dies at once (with fsync durability it keeps every write it acknowledged)", "killed"),
     "pause": ("SIGSTOP a node: it stays connected but answers nothing", "paused"),
     "resume": ("SIGCONT a paused node", "resumed"),
-    "restart": ("stop a node if it runs, then start it again on its data", "restarted"),
+    "restart": ("stop a node (or the proxy) if it runs, then start it again on its data",
+                "restarted"),
+    "wipe": ("SIGKILL a node, delete its database and start it empty: what it held comes "
+             "back from the other replicas (anti-entropy)", "wiped and restarted"),
 }
 
 
@@ -58,7 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     for action, (text, _) in ACTIONS.items():
         p = sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
-        p.add_argument("node", metavar="NODE", help="n1..nN")
+        if action == "restart":
+            p.add_argument("node", metavar="NODE", help="n1..nN, or proxy")
+            p.add_argument("--clock-offset-ms", type=int, default=0, metavar="N",
+                           help="proxy only: run its clock N ms off the wall clock (negative: "
+                                "behind), to watch versions stay monotonic across a restart "
+                                "on a machine whose clock is wrong")
+        else:
+            p.add_argument("node", metavar="NODE", help="n1..nN")
         add_name(p)
         p.set_defaults(func=cmd_action, action=action)
 
@@ -83,7 +93,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"cluster {spec.name}: proxy {cluster.url}, nodes {nodes} "
           f"(ports {first.port}-{last.port}), N={spec.replicas} R={spec.read_quorum} "
           f"W={spec.write_quorum}, healthy in {took:.1f}s")
+    print(f"  healing: {_healing_settings(spec.to_json())}")
     return EXIT_OK
+
+
+def _healing_settings(spec: dict) -> str:
+    hints = "off" if not spec["hints"] else "sloppy" if spec["sloppy"] else "strict"
+    ae = f"every {spec['anti_entropy_s']:g}s" if spec["anti_entropy"] else "off"
+    return (f"hints {hints} (window {spec['hint_window_s']:g}s), anti-entropy {ae}, "
+            f"tombstone grace {spec['tombstone_grace_s']:g}s")
+
+
+def _healing_line(healing: dict | None) -> str:
+    """One node's healing counters, short: what it holds for others and what it repaired."""
+    if not healing:
+        return ""
+    held = healing.get("hints_held") or {}
+    holds = ", ".join(f"{n} for {t}" for t, n in sorted(held.items())) or "none"
+    repaired = healing.get("repaired") or {}
+    fixed = " ".join(f"{m}={c}" for m, c in repaired.items())
+    return (f"  hints held {holds}, replayed {healing.get('hints_replayed', 0)}; "
+            f"repaired {fixed}; anti-entropy rounds {healing.get('ae_rounds', 0)}")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -108,9 +138,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     spec = status["spec"]
     print(f"cluster {status['name']}  N={spec['replicas']} R={spec['read_quorum']} "
           f"W={spec['write_quorum']}  vnodes {spec['vnodes']}  durability {spec['durability']}")
+    print(f"  healing: {_healing_settings(spec)}")
     for m in [status["proxy"], *status["nodes"]]:
         pid = m["pid"] if m["pid"] else "-"
-        print(f"  {m['name']:<6} {m['url']:<24} pid {pid!s:<8} {m['state']}")
+        print(f"  {m['name']:<6} {m['url']:<24} pid {pid!s:<8} {m['state']:<8}"
+              f"{_healing_line(m.get('healing'))}")
     return EXIT_OK
 
 
@@ -130,9 +162,16 @@ def cmd_membership(args: argparse.Namespace) -> int:
 
 
 def cmd_action(args: argparse.Namespace) -> int:
+    offset = getattr(args, "clock_offset_ms", 0)
     try:
         cluster = Cluster.load(args.name)
-        member = getattr(cluster, args.action)(args.node)
+        if args.action == "restart" and args.node == "proxy":
+            member = cluster.restart_proxy(offset)
+        elif offset:
+            return _fail(ClusterError("--clock-offset-ms is for the proxy's clock: "
+                                      "`kvlab restart proxy --clock-offset-ms N`"))
+        else:
+            member = getattr(cluster, args.action)(args.node)
     except ClusterError as exc:
         return _fail(exc)
     pid = f" (pid {member.proc.pid})" if member.proc else ""

@@ -45,7 +45,21 @@ positive_float = ranged(float, 0, strict=True)
 fraction = ranged(float, 0, 1)
 
 
-def add_spec(parser: argparse.ArgumentParser) -> None:
+def on_off(text: str) -> bool:
+    """An argparse type for `on` / `off`."""
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
+def anti_entropy(text: str) -> tuple[bool, float | None]:
+    """`on`, `off`, or an interval in seconds (which means on): (enabled, interval or None)."""
+    if text in ("on", "off"):
+        return text == "on", None
+    return True, positive_float(text)
+
+
+def add_spec(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The options that describe a new cluster (`up`, and the dashboard when it starts one)."""
     d = ClusterSpec()
     parser.add_argument("--nodes", type=positive, default=d.nodes,
@@ -64,14 +78,47 @@ def add_spec(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--durability", choices=("fsync", "none"), default=d.durability,
                         help="fsync: a write is acknowledged once on disk; none: skip fsync "
                              "(default: %(default)s)")
+    # A group of its own, unless the caller's options are a group already (argument
+    # groups don't nest).
+    heal = parser.add_argument_group(
+        "healing", "how replicas that missed writes catch up without a client reading"
+    ) if isinstance(parser, argparse.ArgumentParser) else parser
+    heal.add_argument("--hints", type=on_off, default=d.hints, metavar="on|off",
+                      help="hinted handoff: a write a replica missed is kept on the next node "
+                           "clockwise past its replicas and handed over when it is back "
+                           "(default: on)")
+    heal.add_argument("--sloppy", action="store_true", default=d.sloppy,
+                      help="sloppy quorum: those hints count toward W, so writes succeed "
+                           "with most replicas down, at the price of R + W > N (a write may "
+                           "then be invisible to reads until its hints are handed over); "
+                           "per write: ?sloppy=1|0")
+    heal.add_argument("--anti-entropy", type=anti_entropy, default=(d.anti_entropy, None),
+                      metavar="on|off|SECONDS",
+                      help="replicas of each range compare hash trees every SECONDS (on: "
+                           f"every {d.anti_entropy_s:g}) and repair what differs, so even "
+                           "a wiped node refills (default: on)")
+    heal.add_argument("--tombstone-grace", type=non_negative_float, metavar="SECONDS",
+                      default=d.tombstone_grace_s,
+                      help="a delete's tombstone is purged this long after the delete, once "
+                           "every replica holds it; a replica down for longer may bring the "
+                           "key back (default: %(default)g, a day)")
+    heal.add_argument("--hint-window", type=non_negative_float, metavar="SECONDS",
+                      default=d.hint_window_s,
+                      help="hints older than this are dropped, not handed over: a node down "
+                           "longer is refilled by anti-entropy (default: %(default)g, 3 h)")
 
 
 def spec_from(args: argparse.Namespace) -> ClusterSpec:
     from kvlab.cli import UsageError
 
+    anti_entropy_on, interval = args.anti_entropy
     try:
         return ClusterSpec(name=args.name, nodes=args.nodes, replicas=args.replicas,
                            write_quorum=args.write_quorum, read_quorum=args.read_quorum,
-                           port=args.port, vnodes=args.vnodes, durability=args.durability)
+                           port=args.port, vnodes=args.vnodes, durability=args.durability,
+                           hints=args.hints, sloppy=args.sloppy, anti_entropy=anti_entropy_on,
+                           anti_entropy_s=interval or ClusterSpec.anti_entropy_s,
+                           tombstone_grace_s=args.tombstone_grace,
+                           hint_window_s=args.hint_window)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

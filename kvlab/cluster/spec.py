@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from kvlab.core.coordinator import Quorum
@@ -34,6 +34,14 @@ class ClusterSpec:
     durability: str = "fsync"
     timeout_ms: int = 1000
     host: str = field(default=HOST)
+    # Healing (see README, "Self-healing"): hinted handoff, anti-entropy every
+    # `anti_entropy_s` per range and peer, tombstones purged after their grace.
+    hints: bool = True
+    anti_entropy: bool = True
+    anti_entropy_s: float = 5.0
+    sloppy: bool = False  # hints count toward W (a sloppy quorum), unless a write says not
+    tombstone_grace_s: float = 86_400.0
+    hint_window_s: float = 10_800.0  # hints older than this are dropped, not replayed
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -49,6 +57,12 @@ class ClusterSpec:
             raise ValueError("vnodes must be at least 1")
         if not 1 <= self.port or self.port + self.nodes > 65535:
             raise ValueError(f"ports {self.port}..{self.port + self.nodes} are out of range")
+        if self.sloppy and not self.hints:
+            raise ValueError("a sloppy quorum counts hints toward W: it needs hints on")
+        if self.anti_entropy_s <= 0:
+            raise ValueError("the anti-entropy interval must be more than 0 seconds")
+        if self.tombstone_grace_s < 0 or self.hint_window_s < 0:
+            raise ValueError("the tombstone grace and the hint window can't be negative")
 
     @property
     def dir(self) -> Path:
@@ -62,4 +76,7 @@ class ClusterSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> ClusterSpec:
-        return cls(**data)
+        """The spec a cluster.json holds; fields it lacks (written by an older kvlab) take
+        their defaults, and fields this kvlab doesn't know are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

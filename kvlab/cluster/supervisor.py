@@ -163,14 +163,22 @@ class Cluster:
         return state
 
     def status(self) -> dict:
+        """Every process with its URL, PID and state; each node with its healing counters
+        (the node's own, from its /stats: None when it is not up or can't say)."""
         host = self.spec.host
 
         def view(m: Member) -> dict:
             return {"name": m.name, "url": m.url(host), "pid": m.proc.pid if m.proc else None,
                     "state": self.state(m)}
 
+        def node_view(m: Member) -> dict:
+            out = view(m)
+            stats = _get_json(f"{m.url(host)}/stats") if out["state"] == UP else None
+            out["healing"] = (stats or {}).get("healing")
+            return out
+
         return {"name": self.spec.name, "proxy": view(self.proxy),
-                "nodes": [view(n) for n in self.nodes], "spec": self.spec.to_json()}
+                "nodes": [node_view(n) for n in self.nodes], "spec": self.spec.to_json()}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -240,6 +248,36 @@ class Cluster:
         self._await_ready([member])
         return member
 
+    def restart_proxy(self, clock_offset_ms: int = 0) -> Member:
+        """Stop the proxy if it runs and start it again (its clock restored from its folder).
+
+        `clock_offset_ms` runs its clock that far off the wall clock (negative: behind), as
+        a proxy restarted on a machine whose clock is wrong would.
+        """
+        proxy = self.proxy
+        if proxy.proc is not None:
+            proxy.proc.stop()
+        if not wait_until(lambda: port_free(self.spec.host, proxy.port), PORT_WAIT_S, 0.05):
+            raise ClusterError(f"port {proxy.port} for the proxy is in use by another program")
+        self._spawn_proxy(clock_offset_ms)
+        self._save_member(proxy)
+        self._await_ready([proxy, *(n for n in self.nodes if n.proc and n.proc.state() == UP)])
+        return proxy
+
+    def wipe(self, name: str) -> Member:
+        """Lose a node's disk: SIGKILL it, delete its database, start it again, empty.
+
+        What it held comes back from the other replicas (anti-entropy, hints, read repair).
+        """
+        member = self.node(name)
+        if member.proc is not None and member.proc.signal(signal.SIGKILL):
+            if not wait_until(lambda: not member.proc.alive(), 2.0):
+                raise ClusterError(f"{name} (pid {member.proc.pid}) survived SIGKILL; "
+                                   f"its data was left alone")
+        for path in (self.dir / name).glob("data.db*"):  # the database, its WAL and index
+            path.unlink(missing_ok=True)
+        return self.restart(name)
+
     def add_node(self) -> Member:
         """Start a new node `n{k+1}` on the port after the highest in use and join it to the
         proxy's ring. No data moves: its keys reach it by read repair."""
@@ -308,22 +346,38 @@ class Cluster:
                                f"{self._log_tail(member)}")
 
     def _spawn_node(self, member: Member) -> None:
+        """Start `member` with the cluster's healing settings and every other node it knows
+        of as a peer (nodes added later are its peers only from its next start)."""
+        spec = self.spec
         folder = self.dir / member.name
         argv = [sys.executable, "-m", "kvlab.net.node", "--name", member.name,
-                "--host", self.spec.host, "--port", str(member.port), "--data", str(folder),
-                "--durability", self.spec.durability]
+                "--host", spec.host, "--port", str(member.port), "--data", str(folder),
+                "--durability", spec.durability, "--vnodes", str(spec.vnodes),
+                "--replicas", str(spec.replicas),
+                "--tombstone-grace", f"{spec.tombstone_grace_s:g}",
+                "--hint-window", f"{spec.hint_window_s:g}",
+                "--hints", _on_off(spec.hints), "--anti-entropy", _on_off(spec.anti_entropy),
+                "--anti-entropy-interval", f"{spec.anti_entropy_s:g}"]
+        for peer in self.nodes:
+            if peer.name != member.name:
+                argv += ["--peer", f"{peer.name}={peer.url(spec.host)}"]
         member.proc = Proc.spawn(argv, folder / "node.log", self.dir)
 
-    def _spawn_proxy(self) -> None:
+    def _spawn_proxy(self, clock_offset_ms: int = 0) -> None:
         spec = self.spec
+        folder = self.dir / "proxy"
         argv = [sys.executable, "-m", "kvlab.net.proxy", "--host", spec.host,
                 "--port", str(self.proxy.port), "--replicas", str(spec.replicas),
                 "--read-quorum", str(spec.read_quorum), "--write-quorum",
                 str(spec.write_quorum), "--vnodes", str(spec.vnodes),
-                "--timeout-ms", str(spec.timeout_ms)]
+                "--timeout-ms", str(spec.timeout_ms), "--hints", _on_off(spec.hints),
+                "--state", str(folder)]
+        if spec.sloppy:
+            argv.append("--sloppy")
+        if clock_offset_ms:
+            argv += ["--clock-offset-ms", str(clock_offset_ms)]
         for node in self.nodes:
             argv += ["--node", f"{node.name}={node.url(spec.host)}"]
-        folder = self.dir / "proxy"
         self.proxy.proc = Proc.spawn(argv, folder / "proxy.log", self.dir)
 
     def _await_ready(self, members: list[Member]) -> None:
@@ -355,6 +409,10 @@ class Cluster:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def _get_json(url: str, timeout: float = 0.5) -> dict | None:
