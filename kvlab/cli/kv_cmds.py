@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("key", metavar="KEY")
     p.add_argument("value", metavar="VALUE")
     _common(p, "w", "write quorum for this request (default: the cluster's W)")
+    _sloppy(p)
     p.set_defaults(func=cmd_set)
 
     p = sub.add_parser("get", help="print a value",
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "tombstone, so a stale replica can't bring it back).")
     p.add_argument("key", metavar="KEY")
     _common(p, "w", "write quorum for this request (default: the cluster's W)")
+    _sloppy(p)
     p.set_defaults(func=cmd_del)
 
 
@@ -42,6 +44,12 @@ def _common(p: argparse.ArgumentParser, quorum: str, text: str) -> None:
     p.add_argument(f"--{quorum}", type=positive, help=text)
     p.add_argument("--json", action="store_true",
                    help="print the result with its version and replicas as JSON")
+
+
+def _sloppy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sloppy", action=argparse.BooleanOptionalAction, default=None,
+                   help="count hints kept on fallback nodes toward W, so the write succeeds "
+                        "with most of its replicas down (default: the cluster's setting)")
 
 
 def _client(args: argparse.Namespace) -> KV:
@@ -61,7 +69,8 @@ def _client(args: argparse.Namespace) -> KV:
 def _report(args: argparse.Namespace, result: Result, text: str) -> int:
     if args.json:
         print(json.dumps({"key": result.key, "value": result.text, "version": result.version,
-                          "replicas": result.replicas, "acked": result.acked}))
+                          "replicas": result.replicas, "acked": result.acked,
+                          "hinted": result.hinted}))
     else:
         print(text)
     return EXIT_OK
@@ -78,7 +87,7 @@ def _call(fn, *a):
 def cmd_set(args: argparse.Namespace) -> int:
     value = sys.stdin.buffer.read() if args.value == "-" else args.value
     with _client(args) as kv:
-        result = _call(kv.set, args.key, value, args.w)
+        result = _call(kv.set, args.key, value, args.w, args.sloppy)
     return _report(args, result, "OK")
 
 
@@ -98,5 +107,5 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_del(args: argparse.Namespace) -> int:
     with _client(args) as kv:
-        result = _call(kv.delete, args.key, args.w)
+        result = _call(kv.delete, args.key, args.w, args.sloppy)
     return _report(args, result, "OK")

@@ -89,13 +89,15 @@ class KV:
         status, headers, body = self._send(get_call(key, r))
         return read_result(key, status, headers, body)
 
-    def set(self, key: str, value: str | bytes, w: int | None = None) -> Result:
-        call = set_call(key, value, w)
+    def set(self, key: str, value: str | bytes, w: int | None = None,
+            sloppy: bool | None = None) -> Result:
+        """Store `value`; `sloppy` counts hints toward W (None: the cluster's default)."""
+        call = set_call(key, value, w, sloppy)
         status, headers, body = self._send(call)
         return write_result(key, status, headers, body, call.body)
 
-    def delete(self, key: str, w: int | None = None) -> Result:
-        status, headers, body = self._send(delete_call(key, w))
+    def delete(self, key: str, w: int | None = None, sloppy: bool | None = None) -> Result:
+        status, headers, body = self._send(delete_call(key, w, sloppy))
         return write_result(key, status, headers, body, None)
 
     def inspect(self, key: str) -> dict:
@@ -155,12 +157,14 @@ class AsyncKV:
     async def read(self, key: str, r: int | None = None) -> Result:
         return read_result(key, *await self._send(get_call(key, r)))
 
-    async def set(self, key: str, value: str | bytes, w: int | None = None) -> Result:
-        call = set_call(key, value, w)
+    async def set(self, key: str, value: str | bytes, w: int | None = None,
+                  sloppy: bool | None = None) -> Result:
+        call = set_call(key, value, w, sloppy)
         return write_result(key, *await self._send(call), call.body)
 
-    async def delete(self, key: str, w: int | None = None) -> Result:
-        return write_result(key, *await self._send(delete_call(key, w)), None)
+    async def delete(self, key: str, w: int | None = None, sloppy: bool | None = None
+                     ) -> Result:
+        return write_result(key, *await self._send(delete_call(key, w, sloppy)), None)
 
     async def inspect(self, key: str) -> dict:
         status, _, body = await self._send(inspect_call(key))

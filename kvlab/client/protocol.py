@@ -40,6 +40,8 @@ class Result:
     version: str | None
     replicas: list[str] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
+    # A write's primaries that missed it -> the fallback node keeping a hint for each.
+    hinted: dict[str, str] = field(default_factory=dict)
 
     @property
     def text(self) -> str | None:
@@ -64,17 +66,22 @@ def _with_query(path: str, **params: int | None) -> str:
     return f"{path}?{urlencode(query)}" if query else path
 
 
+def _flag(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
 def get_call(key: str, r: int | None) -> Call:
     return Call("GET", _with_query(key_path(key), r=r))
 
 
-def set_call(key: str, value: str | bytes, w: int | None) -> Call:
+def set_call(key: str, value: str | bytes, w: int | None, sloppy: bool | None = None) -> Call:
+    """`sloppy`: count hints toward W (True), don't (False), or the cluster's default."""
     body = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-    return Call("PUT", _with_query(key_path(key), w=w), body)
+    return Call("PUT", _with_query(key_path(key), w=w, sloppy=_flag(sloppy)), body)
 
 
-def delete_call(key: str, w: int | None) -> Call:
-    return Call("DELETE", _with_query(key_path(key), w=w))
+def delete_call(key: str, w: int | None, sloppy: bool | None = None) -> Call:
+    return Call("DELETE", _with_query(key_path(key), w=w, sloppy=_flag(sloppy)))
 
 
 def inspect_call(key: str) -> Call:
@@ -116,8 +123,10 @@ def read_result(key: str, status: int, headers, body: bytes) -> Result:
 
 def write_result(key: str, status: int, headers, body: bytes, value: bytes | None) -> Result:
     raise_for(status, body, key)
+    hinted = dict(pair.partition("=")[::2] for pair in _split(headers.get("X-Kvlab-Hinted")))
     return Result(key, value, headers.get("X-Kvlab-Version"),
-                  _split(headers.get("X-Kvlab-Replicas")), _split(headers.get("X-Kvlab-Acked")))
+                  _split(headers.get("X-Kvlab-Replicas")), _split(headers.get("X-Kvlab-Acked")),
+                  hinted)
 
 
 def json_result(status: int, body: bytes) -> dict:
