@@ -1,8 +1,14 @@
-"""The proxy's end of the replica channel to one node: one WebSocket, kept open.
+"""Outgoing replica channels: one WebSocket to a node's `/replica`, kept open.
 
-Requests are batched into frames (`FrameWriter`); replies are matched to requests by number.
-While the socket is down, sends fail at once (like a refused connection) and the link keeps
-reconnecting in the background. If the socket breaks, every request in flight on it fails.
+A `Link` batches messages into frames (`FrameWriter`) and reconnects in the background with
+backoff. While the socket is down, sends fail at once (like a refused connection), so the
+sender can tell its state machine. Two kinds:
+
+- `ReplicaLink`, the proxy's (a coordinator's) link to one node: requests out, replies back,
+  matched by number; if the socket breaks, every request in flight on it is reported lost.
+- `PeerLink`, a node's link to another node (`/replica?from=<me>`): replica-to-replica
+  messages one way. The peer answers on its own link back, so nothing is expected in return
+  here, and a message lost with a socket is the replica's to time out.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from urllib.parse import quote
 
 import aiohttp
 
-from kvlab.core.messages import Reply, Request
+from kvlab.core.messages import Message, Reply, Request
 from kvlab.net import codec
 from kvlab.net.framing import FrameWriter
 
@@ -25,32 +32,33 @@ logger = logging.getLogger(__name__)
 UP, DOWN = "up", "down"
 RETRY_MIN_S, RETRY_MAX_S = 0.05, 0.5
 LATENCY_WINDOW = 2048
+HEARTBEAT_S = 2.0  # a paused (SIGSTOP) node is noticed after about this long
 
 
-class ReplicaLink:
+class Link:
+    """One persistent outgoing WebSocket to a node's replica channel."""
+
     def __init__(self, name: str, url: str, session: aiohttp.ClientSession,
-                 on_replies: Callable[[str, list[Reply]], None],
-                 on_lost: Callable[[str, list[int], str], None]) -> None:
+                 sender: str | None = None, retry_max_s: float = RETRY_MAX_S) -> None:
         self.name = name
         self.url = url.rstrip("/")
+        # The node tells a peer's connection from a coordinator's by `from`.
+        self.ws_url = f"{self.url}/replica" + ("" if sender is None else
+                                               f"?from={quote(sender, safe='')}")
         self._session = session
-        self._on_replies = on_replies
-        self._on_lost = on_lost
-        self._writer: FrameWriter[Request] | None = None
+        self._retry_max_s = retry_max_s
+        self._writer: FrameWriter[Message] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._inflight: dict[int, float] = {}
         self._task: asyncio.Task | None = None
-        # What the dashboard shows about this node, as seen from the proxy.
         self.state = DOWN
-        # Fault hook for chaos runs: a partitioned link silently drops requests ("to" the
-        # node), replies ("from" it) or both, so the coordinator sees silence (timeouts), as
-        # with a cut network, not an error. With "from", writes still apply on the node.
+        # Fault hook for chaos runs: a partitioned link silently drops messages "to" the
+        # node, frames "from" it, or both, so the sender sees silence (timeouts), as with a
+        # cut network, not an error.
         self.partitioned: str | None = None
         self.sent = 0
-        self.replies = 0
         self.errors = 0
+        self.connects = 0  # times the socket came up
         self.last_error: str | None = None
-        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link-{self.name}")
@@ -63,20 +71,90 @@ class ReplicaLink:
         if self._ws is not None:
             await self._ws.close()
 
+    def partition(self, direction: str | None) -> None:
+        """Cut the link one way ("to", "from"), both ways ("both"), or heal it (None)."""
+        self.partitioned = direction
+
+    def _push(self, message: Message) -> bool:
+        """Queue `message` for the next frame; False if the link is down."""
+        writer = self._writer
+        if writer is None:
+            return False
+        if self.partitioned in ("both", "to"):
+            return True
+        self.sent += 1
+        writer.push(message)
+        return True
+
+    async def _run(self) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                ws = await self._session.ws_connect(
+                    self.ws_url, max_msg_size=0, heartbeat=HEARTBEAT_S,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                self._note_error(f"connect: {exc.__class__.__name__}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            delay = RETRY_MIN_S
+            self._ws, self._writer, self.state = ws, FrameWriter(ws, codec.encode), UP
+            self.connects += 1
+            try:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY and \
+                            self.partitioned not in ("both", "from"):
+                        self._frame(msg.data)
+                self._note_error(f"closed: {ws.close_code}" if ws.close_code else "closed")
+            except Exception as exc:  # a bad frame must not end the link for good
+                logger.exception("link to %s failed", self.name)
+                self._note_error(f"bad frame: {exc.__class__.__name__}")
+            finally:
+                self._writer.cancel()
+                self._ws, self._writer, self.state = None, None, DOWN
+                self._down()
+                await ws.close()
+
+    def _down(self) -> None:
+        """The socket is gone, with whatever was in flight on it (a hook)."""
+
+    def _frame(self, data: bytes) -> None:
+        """A frame arrived from the node (a hook)."""
+
+    def _note_error(self, text: str) -> None:
+        if self.state == UP or self.last_error is None:
+            self.errors += 1
+        self.last_error = text
+
+
+class ReplicaLink(Link):
+    """The proxy's link to one node: requests out, replies matched back by number."""
+
+    def __init__(self, name: str, url: str, session: aiohttp.ClientSession,
+                 on_replies: Callable[[str, list[Reply]], None],
+                 on_lost: Callable[[str, list[int], str], None]) -> None:
+        super().__init__(name, url, session)
+        self._on_replies = on_replies
+        self._on_lost = on_lost
+        self._inflight: dict[int, float] = {}
+        self.replies = 0
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
     def send(self, request: Request) -> bool:
         """Queue `request` for the node; False if the link is down (the caller fails it)."""
-        if self._writer is None:
+        writer = self._writer
+        if writer is None:
             return False
         if self.partitioned in ("both", "to"):
             return True
         self._inflight[request.req] = time.perf_counter()
         self.sent += 1
-        self._writer.push(request)
+        writer.push(request)
         return True
 
     def partition(self, direction: str | None) -> None:
-        """Cut the link one way ("to", "from"), both ways ("both"), or heal it (None)."""
-        self.partitioned = direction
+        super().partition(direction)
         # Requests in flight are lost with the link (their operations time out); replies to
         # ones sent while replies were cut would never clear them either.
         self._inflight.clear()
@@ -87,48 +165,36 @@ class ReplicaLink:
         ordered = sorted(self.latencies)
         return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3)
 
-    async def _run(self) -> None:
-        delay = RETRY_MIN_S
-        while True:
-            try:
-                ws = await self._session.ws_connect(
-                    f"{self.url}/replica", max_msg_size=0, heartbeat=2.0,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                self._note_error(f"connect: {exc.__class__.__name__}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            delay = RETRY_MIN_S
-            self._ws, self._writer, self.state = ws, FrameWriter(ws, codec.encode), UP
-            try:
-                await self._read(ws)
-            except Exception as exc:  # a bad frame must not end the link for good
-                logger.exception("link to %s failed", self.name)
-                self._note_error(f"bad frame: {exc.__class__.__name__}")
-            finally:
-                self._writer.cancel()
-                self._ws, self._writer, self.state = None, None, DOWN
-                lost, self._inflight = list(self._inflight), {}
-                if lost:
-                    self._on_lost(self.name, lost, "connection lost")
-                await ws.close()
+    def _frame(self, data: bytes) -> None:
+        replies = codec.decode_replies(data)
+        now = time.perf_counter()
+        inflight, latencies = self._inflight, self.latencies
+        for reply in replies:
+            sent = inflight.pop(reply.req, None)
+            if sent is not None:
+                latencies.append(now - sent)
+        self.replies += len(replies)
+        self._on_replies(self.name, replies)
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.BINARY or self.partitioned in ("both", "from"):
-                continue
-            replies = codec.decode_replies(msg.data)
-            now = time.perf_counter()
-            for reply in replies:
-                sent = self._inflight.pop(reply.req, None)
-                if sent is not None:
-                    self.latencies.append(now - sent)
-            self.replies += len(replies)
-            self._on_replies(self.name, replies)
-        self._note_error(f"closed: {ws.close_code}" if ws.close_code else "closed")
+    def _down(self) -> None:
+        lost, self._inflight = list(self._inflight), {}
+        if lost:
+            self._on_lost(self.name, lost, "connection lost")
 
-    def _note_error(self, text: str) -> None:
-        if self.state == UP or self.last_error is None:
-            self.errors += 1
-        self.last_error = text
+
+class PeerLink(Link):
+    """A node's link to a peer node, for replica-to-replica messages (one way)."""
+
+    def __init__(self, name: str, url: str, session: aiohttp.ClientSession, sender: str,
+                 retry_max_s: float = 1.0) -> None:
+        # A peer that is down for long is retried once a second: the replica retries a hint
+        # replay no more often than that anyway.
+        super().__init__(name, url, session, sender=sender, retry_max_s=retry_max_s)
+        self.unexpected = 0  # frames the peer sent back on this link (it should not)
+
+    def send(self, message: Message) -> bool:
+        """Queue `message` for the peer; False if the link is down."""
+        return self._push(message)
+
+    def _frame(self, data: bytes) -> None:
+        self.unexpected += 1

@@ -1,105 +1,279 @@
-"""A data node: one replica's store behind the replica channel.
+"""A data node: one `Replica` over its SQLite store, driven over real sockets.
 
-    python -m kvlab.net.node --name n1 --port 8001 --data DIR [--durability fsync|none]
+    python -m kvlab.net.node --name n1 --port 8001 --data DIR \\
+        --peer n2=http://127.0.0.1:8002 --peer n3=http://127.0.0.1:8003
 
-Routes: `GET /health`, `GET /stats`, and `GET /replica`, the WebSocket the proxy keeps open
-to send batched requests (see `kvlab.net.codec`). Reads are answered at once; writes are
-acknowledged after their group commit.
+The node decides nothing itself: it hands what arrives to the replica (`kvlab.core.replica`)
+and carries out the effects it returns: `Send` a message, `Persist` a batch. Routes:
+
+- `GET /replica`: the replica channel, a WebSocket of msgpack frames (`kvlab.net.codec`).
+  A coordinator (the proxy) connects without parameters and gets a name of its own per
+  connection, so replies go back on the socket the requests came in on. A peer node connects
+  as `/replica?from=<its name>`; what this node sends a peer goes on its own outgoing link
+  to that peer (`kvlab.net.link.PeerLink`), never back on the peer's socket.
+- `GET /health`, `GET /stats` (counters, and the replica's healing figures).
+
+Each frame is given to the replica whole, so its writes share one `Persist`. A Persist goes
+to the store's writer thread without waiting: frames that arrive during a commit join the
+next one, and the acknowledgements go out when the replica hears it is durable. The
+replica's own deadlines (hint replay, anti-entropy, purges) run on one loop timer, set to
+`get_timer()` after every call into the replica.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import logging
 import os
 import time
+from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import NoReturn, assert_never
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
-from kvlab.core import replica
-from kvlab.core.messages import ErrorReply, Reply, WriteRequest
+from kvlab.core.messages import Message, Persist, ReplicaEffect, Send
+from kvlab.core.replica import HOUR_MS, Replica, ReplicaConfig
+from kvlab.core.ring import DEFAULT_VNODES, Ring
+from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net import codec
 from kvlab.net.framing import FrameWriter
+from kvlab.net.link import PeerLink
 from kvlab.net.runner import serve
 from kvlab.storage.sqlite import SqliteStore
 
+logger = logging.getLogger(__name__)
+
 MAX_FRAME = 64 * 1024 * 1024
-PURGE_EVERY_S = 60.0
+# A coordinator connection's name, as the replica knows it: unique per connection, and
+# never a node's name (a node name with '#' is refused).
+COORDINATOR = "coordinator#"
+# The replica can no longer be trusted to match its store (it raised half-way): stop, so
+# a restart rebuilds it from the store, rather than acknowledge what was never stored.
+EXIT_REPLICA_FAILED = 70
 
 
-class NodeState:
-    def __init__(self, name: str, store: SqliteStore, tombstone_grace_ms: int) -> None:
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Node:
+    """One node process: the replica, its store, and the channels; interprets effects."""
+
+    def __init__(self, name: str, store: SqliteStore, peers: dict[str, str],
+                 config: ReplicaConfig, vnodes: int = DEFAULT_VNODES) -> None:
         self.name = name
         self.store = store
-        self.tombstone_grace_ms = tombstone_grace_ms
+        self.peer_urls = dict(peers)
+        self.ring = Ring((name, *peers), vnodes)
+        began = time.perf_counter()
+        self.replica = Replica(name, self.ring, config, store.get_many)
+        self.replica.load(store.entries(), store.hints())
+        self.load_s = time.perf_counter() - began
         self.started = time.time()
-        self.reads = 0
-        self.last_error: str | None = None
+        self.links: dict[str, PeerLink] = {}
+        self.coordinators: dict[str, FrameWriter[Message]] = {}
         self.channels: set[web.WebSocketResponse] = set()
+        self.last_error: str | None = None
+        self.dropped = 0  # replies for a coordinator whose connection had gone
+        self._connections = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: int | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        for peer, url in self.peer_urls.items():
+            link = PeerLink(peer, url, self._session, sender=self.name)
+            self.links[peer] = link
+            link.start()
+        self._fire()  # the replica's first timer call starts its periodic work
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for link in self.links.values():
+            await link.stop()
+        if self._session is not None:
+            await self._session.close()
+        self.store.close()  # commits what is queued
+
+    def connection_name(self) -> str:
+        self._connections += 1
+        return f"{COORDINATOR}{self._connections}"
+
+    # -- into the replica -------------------------------------------------------------------
+
+    def receive(self, src: str, messages: Sequence[Message]) -> None:
+        """A frame from `src`: its messages go to the replica together."""
+        now = now_ms()
+        try:
+            effects = self.replica.receive_many(src, messages, now)
+        except Exception as exc:
+            self._fatal("receive", exc)
+        self._apply(effects, now)
+        self._arm()
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, None
+        now = now_ms()
+        try:
+            effects = self.replica.handle_timer(now)
+        except Exception as exc:
+            self._fatal("handle_timer", exc)
+        self._apply(effects, now)
+        self._arm()
+
+    def _persisted(self, batch: int, future: asyncio.Future[int]) -> None:
+        now = now_ms()
+        error = "cancelled" if future.cancelled() else future.exception()
+        try:
+            if error is None:
+                effects = self.replica.persisted(batch, now)
+            else:  # nothing of the batch is durable: the replica undoes it and says so
+                self.last_error = f"storage: {error}"
+                effects = self.replica.persist_failed(batch, str(error), now)
+        except Exception as exc:
+            self._fatal("persisted", exc)
+        self._apply(effects, now)
+        self._arm()
+
+    def _arm(self) -> None:
+        """One loop timer at the replica's next deadline (moved only when it changes)."""
+        at = self.replica.get_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        if at is None:
+            self._timer = None
+            return
+        # +1 ms: the loop's clock may fire a timer up to a millisecond early, and a call
+        # before the deadline would only re-arm the same timer.
+        delay = max(0.0, (at - now_ms() + 1) / 1000)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fatal(self, where: str, exc: Exception) -> NoReturn:
+        logger.critical("replica failed in %s; exiting so a restart reloads it from the "
+                        "store", where, exc_info=exc)
+        logging.shutdown()
+        os._exit(EXIT_REPLICA_FAILED)
+
+    # -- out of the replica -----------------------------------------------------------------
+
+    def _apply(self, effects: Iterable[ReplicaEffect], now: int) -> None:
+        for effect in effects:
+            match effect:
+                case Send(node=dst, message=message):
+                    self._send(dst, message, now)
+                case Persist():
+                    future = self.store.submit(effect)
+                    future.add_done_callback(partial(self._persisted, effect.batch))
+                case _:
+                    assert_never(effect)
+
+    def _send(self, dst: str, message: Message, now: int) -> None:
+        writer = self.coordinators.get(dst)
+        if writer is not None:  # a reply goes back on the socket its request came in on
+            writer.push(message)
+            return
+        link = self.links.get(dst)
+        if link is not None and link.send(message):
+            return
+        if dst == self.name:  # e.g. a hint a coordinator left here for this very node
+            asyncio.get_running_loop().call_soon(self.receive, dst, (message,))
+        elif dst.startswith(COORDINATOR):
+            self.dropped += 1  # its connection is gone, and the coordinator failed its ops
+        else:
+            try:
+                effects = self.replica.unreachable(dst, message, now)
+            except Exception as exc:
+                self._fatal("unreachable", exc)
+            self._apply(effects, now)
+
+    # -- views ------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        now = now_ms()
+        replica, store = self.replica, self.store
+        healing = replica.snapshot(now)
+        return {
+            "node": self.name,
+            "pid": os.getpid(),
+            "keys": store.count(),  # live keys on disk
+            "reads": replica.stats.reads,
+            "writes": replica.stats.writes,  # write requests taken (not superseded/refused)
+            "stored": store.writes,  # records stored, repairs included
+            "batches": store.batches,
+            "commits": store.commits,
+            "uptime_s": round(time.time() - self.started, 3),
+            "load_s": round(self.load_s, 3),
+            "last_error": self.last_error,
+            "held": replica.key_count(),  # keys the replica holds, tombstones included
+            "hints_held": sum(healing["hints_held"].values()),
+            "ring": {"nodes": list(self.ring.nodes), "vnodes": self.ring.vnodes,
+                     "replicas": replica.config.n},
+            "peers": {name: {"url": link.url, "state": link.state, "sent": link.sent,
+                             "connects": link.connects, "errors": link.errors,
+                             "last_error": link.last_error}
+                      for name, link in self.links.items()},
+            "coordinators": len(self.coordinators),
+            "healing": healing,
+        }
 
 
-NODE = web.AppKey("node", NodeState)
+NODE = web.AppKey("node", Node)
 
 
 async def health(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return web.json_response({"status": "ok", "node": node.name, "pid": os.getpid()})
+    return web.json_response({"status": "ok", "node": node.name, "pid": os.getpid(),
+                              "peers": {n: link.state for n, link in node.links.items()}})
 
 
 async def stats(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    store = node.store
-    return web.json_response({
-        "node": node.name,
-        "pid": os.getpid(),
-        "keys": store.count(),
-        "reads": node.reads,
-        "writes": store.writes,
-        "commits": store.commits,
-        "uptime_s": round(time.time() - node.started, 3),
-        "last_error": node.last_error,
-    })
+    return web.json_response(request.app[NODE].stats())
 
 
-async def replica_channel(request: web.Request) -> web.WebSocketResponse:
+async def replica_channel(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
+    peer = request.query.get("from")
+    if peer is not None and peer not in node.links:
+        known = ", ".join(node.links) or "none"
+        raise web.HTTPForbidden(text=f"{peer!r} is not a peer of {node.name} (its peers: "
+                                     f"{known}); start {node.name} with --peer {peer}=URL")
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
     await ws.prepare(request)
     node.channels.add(ws)
-    out: FrameWriter[Reply] = FrameWriter(ws, codec.encode_replies)
-    commits: set[asyncio.Task] = set()
-
-    async def persist(writes: list[WriteRequest]) -> None:
-        try:
-            await node.store.apply([w.record for w in writes])
-        except Exception as exc:  # the writes are not durable: say so, never ack them
-            node.last_error = f"storage: {exc}"
-            out.extend([ErrorReply(w.req, node.last_error) for w in writes])
-        else:
-            out.extend(replica.acknowledge(writes))
-
-    async for msg in ws:
-        if msg.type != WSMsgType.BINARY:
-            continue
-        try:
-            requests = codec.decode_requests(msg.data)
-        except Exception as exc:
-            node.last_error = f"bad frame: {exc}"
-            await ws.close(code=1003, message=b"malformed frame")
-            break
-        replies, writes = replica.serve(requests, node.store.get_many)
-        node.reads += len(replies)
-        out.extend(replies)
-        if writes:
-            # Don't wait here: frames that arrive during this commit join the next one.
-            task = asyncio.get_running_loop().create_task(persist(writes))
-            commits.add(task)
-            task.add_done_callback(commits.discard)
-    if commits:
-        await asyncio.gather(*commits, return_exceptions=True)
-    node.channels.discard(ws)
+    if peer is None:
+        src = node.connection_name()
+        writer: FrameWriter[Message] | None = FrameWriter(ws, codec.encode)
+        node.coordinators[src] = writer
+    else:
+        src, writer = peer, None
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY:
+                continue
+            try:
+                messages = codec.decode(msg.data)
+            except ValueError as exc:
+                node.last_error = f"bad frame from {src}: {exc}"
+                await ws.close(code=1003, message=b"malformed frame")
+                break
+            node.receive(src, messages)
+    finally:
+        node.channels.discard(ws)
+        if writer is not None:
+            del node.coordinators[src]
+            writer.cancel()
     return ws
 
 
@@ -110,52 +284,137 @@ async def _close_channels(app: web.Application) -> None:
         await ws.close(code=1001, message=b"node shutting down")
 
 
-async def _purge_tombstones(app: web.Application):
+async def _run_node(app: web.Application):
     node = app[NODE]
-
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(PURGE_EVERY_S)
-            try:
-                node.store.purge(int(time.time() * 1000), node.tombstone_grace_ms)
-            except Exception as exc:  # e.g. the writer held the lock too long: next time
-                node.last_error = f"purge: {exc}"
-
-    task = asyncio.get_running_loop().create_task(loop())
+    await node.start()
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    node.store.close()
+    await node.stop()
 
 
-def make_app(name: str, store: SqliteStore, tombstone_grace_ms: int = 86_400_000
-             ) -> web.Application:
+def make_app(node: Node) -> web.Application:
     app = web.Application()
-    app[NODE] = NodeState(name, store, tombstone_grace_ms)
+    app[NODE] = node
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
     app.router.add_get("/replica", replica_channel)
-    app.cleanup_ctx.append(_purge_tombstones)
+    app.cleanup_ctx.append(_run_node)
     app.on_shutdown.append(_close_channels)
     return app
 
 
+# -- command line -------------------------------------------------------------------------
+
+
+def _peer_arg(text: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url:
+        raise argparse.ArgumentTypeError(f"expected NAME=URL, got {text!r}")
+    if not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"the URL of peer {name!r} must start with http://")
+    return name, url
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m kvlab.net.node",
+        description="Run one kvlab data node: a replica of its keys, which heals itself and "
+                    "its peers (hinted handoff, anti-entropy, safe tombstone purge).",
+        epilog="The ring is --name plus every --peer, placed with --vnodes and --replicas: "
+               "give every node and the proxy the same nodes, --vnodes and --replicas.")
+    p.add_argument("--name", required=True, help="this node's name in the ring")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, required=True, help="port to listen on")
+    p.add_argument("--data", type=Path, required=True,
+                   help="folder for the database (created if missing)")
+    p.add_argument("--durability", choices=("fsync", "none"), default="fsync",
+                   help="fsync every commit (default), or never (fast, loses writes on a "
+                        "power cut)")
+    p.add_argument("--peer", type=_peer_arg, action="append", default=[], metavar="NAME=URL",
+                   help="another node and its base URL, e.g. n2=http://127.0.0.1:8002 "
+                        "(repeat for each; none: the node works alone)")
+    p.add_argument("--replicas", type=int, default=3, metavar="N",
+                   help="replicas per key, as the proxy's --replicas (default 3)")
+    p.add_argument("--vnodes", type=int, default=DEFAULT_VNODES,
+                   help=f"virtual nodes per node, as the proxy's (default {DEFAULT_VNODES})")
+    p.add_argument("--tombstone-grace", type=_seconds, default=86_400.0, metavar="SECONDS",
+                   help="a delete's tombstone is purged no sooner than this (with hints on, "
+                        "nor before --hint-window plus --max-clock-ahead), and only once "
+                        "every replica is known to hold it (default 86400)")
+    p.add_argument("--hints", type=_on_off, default=True, metavar="on|off",
+                   help="keep hints for nodes that missed writes, and replay them (default on)")
+    p.add_argument("--hint-window", type=_seconds, default=3 * HOUR_MS / 1000,
+                   metavar="SECONDS",
+                   help="hints older than this are dropped; anti-entropy repairs the rest "
+                        "(default 10800)")
+    p.add_argument("--anti-entropy", type=_on_off, default=True, metavar="on|off",
+                   help="compare hash trees with the other replicas and repair differences; "
+                        "off: tombstones are never purged either (default on)")
+    p.add_argument("--anti-entropy-interval", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="how often each (range, peer) pair is compared from this side "
+                        "(default 5)")
+    p.add_argument("--max-clock-ahead", type=_seconds, default=MAX_AHEAD_MS / 1000,
+                   metavar="SECONDS",
+                   help="refuse writes stamped further than this ahead of this node's clock "
+                        f"(default {MAX_AHEAD_MS // 1000})")
+    return p
+
+
+def config_from(args: argparse.Namespace) -> ReplicaConfig:
+    """The replica's configuration from the command line (ValueError if it is wrong)."""
+    return ReplicaConfig(
+        n=args.replicas, tombstone_grace_ms=_ms(args.tombstone_grace),
+        max_ahead_ms=_ms(args.max_clock_ahead), hints=args.hints,
+        hint_window_ms=_ms(args.hint_window), anti_entropy=args.anti_entropy,
+        anti_entropy_ms=max(1, _ms(args.anti_entropy_interval)))  # 1 ms at the least
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kvlab.net.node",
-                                     description="Run one kvlab data node.")
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="folder for the database")
-    parser.add_argument("--durability", choices=("fsync", "none"), default="fsync")
-    parser.add_argument("--tombstone-grace", type=float, default=86_400.0,
-                        help="seconds before a delete's tombstone may be purged")
-    args = parser.parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    peers = dict(args.peer)
+    if len(peers) != len(args.peer):
+        p.error("a --peer name is given twice")
+    if args.name in peers:
+        p.error(f"--peer {args.name} is this node itself (--name)")
+    for name in (args.name, *peers):
+        if "#" in name:
+            p.error(f"node name {name!r}: '#' is kept for coordinator connections")
+    if args.vnodes < 1:
+        p.error("--vnodes must be at least 1")
+    if args.anti_entropy_interval <= 0:
+        p.error("--anti-entropy-interval must be more than 0 seconds")
+    try:
+        config = config_from(args)
+    except ValueError as exc:
+        p.error(str(exc))
     args.data.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(args.data / "data.db", durable=args.durability == "fsync")
-    print(f"node {args.name} pid {os.getpid()} on {args.host}:{args.port}", flush=True)
-    serve(make_app(args.name, store, int(args.tombstone_grace * 1000)), args.host, args.port)
+    node = Node(args.name, store, peers, config, args.vnodes)
+    print(f"node {args.name} pid {os.getpid()} on {args.host}:{args.port}: "
+          f"{node.replica.key_count()} keys and {sum(node.replica.hints_held().values())} "
+          f"hints loaded in {node.load_s:.2f}s; peers {', '.join(peers) or 'none'}",
+          flush=True)
+    serve(make_app(node), args.host, args.port)
 
 
 if __name__ == "__main__":
