@@ -316,7 +316,9 @@ async def cluster(proxy: Proxy, request: Request) -> Response:
             "p99_ms": link.p99_ms(), "healing": heal,
         })
     return json_response({
-        "proxy": {"name": proxy.name, "pid": os.getpid(), "served": proxy.engine.served,
+        # Status is a StrEnum, and orjson takes only exact str keys.
+        "proxy": {"name": proxy.name, "pid": os.getpid(),
+                  "served": {str(k): v for k, v in proxy.engine.served.items()},
                   "pending_ops": coord.pending_ops(), "hints_sent": coord.hints_sent,
                   "restamped": coord.restamped, "high_water_ms": coord.clock.high_water_ms,
                   "clock_offset_ms": proxy.clock_offset_ms},
