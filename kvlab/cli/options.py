@@ -106,6 +106,11 @@ def add_spec(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
                       default=d.hint_window_s,
                       help="hints older than this are dropped, not handed over: a node down "
                            "longer is refilled by anti-entropy (default: %(default)g, 3 h)")
+    heal.add_argument("--max-clock-ahead", type=non_negative_float, metavar="SECONDS",
+                      default=d.max_clock_ahead_s,
+                      help="nodes refuse writes stamped further ahead of their clock, and "
+                           "the proxy doesn't follow such versions; tombstones wait this "
+                           "long past the hint window too (default: %(default)g)")
 
 
 def spec_from(args: argparse.Namespace) -> ClusterSpec:
@@ -119,6 +124,7 @@ def spec_from(args: argparse.Namespace) -> ClusterSpec:
                            hints=args.hints, sloppy=args.sloppy, anti_entropy=anti_entropy_on,
                            anti_entropy_s=interval or ClusterSpec.anti_entropy_s,
                            tombstone_grace_s=args.tombstone_grace,
-                           hint_window_s=args.hint_window)
+                           hint_window_s=args.hint_window,
+                           max_clock_ahead_s=args.max_clock_ahead)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

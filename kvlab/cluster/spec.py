@@ -42,6 +42,9 @@ class ClusterSpec:
     sloppy: bool = False  # hints count toward W (a sloppy quorum), unless a write says not
     tombstone_grace_s: float = 86_400.0
     hint_window_s: float = 10_800.0  # hints older than this are dropped, not replayed
+    # Versions further ahead of a node's (or the proxy's) clock are refused (or ignored). It
+    # also delays tombstone purges (a hint could carry a version that far ahead).
+    max_clock_ahead_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -61,8 +64,9 @@ class ClusterSpec:
             raise ValueError("a sloppy quorum counts hints toward W: it needs hints on")
         if self.anti_entropy_s <= 0:
             raise ValueError("the anti-entropy interval must be more than 0 seconds")
-        if self.tombstone_grace_s < 0 or self.hint_window_s < 0:
-            raise ValueError("the tombstone grace and the hint window can't be negative")
+        if self.tombstone_grace_s < 0 or self.hint_window_s < 0 or self.max_clock_ahead_s < 0:
+            raise ValueError("the tombstone grace, the hint window and the clock bound can't "
+                             "be negative")
 
     @property
     def dir(self) -> Path:

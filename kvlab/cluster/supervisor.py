@@ -357,7 +357,8 @@ class Cluster:
                 "--tombstone-grace", f"{spec.tombstone_grace_s:g}",
                 "--hint-window", f"{spec.hint_window_s:g}",
                 "--hints", _on_off(spec.hints), "--anti-entropy", _on_off(spec.anti_entropy),
-                "--anti-entropy-interval", f"{spec.anti_entropy_s:g}"]
+                "--anti-entropy-interval", f"{spec.anti_entropy_s:g}",
+                "--max-clock-ahead", f"{spec.max_clock_ahead_s:g}"]
         for peer in self.nodes:
             if peer.name != member.name:
                 argv += ["--peer", f"{peer.name}={peer.url(spec.host)}"]
@@ -371,7 +372,7 @@ class Cluster:
                 "--read-quorum", str(spec.read_quorum), "--write-quorum",
                 str(spec.write_quorum), "--vnodes", str(spec.vnodes),
                 "--timeout-ms", str(spec.timeout_ms), "--hints", _on_off(spec.hints),
-                "--state", str(folder)]
+                "--max-clock-ahead", f"{spec.max_clock_ahead_s:g}", "--state", str(folder)]
         if spec.sloppy:
             argv.append("--sloppy")
         if clock_offset_ms:

@@ -30,6 +30,7 @@ from kvlab.core.coordinator import Coordinator, Quorum
 from kvlab.core.messages import NOT_FOUND, OK, Outcome
 from kvlab.core.record import Record
 from kvlab.core.ring import DEFAULT_VNODES, Ring
+from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net.api_errors import quorum_error
 from kvlab.net.clock_state import ClockState, ClockStateError
 from kvlab.net.engine import Engine, wall_clock
@@ -67,7 +68,8 @@ class Proxy:
 
     def __init__(self, name: str, nodes: dict[str, str], quorum: Quorum, vnodes: int,
                  timeout_ms: int, limits: Limits, *, hints: bool = True, sloppy: bool = False,
-                 clock_offset_ms: int = 0, state_dir: Path | None = None) -> None:
+                 max_ahead_ms: int = MAX_AHEAD_MS, clock_offset_ms: int = 0,
+                 state_dir: Path | None = None) -> None:
         if sloppy and not hints:
             raise ValueError("a sloppy quorum counts hints: it needs hints on")
         self.name = name
@@ -76,7 +78,7 @@ class Proxy:
         self.sloppy = sloppy
         self.clock_offset_ms = clock_offset_ms
         coordinator = Coordinator(name, Ring(tuple(nodes), vnodes), quorum, timeout_ms,
-                                  hints=hints)
+                                  hints=hints, max_ahead_ms=max_ahead_ms)
         self.engine = Engine(coordinator, wall_clock(clock_offset_ms))
         self.clock_state = (None if state_dir is None
                             else ClockState(state_dir, coordinator.clock, self.engine.now_ms))
@@ -492,6 +494,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sloppy", action="store_true",
                         help="hints count toward W unless a write says sloppy=0 (a sloppy "
                              "quorum; needs --hints on)")
+    parser.add_argument("--max-clock-ahead", type=float, default=MAX_AHEAD_MS / 1000,
+                        metavar="SECONDS",
+                        help="versions further ahead of this clock are not followed (a "
+                             "broken clock elsewhere); as the nodes' (default: %(default)g)")
     parser.add_argument("--state", type=Path, metavar="DIR",
                         help="folder for the clock's high water, so that versions never go "
                              "back across restarts")
@@ -504,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     quorum = Quorum(args.replicas, args.read_quorum, args.write_quorum)
     proxy = Proxy(args.name, dict(args.node), quorum, args.vnodes, args.timeout_ms,
                   Limits(args.max_key, args.max_value), hints=args.hints, sloppy=args.sloppy,
+                  max_ahead_ms=round(args.max_clock_ahead * 1000),
                   clock_offset_ms=args.clock_offset_ms, state_dir=args.state)
     restored = None
     if proxy.clock_state is not None:

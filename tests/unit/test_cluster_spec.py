@@ -43,9 +43,9 @@ def parse_up(*argv: str) -> ClusterSpec:
 def test_up_flags_make_the_spec():
     assert parse_up() == ClusterSpec()
     spec = parse_up("--sloppy", "--anti-entropy", "0.5", "--tombstone-grace", "1",
-                    "--hint-window", "2")
+                    "--hint-window", "2", "--max-clock-ahead", "3")
     assert (spec.sloppy, spec.anti_entropy, spec.anti_entropy_s) == (True, True, 0.5)
-    assert (spec.tombstone_grace_s, spec.hint_window_s) == (1, 2)
+    assert (spec.tombstone_grace_s, spec.hint_window_s, spec.max_clock_ahead_s) == (1, 2, 3)
     spec = parse_up("--hints", "off", "--anti-entropy", "off")
     assert (spec.hints, spec.anti_entropy, spec.anti_entropy_s) == (False, False, 5.0)
 
@@ -70,7 +70,7 @@ def test_each_process_is_told_the_healing_settings_and_its_peers(kvlab_home: Pat
 
     monkeypatch.setattr(supervisor.Proc, "spawn", staticmethod(spawn))
     spec = ClusterSpec(name="argv", nodes=3, port=9000, sloppy=True, anti_entropy_s=0.5,
-                       tombstone_grace_s=1, hint_window_s=2)
+                       tombstone_grace_s=1, hint_window_s=2, max_clock_ahead_s=3)
     cluster = Cluster.new(spec)
     for node in cluster.nodes:
         cluster._spawn_node(node)
@@ -85,6 +85,7 @@ def test_each_process_is_told_the_healing_settings_and_its_peers(kvlab_home: Pat
     assert flags(n1, "--anti-entropy-interval") == ["0.5"]
     assert (flags(n1, "--tombstone-grace"), flags(n1, "--hint-window")) == (["1"], ["2"])
     assert (flags(n1, "--replicas"), flags(n1, "--vnodes")) == (["3"], ["64"])
+    assert flags(n1, "--max-clock-ahead") == flags(spawned["proxy"], "--max-clock-ahead") == ["3"]
     proxy = spawned["proxy"]
     assert "--sloppy" in proxy and flags(proxy, "--hints") == ["on"]
     assert flags(proxy, "--state") == [str(cluster.dir / "proxy")]
