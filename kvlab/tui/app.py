@@ -173,9 +173,15 @@ class KvlabApp(App[None]):
         else:
             self.post_message(Polled(view, self.source.traffic_stats()))
 
+    @property
+    def _gone(self) -> bool:
+        """Shutting down: a worker's message may still arrive after the panels are gone
+        (Textual prunes the screens before the app stops dispatching)."""
+        return self._closed or not self.is_running
+
     @on(Polled)
     def _on_polled(self, message: Polled) -> None:
-        if self._closed:
+        if self._gone:
             return
         if message.view is not None:
             self._show(message.view)
@@ -299,7 +305,7 @@ class KvlabApp(App[None]):
 
     @on(Done)
     def _on_done(self, message: Done) -> None:
-        if self._closed:
+        if self._gone:
             return
         self.events.add(message.text, "ok" if message.ok else "error")
         if message.select:
@@ -352,7 +358,7 @@ class KvlabApp(App[None]):
 
     @on(Inspected)
     def _on_inspected(self, message: Inspected) -> None:
-        if self._closed or message.view.key != self.key:
+        if self._gone or message.view.key != self.key:
             return
         self.query_one(KeyInspector).view = message.view
         if self._inspect_timer is not None:
