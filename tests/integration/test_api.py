@@ -85,6 +85,10 @@ def test_errors_are_json_with_the_right_status(cluster3):
         (f"{url}/kv/k?r=0", "GET", None, 400),
         (f"{url}/kv/k?w=4", "PUT", b"v", 400),
         (f"{url}/kv/k?r=two", "GET", None, 400),
+        (f"{url}/kv/k?sloppy=2", "PUT", b"v", 400),
+        (f"{url}/kv/k?sloppy=", "DELETE", None, 400),
+        (f"{url}/set?sloppy=yes", "POST", b'{"key": "k", "value": "v"}', 400),
+        (f"{url}/delete?key=k&sloppy=on", "DELETE", None, 400),
         (f"{url}/kv/%FF%FE", "GET", None, 400),
         (f"{url}/nowhere", "GET", None, 404),
     ]
@@ -101,6 +105,11 @@ def test_quorum_overrides_are_reported(cluster3):
     url = cluster3.url
     status, headers, body = http(f"{url}/kv/q?w=3", "PUT", b"v")
     assert status == 200 and len(json.loads(body)["acked"]) == 3
+    assert json.loads(body)["hinted"] == {} and "X-Kvlab-Hinted" not in headers
+    # All replicas up: sloppy or not, nobody needs a hint.
+    for route in (f"{url}/kv/q?sloppy=1&w=3", f"{url}/kv/q?sloppy=0"):
+        status, headers, body = http(route, "PUT", b"v")
+        assert status == 200 and json.loads(body)["hinted"] == {}, body
     status, headers, _ = http(f"{url}/kv/q?r=1")
     assert status == 200 and len(headers["X-Kvlab-Acked"].split(",")) >= 1
     status, headers, _ = http(f"{url}/get?key=q&r=3")
@@ -108,10 +117,24 @@ def test_quorum_overrides_are_reported(cluster3):
 
 
 def test_cluster_and_health_describe_the_cluster(cluster3):
-    data = json.loads(http(f"{cluster3.url}/cluster")[2])
+    with KV(cluster3.url) as kv:
+        kv.set("described", "v")
+        assert kv.get("described") == "v"
+    status, _, body = http(f"{cluster3.url}/cluster")
+    assert status == 200, body
+    data = json.loads(body)
     assert (data["n"], data["r"], data["w"], data["vnodes"]) == (3, 2, 2, 64)
+    assert (data["hints"], data["sloppy"]) == (True, False)
     assert [n["name"] for n in data["nodes"]] == ["n1", "n2", "n3"]
     assert all(n["state"] == "up" for n in data["nodes"])
+    proxy = data["proxy"]
+    assert proxy["served"]["ok"] >= 2  # statuses are StrEnums: they must serialize
+    assert {"hints_sent", "restamped", "high_water_ms", "clock_offset_ms"} <= set(proxy)
+    for node in data["nodes"]:
+        healing = node["healing"]
+        assert set(healing["repaired"]) == {"read_repair", "hint", "anti_entropy"}
+        assert {"hints_held", "hints_replayed", "ae_rounds", "repair_bytes"} <= set(healing)
+        assert set(healing["exchanges"]) <= {"n1", "n2", "n3"} - {node["name"]}
     health = json.loads(http(f"{cluster3.url}/health")[2])
     assert health["status"] == "ok" and set(health["nodes"]) == {"n1", "n2", "n3"}
 

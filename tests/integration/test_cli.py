@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from kvlab.cluster.ports import free_port_block
-from kvlab.cluster.process import Proc
+from kvlab.cluster.process import Proc, wait_until
 
 
 def kvlab(*args: str, home: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
@@ -28,9 +28,10 @@ def test_full_lifecycle_from_the_command_line(kvlab_home):
     port = str(free_port_block(4))
     name = ["--name", "cli"]
     up = kvlab("up", *name, "--nodes", "3", "--port", port, "--durability", "none",
-               home=kvlab_home)
+               "--anti-entropy", "0.5", "--hint-window", "600", home=kvlab_home)
     assert up.returncode == 0, up.stderr
     assert b"healthy" in up.stdout
+    assert b"anti-entropy every 0.5s" in up.stdout and b"window 600s" in up.stdout
     procs = processes(kvlab_home, "cli")
     assert len(procs) == 4
     try:
@@ -69,6 +70,32 @@ def test_full_lifecycle_from_the_command_line(kvlab_home):
         assert kvlab("del", "user:1", *name, home=kvlab_home).returncode == 0
         missing = kvlab("get", "user:1", *name, home=kvlab_home)
         assert missing.returncode == 1 and b"not found" in missing.stderr
+
+        # A lost disk: n1 comes back empty and anti-entropy refills it.
+        assert kvlab("set", "kept", "yes", *name, "--w", "3", home=kvlab_home).returncode == 0
+        wiped = kvlab("wipe", "n1", *name, home=kvlab_home)
+        assert wiped.returncode == 0 and b"n1 wiped" in wiped.stdout, wiped
+
+        def refilled() -> bool:
+            status = json.loads(kvlab("status", *name, "--json", home=kvlab_home).stdout)
+            n1 = status["nodes"][0]
+            return n1["healing"] is not None and n1["healing"]["repaired"]["anti_entropy"] > 0
+
+        assert wait_until(refilled, 15, 0.2), "anti-entropy did not refill the wiped n1"
+        assert kvlab("get", "kept", *name, "--r", "3", home=kvlab_home).stdout == b"yes\n"
+        text = kvlab("status", *name, home=kvlab_home).stdout
+        assert b"anti_entropy=" in text and b"healing: hints strict" in text
+
+        restarted = kvlab("restart", "proxy", *name, "--clock-offset-ms", "-5000",
+                          home=kvlab_home)
+        assert restarted.returncode == 0, restarted
+        assert kvlab("set", "kept", "still", *name, home=kvlab_home).returncode == 0
+        assert kvlab("get", "kept", *name, home=kvlab_home).stdout == b"still\n"
+        offset = kvlab("restart", "n2", *name, "--clock-offset-ms", "5", home=kvlab_home)
+        assert offset.returncode == 2 and b"for the proxy" in offset.stderr
+        sloppy = json.loads(kvlab("set", "s", "v", *name, "--sloppy", "--json",
+                                  home=kvlab_home).stdout)
+        assert sloppy["hinted"] == {}  # nobody was down
 
         bad = kvlab("kill", "n9", *name, home=kvlab_home)
         assert bad.returncode == 2 and b"no node 'n9'" in bad.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.request
 
 import pytest
 
@@ -57,3 +58,40 @@ def test_add_and_remove_a_node_while_serving(kvlab_home):
             assert all(kv.get(f"k{i}") == f"v{i}" for i in range(30))
             with pytest.raises(ClusterError, match="fewer than N=3"):
                 cluster.remove_node("n1")
+
+
+def _keys_on(cluster: Cluster, name: str) -> int:
+    url = cluster.node(name).url(cluster.spec.host)
+    with urllib.request.urlopen(f"{url}/stats", timeout=5) as response:
+        return json.loads(response.read())["keys"]
+
+
+def test_wipe_restarts_a_node_with_an_empty_disk(kvlab_home):
+    # Anti-entropy off: nothing refills it, so what the wipe left is what n2 holds.
+    with real_cluster(nodes=3, anti_entropy=False) as cluster:
+        with KV(cluster.url) as kv:
+            for i in range(20):
+                kv.set(f"w{i}", "v", w=3)
+        old_pid = cluster.node("n2").proc.pid
+        assert _keys_on(cluster, "n2") == 20
+        member = cluster.wipe("n2")
+        assert member.proc.pid != old_pid and cluster.state(member) == "up"
+        assert _keys_on(cluster, "n2") == 0
+        recorded = json.loads((cluster.dir / "cluster.json").read_text())
+        assert {n["name"]: n["pid"] for n in recorded["nodes"]}["n2"] == member.proc.pid
+        with KV(cluster.url) as kv:  # the other two replicas still answer every key
+            assert all(kv.get(f"w{i}") == "v" for i in range(20))
+
+
+def test_a_cluster_json_from_before_the_healing_settings_still_works(kvlab_home):
+    with real_cluster(nodes=3) as cluster:
+        path = cluster.dir / "cluster.json"
+        data = json.loads(path.read_text())
+        for field in ("hints", "anti_entropy", "anti_entropy_s", "sloppy",
+                      "tombstone_grace_s", "hint_window_s", "max_clock_ahead_s"):
+            del data["spec"][field]
+        path.write_text(json.dumps(data))
+        loaded = Cluster.load(cluster.spec.name)
+        assert loaded.spec == cluster.spec  # the defaults, which it was started with
+        loaded.restart("n1")
+        assert loaded.status()["nodes"][0]["state"] == "up"
