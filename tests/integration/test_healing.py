@@ -2,8 +2,9 @@
 proxy clock that never goes back, sloppy quorums.
 
 Each test starts its own cluster (fresh ports, the test's $KVLAB_HOME) and stops it after.
-The two refill tests print their figures (run with -s to see them); the acceptance sizes
-are `KVLAB_HANDOFF_KEYS=5000 KVLAB_REFILL_KEYS=10000` (see README, "Self-healing").
+The two refill tests print their figures (run with -s to see them); the acceptance sizes:
+  KVLAB_HANDOFF_KEYS=5000 KVLAB_REFILL_KEYS=10000 python -m pytest -s -k "handoff or wipe" \
+      tests/integration/test_healing.py
 """
 
 from __future__ import annotations
