@@ -4,8 +4,12 @@ One seed replays one run exactly. `World(config, seed)` is a cluster you can ste
 `advance(ms)` runs virtual time; `submit(f, key, value, coordinator=, quorum=, callback=)`
 starts a read, write or delete; `inspect(key)` asks each replica through the core;
 `replica_records(key)` reads the stores directly; `crash/restart/pause/resume(node)`,
-`partition(a, b, both=)`, `heal()`, `skew(coordinator, ms)`, `set_loss(p)` inject faults;
-`nodes()`, `coordinators()`, `recent_ops()`, `now_ms` describe it.
+`wipe(node)`, `restart_coordinator(name, skew_ms=)`, `partition(a, b, both=)`, `heal()`,
+`skew(process, ms)`, `set_loss(p)` inject faults; `nodes()`, `coordinators()`,
+`recent_ops()`, `under_replicated()`, `now_ms` describe it.
+
+Nodes run the core `Replica` (hinted handoff, anti-entropy, tombstone purges) and
+coordinators the core `Coordinator`; `WorldConfig` switches the healing mechanisms.
 
 A chaos run on a world (workload, nemesis, history) is `kvlab.chaos.simulation`: the
 simulator is a driver and does not import the chaos lab that uses it.

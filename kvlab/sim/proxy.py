@@ -9,15 +9,23 @@ hybrid-clock versions it stamps on writes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import assert_never
 
 from kvlab.core.coordinator import Coordinator
-from kvlab.core.messages import Outcome, Reply, Send, SetTimer
+from kvlab.core.messages import (
+    TIMEOUT,
+    CoordinatorEffect,
+    Done,
+    Message,
+    OpKind,
+    Outcome,
+    Reply,
+    Request,
+    Send,
+    SetTimer,
+)
 from kvlab.sim.clock import US_PER_MS, EventQueue
-from kvlab.sim.network import Network
-
-if TYPE_CHECKING:
-    from kvlab.sim.node import SimNode
+from kvlab.sim.network import RESET, Network
 
 READ = "read"
 WRITE = "write"
@@ -28,16 +36,20 @@ Callback = Callable[[Outcome], object]
 
 
 class SimCoordinator:
+    """One proxy process on the network, known there by its coordinator's name."""
+
     def __init__(self, core: Coordinator, clock: EventQueue, network: Network,
-                 nodes: dict[str, SimNode], epoch_ms: int = 0) -> None:
+                 epoch_ms: int = 0, skew_us: int = 0, sloppy: bool = False) -> None:
         self.core = core
         self.name = core.name
         self.clock = clock
         self.network = network
-        self.nodes = nodes
+        self.sloppy = sloppy  # writes ask for a sloppy quorum unless told otherwise
         self._epoch_us = epoch_ms * US_PER_MS
-        self._offset_us = self._epoch_us  # epoch + skew, added to virtual time
-        self._callbacks: dict[int, Callback] = {}
+        self._offset_us = self._epoch_us + skew_us  # epoch + skew, added to virtual time
+        self._callbacks: dict[int, tuple[Callback, str, str]] = {}  # op -> (callback, kind, key)
+        self.closed = False
+        network.register(self.name, self)
 
     @property
     def skew_us(self) -> int:
@@ -53,54 +65,74 @@ class SimCoordinator:
         return (self.clock.now + self._offset_us) // US_PER_MS
 
     def start(self, f: str, key: str, value: bytes | None, callback: Callback,
-              quorum: int | None = None) -> int:
-        """Begin a client operation (`read`, `write`, `delete` or `inspect`)."""
+              quorum: int | None = None, sloppy: bool | None = None) -> int:
+        """Begin a client operation (`read`, `write`, `delete` or `inspect`).
+
+        `sloppy` (writes and deletes): hints count toward W; by default, as the proxy's.
+        """
+        if self.closed:
+            raise RuntimeError(f"{self.name} was restarted: use the new coordinator")
         core, now = self.core, self.now_ms()
+        sloppy = self.sloppy if sloppy is None else sloppy
         if f == READ:
             op, effects = core.read(key, now, r=quorum)
         elif f == WRITE:
-            op, effects = core.write(key, value, now, w=quorum)
+            op, effects = core.write(key, value, now, w=quorum, sloppy=sloppy)
         elif f == DELETE:
-            op, effects = core.write(key, None, now, w=quorum)
+            op, effects = core.write(key, None, now, w=quorum, sloppy=sloppy)
         elif f == INSPECT:
             op, effects = core.inspect(key, now)
         else:
             raise ValueError(f"unknown operation {f!r}")
         # Registered before the effects run: an op can be Done at once (ring too small).
-        self._callbacks[op] = callback
+        self._callbacks[op] = (callback, OpKind.READ if f == READ else
+                               OpKind.INSPECT if f == INSPECT else OpKind.WRITE, key)
         self._perform(effects)
         return op
 
-    # -- events (scheduled by the network and the clock) ---------------------------------
+    # -- events (from the network and the clock) -----------------------------------------
 
-    def receive(self, node: str, reply: Reply) -> None:
+    def on_message(self, src: str, message: Message, incarnation: int) -> None:
+        """A replica's reply arrived (a coordinator is sent nothing else)."""
         # The busiest handler: now_ms() inlined, and most late replies have no effects.
-        effects = self.core.receive(node, reply, (self.clock.now + self._offset_us) // US_PER_MS)
+        reply: Reply = message  # type: ignore[assignment]
+        effects = self.core.receive(src, reply, (self.clock.now + self._offset_us) // US_PER_MS)
         if effects:
             self._perform(effects)
 
-    def unreachable(self, node: str, req: int, reason: str) -> None:
-        self._perform(self.core.unreachable(node, req, reason, self.now_ms()))
+    def on_unreachable(self, dst: str, message: Message, reason: str) -> None:
+        request: Request = message  # type: ignore[assignment]
+        self._perform(self.core.unreachable(dst, request.req, reason, self.now_ms()))
 
     def _timer(self, op: int) -> None:
-        self._perform(self.core.timeout(op, self.now_ms()))
+        if not self.closed:
+            self._perform(self.core.timeout(op, self.now_ms()))
 
-    def _perform(self, effects: list) -> None:
+    def _perform(self, effects: list[CoordinatorEffect]) -> None:
         for effect in effects:
-            kind = effect.__class__
-            if kind is Send:
-                node = self.nodes[effect.node]
-                self.network.send(self.name, effect.node, node.deliver, self.name,
-                                  effect.request, node.incarnation)
-            elif kind is SetTimer:
-                # A deadline on this proxy's clock, whatever its skew: wait that long.
-                now_us = self.clock.now + self._offset_us
-                self.clock.after(effect.at_ms * US_PER_MS - now_us, self._timer, effect.op)
-            else:
-                outcome = effect.outcome
-                callback = self._callbacks.pop(outcome.op, None)
-                if callback is not None:
-                    callback(outcome)
+            match effect:
+                case Send(node=node, message=message):
+                    self.network.send(self.name, node, message)
+                case SetTimer(op=op, at_ms=at_ms):
+                    # A deadline on this proxy's clock, whatever its skew: wait that long.
+                    now_us = self.clock.now + self._offset_us
+                    self.clock.after(at_ms * US_PER_MS - now_us, self._timer, op)
+                case Done(outcome=outcome):
+                    entry = self._callbacks.pop(outcome.op, None)
+                    if entry is not None:
+                        entry[0](outcome)
+                case _:
+                    assert_never(effect)
+
+    def close(self) -> None:
+        """The process stops (a restart): its clients' connections reset, so each
+        operation in progress ends with an unknown outcome (a timeout) and no replicas."""
+        self.closed = True
+        callbacks, self._callbacks = self._callbacks, {}
+        for op, (callback, kind, key) in callbacks.items():
+            callback(Outcome(op=op, kind=kind, key=key, status=TIMEOUT, record=None,
+                             replicas=(), acked=(), needed=0, failed={self.name: RESET},
+                             answers={}))
 
     @property
     def pending(self) -> int:

@@ -3,6 +3,10 @@
 `World` is the stepping interface: build it, start operations, inject faults, `advance` the
 virtual clock, and read its state. The simulation runner drives it at full speed; a
 dashboard can drive it at a watchable pace.
+
+Every process is an endpoint of one `Network`, known by its name: coordinators talk to
+nodes, and nodes to each other (anti-entropy, hint replay, purges). Each process keeps its
+own clock: virtual time plus the world's epoch, plus its own skew.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from dataclasses import dataclass, field
 from kvlab.core.coordinator import Coordinator, Quorum
 from kvlab.core.messages import Outcome
 from kvlab.core.record import Record
+from kvlab.core.replica import HOUR_MS, ReplicaConfig
 from kvlab.core.ring import DEFAULT_VNODES, Ring
+from kvlab.core.version import MAX_AHEAD_MS, Version
 from kvlab.sim.clock import US_PER_MS, EventQueue
 from kvlab.sim.network import Latency, Network
 from kvlab.sim.node import SimNode
-from kvlab.sim.proxy import INSPECT, SimCoordinator
+from kvlab.sim.proxy import DELETE, INSPECT, WRITE, SimCoordinator
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,19 @@ class WorldConfig:
     latency: Latency = field(default_factory=Latency)
     loss: float = 0.0
     fsync: Latency = field(default_factory=lambda: Latency(base_us=300, jitter_us=200))
-    # Where the coordinators' clocks start (ms since the Unix epoch): versions look like
+    # Where every process's clock starts (ms since the Unix epoch): versions look like
     # real ones, and a clock skewed behind the start doesn't go negative.
     epoch_ms: int = 1_700_000_000_000
+    # Healing, as `ReplicaConfig` and the coordinators take it (the cluster's defaults).
+    hints: bool = True  # hinted handoff: fallback nodes keep writes a primary missed
+    sloppy: bool = False  # writes count hints toward W (a sloppy quorum)
+    anti_entropy: bool = True  # replicas compare hash trees and repair what differs
+    anti_entropy_ms: int = 5_000  # each (range, peer) pair compared this often, per side
+    tombstone_grace_ms: int = 24 * HOUR_MS
+    hint_window_ms: int = 3 * HOUR_MS  # hints older than this are dropped
+    # Nodes refuse writes stamped further ahead of their clock; coordinators ignore such
+    # versions.
+    max_ahead_ms: int = MAX_AHEAD_MS
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -48,6 +64,16 @@ class WorldConfig:
         if self.timeout_ms < 1:
             raise ValueError("the timeout must be at least 1 ms")
         Quorum(self.replicas, self.r, self.w)  # raises ValueError on a bad quorum
+        self.replica_config()  # and on bad healing settings
+        if self.sloppy and not self.hints:
+            raise ValueError("a sloppy quorum counts hints toward W: it needs hints on")
+
+    def replica_config(self) -> ReplicaConfig:
+        """What each node's `Replica` is built with."""
+        return ReplicaConfig(
+            n=self.replicas, hints=self.hints, anti_entropy=self.anti_entropy,
+            anti_entropy_ms=self.anti_entropy_ms, tombstone_grace_ms=self.tombstone_grace_ms,
+            hint_window_ms=self.hint_window_ms, max_ahead_ms=self.max_ahead_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +82,13 @@ class NodeView:
     state: str  # "up" | "down" | "paused"
     keys: int  # live keys in its store (tombstones not counted)
     pending_writes: int  # received, not yet durable
-    queued: int  # requests waiting for a paused node
+    queued: int  # messages waiting for a paused node
     lost_writes: int  # unpersisted writes lost to crashes so far
+    hints_held: int = 0  # hints its current process keeps for other nodes
+    # The replica's healing counters since the node was built (see `SimNode.healing`):
+    # hints stored, replayed and expired, anti-entropy rounds, repairs by mechanism,
+    # writes superseded and refused, tombstones purged and held.
+    healing: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +125,24 @@ class World:
         fsync = config.fsync.sampler(random.Random(f"{seed}:disk"))
         names = tuple(f"n{i}" for i in range(1, config.nodes + 1))
         self.ring = Ring(names, config.vnodes)
-        quorum = Quorum(config.replicas, config.r, config.w)
+        self._quorum = Quorum(config.replicas, config.r, config.w)
+        replica_config = config.replica_config()
         self._nodes: dict[str, SimNode] = {}
         self._proxies: dict[str, SimCoordinator] = {}
         for name in names:
-            self._nodes[name] = SimNode(name, self.clock, self.network, self._proxies, fsync)
+            self._nodes[name] = SimNode(name, self.clock, self.network, self.ring,
+                                        replica_config, fsync, config.epoch_ms)
         for i in range(1, config.coordinators + 1):
-            core = Coordinator(f"c{i}", self.ring, quorum, config.timeout_ms)
-            self._proxies[core.name] = SimCoordinator(core, self.clock, self.network,
-                                                      self._nodes, config.epoch_ms)
+            self._proxies[f"c{i}"] = self._coordinator(f"c{i}", 0)
         self._recent: deque[tuple] = deque(maxlen=recent)
+        self._written: dict[str, None] = {}  # every key ever written or deleted, in order
+
+    def _coordinator(self, name: str, skew_us: int) -> SimCoordinator:
+        config = self.config
+        core = Coordinator(name, self.ring, self._quorum, config.timeout_ms, hints=config.hints,
+                           max_ahead_ms=config.max_ahead_ms)
+        return SimCoordinator(core, self.clock, self.network, config.epoch_ms, skew_us,
+                              sloppy=config.sloppy)
 
     # -- time ----------------------------------------------------------------------------
 
@@ -132,14 +171,18 @@ class World:
 
     def submit(self, f: str, key: str, value: bytes | None = None, *,
                coordinator: int | str = 0, quorum: int | None = None,
-               callback: Callable[[Outcome], object] | None = None) -> int:
+               callback: Callable[[Outcome], object] | None = None,
+               sloppy: bool | None = None) -> int:
         """Start `f` ("read", "write", "delete") on `key`; `callback(outcome)` when done.
 
-        `quorum` overrides R (reads) or W (writes and deletes) for this operation only.
+        `quorum` overrides R (reads) or W (writes and deletes) for this operation only;
+        `sloppy` asks a write for a sloppy quorum (by default, as `WorldConfig.sloppy`).
         """
         proxy = self.coordinator(coordinator)
         started = self.clock.now
         recent = self._recent
+        if f in (WRITE, DELETE):
+            self._written[key] = None
 
         def done(outcome: Outcome) -> None:
             # A plain tuple here; `recent_ops` builds the views only when someone looks.
@@ -147,7 +190,7 @@ class World:
             if callback is not None:
                 callback(outcome)
 
-        return proxy.start(f, key, value, done, quorum)
+        return proxy.start(f, key, value, done, quorum, sloppy)
 
     def inspect(self, key: str, coordinator: int | str = 0) -> Outcome:
         """Each replica's own record of `key`, asked through the core's `inspect`.
@@ -181,6 +224,27 @@ class World:
     def restart(self, node: str) -> None:
         self._nodes[node].restart()
 
+    def wipe(self, node: str) -> int:
+        """The node loses its disk: killed (if running), its store emptied, and started
+        again at once as a replaced machine, empty, to be refilled by hinted handoff,
+        anti-entropy and read repair. Returns the unpersisted writes the kill lost."""
+        sim = self._nodes[node]
+        lost = sim.crash()
+        sim.wipe()
+        sim.restart()
+        return lost
+
+    def restart_coordinator(self, name: int | str, skew_ms: float = 0) -> SimCoordinator:
+        """Restart a proxy: a fresh `Coordinator` with no memory (its hybrid clock starts
+        from nothing), whose clock is stepped by `skew_ms` from the old one's (negative:
+        back). Operations in progress end unknown (a timeout); replies to them are lost
+        with the old process's connections. Returns the new proxy."""
+        old = self.coordinator(name)
+        old.close()
+        proxy = self._coordinator(old.name, old.skew_us + round(skew_ms * US_PER_MS))
+        self._proxies[old.name] = proxy
+        return proxy
+
     def pause(self, node: str) -> None:
         self._nodes[node].pause()
 
@@ -188,15 +252,22 @@ class World:
         self._nodes[node].resume()
 
     def partition(self, a: str, b: str, both: bool = True) -> None:
-        """Cut a -> b (and b -> a when `both`); endpoints are node or coordinator names."""
+        """Cut a -> b (and b -> a when `both`). Endpoints are node or coordinator names:
+        cutting a coordinator from a node leaves the node's links to other nodes alone,
+        and two nodes can be cut from each other."""
         self.network.cut(a, b, both)
 
     def heal(self, a: str | None = None, b: str | None = None) -> None:
         self.network.heal(a, b)
 
-    def skew(self, coordinator: int | str, ms: float) -> None:
-        """Set a coordinator's clock to run `ms` ahead (negative: behind) of true time."""
-        self.coordinator(coordinator).skew_us = round(ms * US_PER_MS)
+    def skew(self, process: int | str, ms: float) -> None:
+        """Set a coordinator's (by index or name) or a node's (by name) clock to run `ms`
+        ahead (negative: behind) of true time."""
+        skew_us = round(ms * US_PER_MS)
+        if isinstance(process, str) and process in self._nodes:
+            self._nodes[process].skew_us = skew_us
+        else:
+            self.coordinator(process).skew_us = skew_us
 
     def set_loss(self, loss: float) -> None:
         self.network.set_loss(loss)
@@ -204,8 +275,48 @@ class World:
     # -- views ---------------------------------------------------------------------------
 
     def nodes(self) -> list[NodeView]:
-        return [NodeView(n.name, n.state, n.store.count(), n.pending_writes, n.queued,
-                         n.lost_writes) for n in self._nodes.values()]
+        views = []
+        for n in self._nodes.values():
+            healing = n.healing()
+            views.append(NodeView(n.name, n.state, n.store.count(), n.pending_writes,
+                                  n.queued, n.lost_writes,
+                                  sum(healing["hints_held"].values()), healing))
+        return views
+
+    def written_keys(self) -> list[str]:
+        """Every key a client has written or deleted, in the order first written."""
+        return list(self._written)
+
+    def under_replicated(self) -> list[str]:
+        """Keys ever written with fewer than N current copies on their preference list.
+
+        A key's current version is the newest one any node's store holds, as a record or
+        as a hint for another node; a copy is current when a preference-list node's store
+        holds a record of exactly that version (tombstones count: a delete must reach all
+        N too). A key no store holds at all (its tombstone purged everywhere) needs no
+        copies. Read from the stores directly: no message is sent, no time passes.
+        """
+        newest: dict[str, Version] = {}
+        for node in self._nodes.values():
+            for key, version, _ in node.store.entries():
+                if key not in newest or version > newest[key]:
+                    newest[key] = version
+            for hint in node.store.hints():
+                key, version = hint.record.key, hint.record.version
+                if key not in newest or version > newest[key]:
+                    newest[key] = version
+        n = self.config.replicas
+        short = []
+        for key in self._written:
+            current = newest.get(key)
+            if current is None:
+                continue
+            copies = sum(1 for node in self.ring.preference_list(key, n)
+                         if (r := self._nodes[node].store.get(key)) is not None
+                         and r.version == current)
+            if copies < n:
+                short.append(key)
+        return short
 
     def coordinators(self) -> list[CoordinatorView]:
         return [CoordinatorView(p.name, p.skew_us / US_PER_MS, p.pending)

@@ -6,7 +6,8 @@ from kvlab.chaos.checker import check
 from kvlab.chaos.history import Recorder
 from kvlab.core.messages import NOT_FOUND, OK, TIMEOUT, UNAVAILABLE, Outcome
 from kvlab.sim import Latency, World, WorldConfig
-from kvlab.sim.node import PAUSED, REFUSED, RESET
+from kvlab.sim.network import REFUSED, RESET
+from kvlab.sim.node import PAUSED
 
 STEADY = Latency(base_us=200, jitter_us=0)  # every hop takes exactly 0.2 ms
 
@@ -149,16 +150,28 @@ def test_pause_past_the_deadline_times_out():
     assert Ops(w).run("read", "k").status == TIMEOUT
 
 
-def test_clock_skew_makes_a_later_write_lose():
+def test_a_later_write_from_a_clock_behind_is_restamped_and_wins():
     w = world(coordinators=2)
     w.skew(1, -5000)  # c2's clock is 5 s behind
     ops = Ops(w)
     assert ops.run("write", "k", "v1", coordinator=0).status == OK
-    assert ops.run("write", "k", "v2", coordinator=1).status == OK  # acknowledged...
-    read = ops.run("read", "k", coordinator=0)
-    assert read.record.value == b"v1"  # ...but older by the hybrid clock: last writer lost
-    verdict = check(ops.recorder.events)
-    assert verdict.linearizable is False
+    assert ops.run("write", "k", "v2", coordinator=1).status == OK
+    # The replicas held a newer version than c2 stamped: they said so (Superseded), and
+    # c2 stamped the write again above it instead of acknowledging a write that lost.
+    assert sum(n.healing["superseded"] for n in w.nodes()) == 3
+    assert ops.run("read", "k", coordinator=0).record.value == b"v2"
+    assert check(ops.recorder.events).linearizable is True
+
+
+def test_a_write_stamped_far_ahead_of_the_replicas_clocks_is_refused():
+    w = world()
+    w.skew(0, 120_000)  # two minutes ahead: beyond the replicas' 60 s bound
+    ops = Ops(w)
+    write = ops.run("write", "k", "v1")
+    assert write.status == UNAVAILABLE
+    assert all("ahead of" in why for why in write.failed.values())
+    assert all(r is None for r in w.replica_records("k").values())
+    assert sum(n.healing["refused"] for n in w.nodes()) == 3
 
 
 def test_message_loss_leaves_operations_unknown():

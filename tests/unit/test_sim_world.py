@@ -7,7 +7,7 @@ import random
 from kvlab.core.messages import OK
 from kvlab.sim import Latency, World, WorldConfig
 from kvlab.sim.clock import EventQueue
-from kvlab.sim.network import Network
+from kvlab.sim.network import REFUSED, RESET, Network
 
 
 def test_world_views_and_inspect():
@@ -42,18 +42,55 @@ def test_event_queue_breaks_ties_in_scheduling_order():
     assert seen == ["first", 0, 1, 2, 3, 4]
 
 
+class Recorder:
+    """An endpoint that writes down what reaches it."""
+
+    def __init__(self, net: Network, name: str) -> None:
+        self.got: list = []
+        self.bounced: list = []
+        net.register(name, self)
+
+    def on_message(self, src, message, incarnation):
+        self.got.append((src, message, incarnation))
+
+    def on_unreachable(self, dst, message, reason):
+        self.bounced.append((dst, message, reason))
+
+
 def test_network_links_are_fifo_and_cuts_drop_messages_in_flight():
     q = EventQueue()
     net = Network(q, random.Random(1), Latency(base_us=100, jitter_us=1000))
-    got = []
+    a, b = Recorder(net, "a"), Recorder(net, "b")
     for i in range(50):
-        net.send("a", "b", got.append, i)
+        net.send("a", "b", i)  # any value travels: the network never looks inside
     q.run_until(10**6)
-    assert got == list(range(50))
-    net.send("a", "b", got.append, "cut in flight")
+    assert [m for _, m, _ in b.got] == list(range(50))
+    net.send("a", "b", "cut in flight")
     net.cut("a", "b", both=False)
-    net.send("b", "a", got.append, "other way")
+    net.send("b", "a", "other way")
     q.run_until(2 * 10**6)
-    assert got[50:] == ["other way"]
+    assert [m for _, m, _ in b.got[50:]] == [] and [m for _, m, _ in a.got] == ["other way"]
     net.heal("a")
     assert net.cuts() == []
+
+
+def test_a_stopped_endpoint_refuses_and_a_restarted_one_resets_old_connections():
+    q = EventQueue()
+    net = Network(q, random.Random(1), Latency(base_us=100, jitter_us=0))
+    a, b = Recorder(net, "a"), Recorder(net, "b")
+    net.stop("b")
+    net.send("a", "b", "while down")
+    q.run_until(1000)
+    assert a.bounced == [("b", "while down", REFUSED)]
+    net.start("b")
+    net.send("a", "b", "to the new process")
+    net.send("a", "b", "an answer to the old one", incarnation=0)
+    q.run_until(2000)
+    assert [m for _, m, _ in b.got] == ["to the new process"]
+    assert a.bounced[1:] == [("b", "an answer to the old one", RESET)]
+    # A report of a message sent by an earlier incarnation of `a` is lost with it.
+    net.send("a", "b", "from the old a")
+    net.stop("b")
+    net.register("a", a)  # a restarts too
+    q.run_until(3000)
+    assert len(a.bounced) == 2
