@@ -10,7 +10,11 @@ Kinds:
 - pause: stop one node (SIGSTOP), resume it at the end;
 - partition: cut one coordinator from some nodes, two-way or one-way, heal at the end;
 - skew: set one coordinator's clock ahead or behind, reset it at the end;
-- loss: drop a fraction of all messages, stop at the end.
+- loss: drop a fraction of all messages, stop at the end;
+- wipe: kill one node and lose its disk. It comes back empty at the end of the fault, as
+  the machine that replaces a failed one does once provisioned, and refills from the
+  other replicas (hinted handoff, anti-entropy, read repair). While it is away it is just
+  a dead node, so its data goes when the replacement starts.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ PAUSE = "pause"
 PARTITION = "partition"
 SKEW = "skew"
 LOSS = "loss"
-KINDS = (KILL, PAUSE, PARTITION, SKEW, LOSS)
+WIPE = "wipe"
+KINDS = (KILL, PAUSE, PARTITION, SKEW, LOSS, WIPE)
 
 BOTH = "both"  # partition directions, seen from the coordinator
 TO_NODES = "to"  # requests are lost, replies would get through
@@ -53,6 +58,7 @@ class Fault:
             PARTITION: f"partition {self.coordinator} {self.direction} {','.join(self.nodes)}",
             SKEW: f"skew {self.coordinator} {self.skew_ms:+d}ms",
             LOSS: f"loss {self.loss:.0%}",
+            WIPE: f"wipe {','.join(self.nodes)}",
         }[self.kind]
         return f"{self.at_ms}ms +{self.duration_ms}ms {what}"
 
@@ -81,7 +87,7 @@ def schedule(kinds: Sequence[str], nodes: Sequence[str], coordinators: Sequence[
         kind = rng.choice(kinds)
         duration = rng.randint(*duration_ms)
         coordinator = rng.choice(coordinators)
-        if kind in (KILL, PAUSE):
+        if kind in (KILL, PAUSE, WIPE):
             yield Fault(at, kind, duration, nodes=(rng.choice(nodes),))
         elif kind == PARTITION:
             cut = tuple(sorted(rng.sample(list(nodes), rng.randint(1, max(1, len(nodes) - 1)))))

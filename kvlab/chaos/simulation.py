@@ -5,8 +5,11 @@ uses the lab (workload, nemesis, history), and the simulator itself must not.
 
 Clients are closed-loop processes: each has one operation outstanding, records its invoke
 and completion in a `Recorder` history, thinks, and goes again until the workload's
-operations are used up. The nemesis schedule is played alongside. Everything runs on the
-virtual clock from one seed, so the same options give the same history, byte for byte.
+operations are used up. The nemesis schedule is played alongside. Then comes a quiescence
+phase: the fault in progress is ended, and the cluster runs with no client traffic for
+`quiesce_ms`, so healing (hinted handoff, anti-entropy) can finish; the summary then says
+how many keys are still under-replicated (`World.under_replicated`). Everything runs on
+the virtual clock from one seed, so the same options give the same history, byte for byte.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 
 from kvlab.chaos.history import Event, Recorder
 from kvlab.chaos.outcomes import history_type
+from kvlab.chaos.summary import EXAMPLE_KEYS, sum_healing
 from kvlab.chaos.nemesis import (
-    BOTH, FROM_NODES, KILL, LOSS, PARTITION, PAUSE, SKEW, Fault, schedule,
+    BOTH, FROM_NODES, KILL, LOSS, PARTITION, PAUSE, SKEW, WIPE, Fault, schedule,
 )
 from kvlab.chaos.workload import READ, Mix
 from kvlab.core.messages import OK, Outcome
@@ -37,6 +41,8 @@ class SimOptions:
     nemesis: tuple[str, ...] = ()
     nemesis_gap_ms: tuple[int, int] = (100, 500)
     fault_ms: tuple[int, int] = (200, 1000)
+    # After the clients finish: faults healed, no traffic, for this long (virtual).
+    quiesce_ms: int = 10_000
     # A run whose clients are stuck past this much virtual time is cut short (a guard).
     max_virtual_ms: int = 24 * 3600 * 1000
 
@@ -57,7 +63,9 @@ class Simulation:
         self.workload = options.mix.workload(options.seed, options.ops)
         self.recorder = Recorder()
         self.faults: list[Fault] = []  # started so far
-        self.finished = False
+        self.finished = False  # the clients are done
+        self.quiesced = False  # and the quiescence phase has run
+        self._fault: Fault | None = None  # the fault in progress
         self._active = clients = options.mix.clients
         self._coordinators = world.coordinator_names
         self._quorum = {"read": options.world.r, "write": options.world.w,
@@ -79,12 +87,23 @@ class Simulation:
         return self.world.advance(ms)
 
     def run(self) -> SimResult:
-        """Run until every client has finished its operations."""
+        """Run until every client has finished its operations, then quiesce."""
         clock = self.world.clock
         limit = self.options.max_virtual_ms * US_PER_MS
         while not self.finished and clock.now < limit and clock.next_time() is not None:
             clock.run_until(limit)
+        self.quiesce()
         return self.result()
+
+    def quiesce(self) -> None:
+        """End the fault in progress and run `quiesce_ms` with no clients and no faults."""
+        if self.quiesced:
+            return
+        self.quiesced = True
+        self.finished = True  # no more faults start, no client goes again
+        if self._fault is not None:
+            self._end_fault(self._fault)
+        self.world.advance(self.options.quiesce_ms)
 
     def result(self) -> SimResult:
         events = self.recorder.events
@@ -93,6 +112,7 @@ class Simulation:
             if event.type != "invoke":
                 counts[event.type] += 1
         world = self.world
+        short = world.under_replicated()
         summary: dict[str, Any] = {
             "seed": self.options.seed,
             "ops": sum(1 for e in events if e.type == "invoke"),
@@ -102,6 +122,10 @@ class Simulation:
             "messages": world.network.sent,
             "messages_dropped": world.network.dropped,
             "unpersisted_writes_lost": sum(n.lost_writes for n in world.nodes()),
+            "quiesce_s": self.options.quiesce_ms / 1000 if self.quiesced else None,
+            "under_replicated": len(short),
+            "under_replicated_keys": short[:EXAMPLE_KEYS],
+            "healing": sum_healing(n.healing for n in world.nodes()),
         }
         return SimResult(list(events), summary, list(self.faults))
 
@@ -147,10 +171,14 @@ class Simulation:
         if self.finished:
             return
         self.faults.append(fault)
+        self._fault = fault
         start_fault(self.world, fault)
         self.world.clock.at(fault.end_ms * US_PER_MS, self._end_fault, fault)
 
     def _end_fault(self, fault: Fault) -> None:
+        if fault is not self._fault:
+            return  # already ended, by the quiescence phase
+        self._fault = None
         end_fault(self.world, fault)
         self._next_fault()
 
@@ -158,7 +186,7 @@ class Simulation:
 def start_fault(world: World, fault: Fault) -> None:
     """Begin a nemesis fault on the simulated cluster."""
     kind = fault.kind
-    if kind == KILL:
+    if kind in (KILL, WIPE):  # a wiped node is a dead one until its replacement starts
         for node in fault.nodes:
             world.crash(node)
     elif kind == PAUSE:
@@ -181,11 +209,13 @@ def start_fault(world: World, fault: Fault) -> None:
 
 
 def end_fault(world: World, fault: Fault) -> None:
-    """Undo `fault`: restart, resume, heal, unskew, stop losing."""
+    """Undo `fault`: restart (empty, after a wipe), resume, heal, unskew, stop losing."""
     kind = fault.kind
     for node in fault.nodes:
         if kind == KILL:
             world.restart(node)
+        elif kind == WIPE:
+            world.wipe(node)
         elif kind == PAUSE:
             world.resume(node)
         elif kind == PARTITION:

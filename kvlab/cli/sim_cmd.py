@@ -11,11 +11,11 @@ import orjson
 
 from kvlab.chaos.nemesis import KINDS
 from kvlab.chaos.simulation import SimOptions, SimResult, run
-from kvlab.chaos.summary import render_outcome
+from kvlab.chaos.summary import render_healing, render_outcome
 from kvlab.chaos.summary import summarize as chaos_summary
 from kvlab.cli import EXIT_OK, UsageError
 from kvlab.cli.chaos_args import add_faults_and_output, add_workload, mix_from_args, save_history
-from kvlab.cli.options import fraction, non_negative_float, positive
+from kvlab.cli.options import anti_entropy, fraction, non_negative_float, on_off, positive
 from kvlab.sim.network import Latency
 from kvlab.sim.world import WorldConfig
 
@@ -27,8 +27,19 @@ always give the same history and summary, so a failing seed replays exactly.
 
 Nemesis kinds: kill (crash a node, restart it later), pause (SIGSTOP a node, resume it),
 partition (cut a coordinator from some nodes, one- or two-way), skew (offset a
-coordinator's clock; pair with --coordinators 2), loss (drop a fraction of all messages).
+coordinator's clock; pair with --coordinators 2), loss (drop a fraction of all messages),
+wipe (kill a node and lose its disk: it comes back empty at the end of the fault).
+
+After the clients finish, the fault in progress ends and the cluster runs --quiesce more
+seconds with no traffic; the summary then counts the keys with fewer than N current
+copies (under-replicated). --hints off and --anti-entropy off switch the healing
+mechanisms off, to compare.
+
+Exit status: 0 when the checker found the history linearizable (or could not decide in
+--check-time-limit, or was skipped), 1 when it found a violation, 2 on bad options.
 """
+
+EXIT_VIOLATION = 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +68,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="mean time for a group commit to become durable; 40%% of it is "
                               "exponential jitter (default 0.5)")
 
+    heal = p.add_argument_group("healing")
+    heal.add_argument("--hints", type=on_off, default=True, metavar="on|off",
+                      help="hinted handoff: a write a replica missed is kept on a fallback "
+                           "node and handed over when it is back (default: on)")
+    heal.add_argument("--sloppy", action="store_true",
+                      help="sloppy quorum: those hints count toward W (needs --hints on)")
+    heal.add_argument("--anti-entropy", type=anti_entropy, default=(True, None),
+                      metavar="on|off|SECONDS",
+                      help="replicas of each range compare hash trees every SECONDS (on: "
+                           "every 5) and repair what differs (default: on)")
+    heal.add_argument("--tombstone-grace", type=non_negative_float, default=86_400.0,
+                      metavar="SECONDS",
+                      help="a tombstone is purged this long after its delete, once every "
+                           "replica holds it (default: a day)")
+    heal.add_argument("--hint-window", type=non_negative_float, default=10_800.0,
+                      metavar="SECONDS", help="hints older than this are dropped (default: 3 h)")
+    heal.add_argument("--quiesce", type=non_negative_float, default=10.0, metavar="SECONDS",
+                      help="virtual seconds with faults healed and no traffic after the "
+                           "clients finish, before counting under-replicated keys "
+                           "(default: 10)")
+
     add_workload(p, ops=3000, think_ms=5.0)
     add_faults_and_output(p, KINDS)
     p.set_defaults(func=main)
@@ -78,12 +110,13 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(render(summary, options))
-    return EXIT_OK
+    return EXIT_VIOLATION if summary["linearizable"] is False else EXIT_OK
 
 
 def options_from_args(args: argparse.Namespace) -> SimOptions:
     """Options for the run; a bad combination raises `UsageError` (exit code 2)."""
     mix = mix_from_args(args)
+    anti_entropy_on, interval_s = args.anti_entropy
     try:
         world = WorldConfig(
             nodes=args.nodes, replicas=args.replicas, r=args.r, w=args.w,
@@ -91,6 +124,11 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
             latency=Latency(round(args.latency_ms * 1000), round(args.jitter_ms * 1000)),
             loss=args.loss,
             fsync=Latency(round(args.fsync_ms * 600), round(args.fsync_ms * 400)),
+            hints=args.hints, sloppy=args.sloppy, anti_entropy=anti_entropy_on,
+            anti_entropy_ms=(round(interval_s * 1000) if interval_s is not None
+                             else WorldConfig.anti_entropy_ms),
+            tombstone_grace_ms=round(args.tombstone_grace * 1000),
+            hint_window_ms=round(args.hint_window * 1000),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -98,7 +136,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         raise UsageError(f"--replicas {args.replicas} needs at least that many --nodes "
                          f"(got {args.nodes})")
     return SimOptions(seed=args.seed, world=world, ops=args.ops, mix=mix,
-                      nemesis=args.nemesis)
+                      nemesis=args.nemesis, quiesce_ms=round(args.quiesce * 1000))
 
 
 def summarize(result: SimResult, options: SimOptions, check: bool = True,
@@ -108,7 +146,8 @@ def summarize(result: SimResult, options: SimOptions, check: bool = True,
     config = {
         "nodes": world.nodes, "replicas": world.replicas, "r": world.r, "w": world.w,
         "coordinators": world.coordinators, "clients": options.mix.clients, "keys": options.mix.keys,
-        "nemesis": list(options.nemesis),
+        "nemesis": list(options.nemesis), "hints": world.hints, "sloppy": world.sloppy,
+        "anti_entropy": world.anti_entropy, "anti_entropy_s": world.anti_entropy_ms / 1000,
     }
     return chaos_summary(result.events, result.summary, config, check, time_limit)
 
@@ -126,4 +165,7 @@ def render(summary: dict[str, Any], options: SimOptions) -> str:
     faults = summary["faults"]
     lines.append(f"faults ({', '.join(c['nemesis']) or 'none'}): {len(faults)}")
     lines += [f"  {fault}" for fault in faults]
-    return "\n".join(lines + render_outcome(summary))
+    lines.append(f"healing: hints {'on' if c['hints'] else 'off'}"
+                 f"{' (sloppy quorum)' if c['sloppy'] else ''}, anti-entropy "
+                 + (f"every {c['anti_entropy_s']:g} s" if c["anti_entropy"] else "off"))
+    return "\n".join(lines + render_outcome(summary) + render_healing(summary))

@@ -7,9 +7,9 @@ import itertools
 import pytest
 
 from kvlab.chaos.checker import check
-from kvlab.chaos.nemesis import KINDS, PARTITION, SKEW, parse_kinds, schedule
+from kvlab.chaos.nemesis import KINDS, PARTITION, SKEW, WIPE, parse_kinds, schedule
 from kvlab.chaos.simulation import SimOptions, Simulation, run
-from kvlab.chaos.workload import Workload
+from kvlab.chaos.workload import Mix, Workload
 from kvlab.sim import WorldConfig
 
 
@@ -49,6 +49,38 @@ def test_a_skewed_second_coordinator_loses_no_writes():
     verdict = check(sim.run().events)
     assert verdict.linearizable is True and verdict.lost_writes == 0
     assert sum(n.healing["superseded"] for n in sim.world.nodes()) > 0  # the skew bit
+
+
+def test_a_wiped_node_is_down_for_the_fault_then_back_empty_and_refilled():
+    options = SimOptions(ops=2000, nemesis=(WIPE,), fault_ms=(300, 300), seed=4,
+                         mix=Mix(think_ms=20.0))
+    sim = Simulation(options)
+    sim.advance(150)  # the first fault starts at 100 ms
+    fault = sim.faults[0]
+    victim = sim.world.node(fault.nodes[0])
+    assert fault.kind == WIPE and victim.state == "down" and victim.store.count() > 0
+    sim.advance(fault.end_ms - 150 + 0.001)
+    assert victim.state == "up" and victim.store.count() == 0  # a replacement machine
+    result = sim.run()
+    assert result.summary["under_replicated"] == 0
+    assert sum(result.summary["healing"]["repaired"].values()) > 0
+    assert check(result.events).linearizable is True
+
+
+def test_quiescence_ends_the_fault_in_progress_once():
+    # A wipe that would last far beyond the run: quiescence ends it, and its scheduled
+    # end, when it comes, does nothing (the refilled node is not wiped again).
+    options = SimOptions(ops=300, nemesis=(WIPE,), fault_ms=(10**6, 10**6), seed=1)
+    sim = Simulation(options)
+    result = sim.run()
+    assert [f.kind for f in sim.faults] == [WIPE]
+    assert all(n.state == "up" for n in sim.world.nodes())
+    assert result.summary["under_replicated"] == 0 and result.summary["quiesce_s"] == 10
+    victim = sim.world.node(sim.faults[0].nodes[0])
+    held = victim.store.count()
+    assert held > 0
+    sim.world.advance(10**6)
+    assert victim.store.count() == held and sim.world.under_replicated() == []
 
 
 def test_stepping_a_simulation():

@@ -18,6 +18,10 @@ def test_json_summary_with_checker(capsys, tmp_path):
     assert summary["linearizable"] is True and summary["lost_writes"] == 0
     assert summary["seed"] == 7 and summary["violations"] == []
     assert len(read_history(history)) == 600
+    assert summary["quiesce_s"] == 10 and summary["under_replicated"] == 0
+    assert summary["under_replicated_keys"] == []
+    assert summary["healing"]["ae_rounds"] > 0  # the quiescence ran anti-entropy rounds
+    assert summary["config"]["hints"] is True and summary["config"]["anti_entropy"] is True
 
 
 def test_no_check_leaves_checker_fields_null(capsys):
@@ -31,6 +35,26 @@ def test_text_summary(capsys):
     assert main(["sim", "--ops", "100", "--nemesis", "pause"]) == 0
     out = capsys.readouterr().out
     assert "ops 100" in out and "linearizable yes" in out
+    assert "after 10 s of quiescence: 0 under-replicated keys" in out
+    assert "healing: hints on, anti-entropy every 5 s" in out
+
+
+def test_a_violation_exits_1(capsys):
+    # R=1, W=1 under partitions: seed 2 reads stale values.
+    argv = ["sim", "--ops", "1000", "--r", "1", "--w", "1", "--nemesis", "partition",
+            "--seed", "2"]
+    assert main(argv) == 1
+    assert "linearizable NO" in capsys.readouterr().out
+
+
+def test_healing_switched_off_leaves_a_wiped_node_short(capsys):
+    argv = ["sim", "--ops", "600", "--think-ms", "50", "--nemesis", "wipe", "--json",
+            "--hints", "off", "--anti-entropy", "off", "--quiesce", "2"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["under_replicated"] > 0 and summary["quiesce_s"] == 2
+    assert len(summary["under_replicated_keys"]) == min(5, summary["under_replicated"])
+    assert summary["healing"]["ae_rounds"] == summary["healing"]["hints_stored"] == 0
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -41,6 +65,9 @@ def test_text_summary(capsys):
     (["--clients", "ten"], "expected a number, got 'ten'"),
     (["--loss", "2"], "between 0 and 1"),
     (["--reads", "0.8", "--deletes", "0.5"], "add up to at most 1"),
+    (["--sloppy", "--hints", "off"], "needs hints on"),
+    (["--hints", "maybe"], "expected on or off"),
+    (["--anti-entropy", "0"], "must be greater than 0"),
 ])
 def test_bad_options_exit_2(capsys, argv, message):
     assert exit_code(["sim", *argv]) == 2
