@@ -3,7 +3,15 @@
 The same seeded `Workload` and nemesis `schedule` as the simulator, executed for real:
 clients are asyncio tasks talking to the proxy over HTTP; kill, pause and restart are
 signals from the supervisor; partitions cut the proxy's link to a node through the replica
-channel's fault hook. Every operation goes into a history for the checker.
+channel's fault hook; a wipe kills a node and, at the end of the fault, deletes its
+database and starts it again empty (`Cluster.wipe`), as in the simulator. Every operation
+goes into a history for the checker.
+
+Then comes a quiescence phase: every fault healed, no client traffic, for `quiesce_s`;
+after it each key the workload wrote is inspected (`GET /cluster/keys/{key}`, each
+replica's version) and counted under-replicated if fewer than N of its replicas hold the
+newest version any of them holds. Hints are not visible there: a version only a hint holds
+is not counted (the simulator, which sees every store, does count it).
 """
 
 from __future__ import annotations
@@ -14,14 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvlab.chaos.history import Event, Recorder
-from kvlab.chaos.nemesis import KILL, PARTITION, PAUSE, Fault, schedule
+from kvlab.chaos.nemesis import KILL, PARTITION, PAUSE, WIPE, Fault, schedule
 from kvlab.chaos.outcomes import history_type
-from kvlab.chaos.workload import DELETE, READ, Mix, Op
+from kvlab.chaos.summary import sum_healing
+from kvlab.chaos.workload import DELETE, READ, WRITE, Mix, Op
 from kvlab.client import AsyncKV, BadRequest, KeyNotFound, KVError, Unavailable
 from kvlab.cluster.supervisor import Cluster
 from kvlab.core.messages import NOT_FOUND, OK, TIMEOUT, UNAVAILABLE
+from kvlab.core.version import Version
 
-LIVE_NEMESES = (KILL, PAUSE, PARTITION)
+LIVE_NEMESES = (KILL, PAUSE, PARTITION, WIPE)
 
 
 @dataclass(frozen=True)
@@ -37,13 +47,19 @@ class ChaosOptions:
     first_fault_ms: int = 1000
     gap_ms: tuple[int, int] = (1000, 3000)
     fault_ms: tuple[int, int] = (1000, 4000)
+    # After the clients: faults healed, no traffic, this long. Anti-entropy compares each
+    # range with each peer every 5 s by default, from both sides.
+    quiesce_s: float = 6.0
 
 
 @dataclass
 class ChaosRun:
     events: list[Event]
     faults: list[Fault] = field(default_factory=list)
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # the clients' run, without the quiescence phase
+    written: dict[str, None] = field(default_factory=dict)  # keys written or deleted
+    under_replicated: list[str] = field(default_factory=list)
+    healing: dict = field(default_factory=dict)  # the nodes' counters, added up
 
 
 async def run_chaos(cluster: Cluster, options: ChaosOptions,
@@ -70,6 +86,8 @@ async def run_chaos(cluster: Cluster, options: ChaosOptions,
                 if op is None:
                     return
                 recorder.invoke(process, op.f, op.key, op.value, now_ns())
+                if op.f in (WRITE, DELETE):
+                    run.written[op.key] = None
                 status, value = await perform(kv, op, options.r, options.w)
                 kind = history_type(op.f, status)
                 recorder.complete(process, kind, value if kind == "ok" else None, now_ns())
@@ -89,8 +107,30 @@ async def run_chaos(cluster: Cluster, options: ChaosOptions,
                 nemesis.cancel()
                 await asyncio.gather(nemesis, return_exceptions=True)
             await _heal(cluster, kv, run.faults)
-    run.elapsed_s = (time.monotonic_ns() - began) / 1e9
+        run.elapsed_s = (time.monotonic_ns() - began) / 1e9
+        if progress:
+            progress(f"quiescence: {options.quiesce_s:g} s with no faults and no traffic")
+        await asyncio.sleep(options.quiesce_s)
+        run.under_replicated = await under_replicated(kv, list(run.written))
+        run.healing = sum_healing(node["healing"] for node in (await kv.cluster())["nodes"]
+                                  if isinstance(node.get("healing"), dict))
     return run
+
+
+async def under_replicated(kv: AsyncKV, keys: list[str]) -> list[str]:
+    """The keys among `keys` that fewer than N replicas hold in their newest version.
+
+    The newest version is the newest any replica of the key reports (a replica that
+    cannot be asked holds no current copy); a key no replica holds needs no copies.
+    """
+    short = []
+    for key in keys:
+        replicas = (await kv.inspect(key))["replicas"]
+        versions = [Version.parse(r["version"]) for r in replicas
+                    if r["state"] == "ok" and r["version"] is not None]
+        if versions and versions.count(max(versions)) < len(replicas):
+            short.append(key)
+    return short
 
 
 async def perform(kv: AsyncKV, op: Op, r: int | None = None, w: int | None = None
@@ -149,8 +189,9 @@ async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-# How the supervisor starts and ends each process fault.
-_SIGNALS = {KILL: ("kill", "restart"), PAUSE: ("pause", "resume")}
+# How the supervisor starts and ends each process fault. A wiped node is a dead one until
+# its replacement starts, empty.
+_SIGNALS = {KILL: ("kill", "restart"), PAUSE: ("pause", "resume"), WIPE: ("kill", "wipe")}
 
 
 async def _start_fault(cluster: Cluster, kv: AsyncKV, fault: Fault) -> None:
@@ -171,7 +212,8 @@ async def _toggle_fault(cluster: Cluster, kv: AsyncKV, fault: Fault, on: bool) -
 
 
 async def _heal(cluster: Cluster, kv: AsyncKV, faults: list[Fault]) -> None:
-    """Leave the cluster whole whatever happened: every node up, every link healed."""
+    """Leave the cluster whole whatever happened: every node up, every link healed (a
+    node whose wipe was cut short comes back with its data)."""
     for member in cluster.nodes:
         state = await asyncio.to_thread(cluster.state, member)
         if state == "paused":

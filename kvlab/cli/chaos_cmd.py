@@ -10,10 +10,12 @@ from typing import Any
 import orjson
 
 from kvlab.chaos.live import LIVE_NEMESES, ChaosOptions, run_chaos
-from kvlab.chaos.summary import render_outcome, summarize
+from kvlab.chaos.summary import EXAMPLE_KEYS, render_healing, render_outcome, summarize
 from kvlab.cli import EXIT_OK, UsageError
 from kvlab.cli.chaos_args import add_faults_and_output, add_workload, mix_from_args, save_history
-from kvlab.cli.options import add_name, add_spec, positive, positive_float, spec_from
+from kvlab.cli.options import (
+    add_name, add_spec, non_negative_float, positive, positive_float, spec_from,
+)
 from kvlab.cli.signals import interrupt_on_termination
 from kvlab.cluster import supervisor
 from kvlab.cluster.supervisor import Cluster, ClusterError
@@ -23,8 +25,14 @@ Drive the --name cluster with concurrent clients for --duration seconds while a 
 breaks it (kill: SIGKILL a node and restart it later; pause: SIGSTOP it, then SIGCONT;
 partition: cut the proxy's link to some nodes, then heal), record every operation, and
 check the history for lost writes, stale reads and linearizability. If no cluster of that
-name is running, a fresh one is started (with --nodes, --replicas, ...) and stopped after.
-The same workload and fault schedule as `kvlab sim`, in real time on real processes.
+name is running, a fresh one is started (with --nodes, --replicas, --hints,
+--anti-entropy, ...) and stopped after. The same workload and fault schedule as `kvlab
+sim`, in real time on real processes; wipe kills a node and starts it again with an empty
+disk at the end of the fault.
+
+After the clients finish, every fault is healed and the cluster runs --quiesce seconds
+with no traffic; then every key the workload wrote is inspected through the proxy, and
+the keys fewer than N replicas hold in their newest version are counted under-replicated.
 """
 
 
@@ -38,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=7, help="seed for the workload and the nemesis")
     p.add_argument("--r", type=positive, help="read quorum per request (default: the cluster's)")
     p.add_argument("--w", type=positive, help="write quorum per request (default: the cluster's)")
+    p.add_argument("--quiesce", type=non_negative_float, default=ChaosOptions.quiesce_s,
+                   metavar="SECONDS",
+                   help="seconds with every fault healed and no traffic after the run, "
+                        "before counting under-replicated keys (default: %(default)g)")
     add_workload(p, ops=None, think_ms=10.0)
     add_faults_and_output(p, LIVE_NEMESES)
     new = p.add_argument_group("a cluster started for the run (when --name is not running)")
@@ -47,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     options = ChaosOptions(duration_s=args.duration, seed=args.seed, mix=mix_from_args(args),
-                           r=args.r, w=args.w, nemesis=args.nemesis, max_ops=args.ops)
+                           r=args.r, w=args.w, nemesis=args.nemesis, max_ops=args.ops,
+                           quiesce_s=args.quiesce)
     interrupt_on_termination()  # so a cluster started here is stopped on SIGTERM too
     cluster, started = _attach_or_start(args)
     try:
@@ -67,9 +80,14 @@ def main(args: argparse.Namespace) -> int:
     config = {"cluster": spec.name, "nodes": spec.nodes, "replicas": spec.replicas,
               "r": args.r or spec.read_quorum, "w": args.w or spec.write_quorum,
               "clients": args.clients, "keys": args.keys, "nemesis": list(args.nemesis),
-              "duration_s": args.duration}
+              "duration_s": args.duration, "hints": spec.hints, "sloppy": spec.sloppy,
+              "anti_entropy": spec.anti_entropy, "anti_entropy_s": spec.anti_entropy_s}
     extra: dict[str, Any] = {"seed": args.seed, "elapsed_s": round(run.elapsed_s, 3),
-                             "faults": [f.describe() for f in run.faults]}
+                             "faults": [f.describe() for f in run.faults],
+                             "quiesce_s": args.quiesce,
+                             "under_replicated": len(run.under_replicated),
+                             "under_replicated_keys": run.under_replicated[:EXAMPLE_KEYS],
+                             "healing": run.healing}
     summary = summarize(run.events, extra, config, not args.no_check, args.check_time_limit)
     if args.json:
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -80,7 +98,10 @@ def main(args: argparse.Namespace) -> int:
                  f"{summary['elapsed_s']:.1f} s",
                  f"faults ({', '.join(c['nemesis']) or 'none'}): {len(run.faults)}"]
         lines += [f"  {fault}" for fault in summary["faults"]]
-        print("\n".join(lines + render_outcome(summary)))
+        lines.append(f"healing: hints {'on' if c['hints'] else 'off'}"
+                     f"{' (sloppy quorum)' if c['sloppy'] else ''}, anti-entropy "
+                     + (f"every {c['anti_entropy_s']:g} s" if c["anti_entropy"] else "off"))
+        print("\n".join(lines + render_outcome(summary) + render_healing(summary)))
     return EXIT_OK
 
 

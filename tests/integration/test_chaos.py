@@ -1,4 +1,5 @@
-"""`kvlab chaos` on a real cluster: kill and pause at default settings lose nothing."""
+"""`kvlab chaos` on a real cluster: kill, pause and wipe at default settings lose nothing,
+and after quiescence every key the workload wrote is back on all N replicas."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def test_chaos_with_kill_and_pause_loses_no_acknowledged_write(kvlab_home, tmp_p
     assert summary["lost_writes"] == 0
     assert summary["stale_reads"] == 0
     assert summary["linearizable"] is True, summary["violations"]
+    assert summary["quiesce_s"] == 6
+    assert summary["under_replicated"] == 0, summary["under_replicated_keys"]
     # Every operation was invoked and completed before the run ended.
     completions = summary["ok"] + summary["fail"] + summary["info"]
     assert completions == summary["ops"]
@@ -38,6 +41,26 @@ def test_chaos_with_kill_and_pause_loses_no_acknowledged_write(kvlab_home, tmp_p
     # It started its own cluster, so it stopped it again.
     cluster = json.loads((kvlab_home / "chaos" / "cluster.json").read_text())
     assert all(m["pid"] is None for m in [cluster["proxy"], *cluster["nodes"]])
+
+
+def test_a_wiped_node_refills_and_loses_no_acknowledged_write(kvlab_home):
+    port = free_port_block(6)
+    env = {**os.environ, "KVLAB_HOME": str(kvlab_home)}
+    # The first fault starts at 1 s and lasts at most 4 s: the node comes back empty
+    # before the clients stop, and quiescence gives anti-entropy time to refill it.
+    out = subprocess.run(
+        [sys.executable, "-m", "kvlab", "chaos", "--name", "wipe", "--port", str(port),
+         "--duration", "6", "--seed", "3", "--nemesis", "wipe", "--durability", "none",
+         "--quiesce", "8", "--json"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert [fault.split()[2] for fault in summary["faults"]] == ["wipe"]
+    assert summary["lost_writes"] == 0 and summary["linearizable"] is True, \
+        summary["violations"]
+    assert summary["under_replicated"] == 0, summary["under_replicated_keys"]
+    assert summary["config"]["hints"] is True and summary["config"]["anti_entropy"] is True
+    assert summary["healing"]["ae_rounds"] > 0
 
 
 def test_chaos_refuses_simulator_only_faults(kvlab_home):
