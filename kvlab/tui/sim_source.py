@@ -3,7 +3,8 @@
 Nothing here decides anything about the protocol. Every read and write is a `World.submit`
 to the real core coordinator over the simulated network, and the chaos keys are the world's
 crash, pause, resume and restart; this module only paces virtual time and turns the world's
-state into the dashboard's views.
+state into the dashboard's views. A node's healing counters are its replica's snapshot,
+as a live node reports them.
 
 Time: virtual time follows the wall clock, `speed` times as fast. A background task catches
 it up every TICK_S, and so does every call before it acts, so an action lands at the virtual
@@ -45,6 +46,7 @@ from kvlab.tui.source import (
     UP,
     ActionsByName,
     ClusterView,
+    Healing,
     KeyView,
     NodeView,
     OpResult,
@@ -231,7 +233,10 @@ class SimSource(ActionsByName):
                 ops_per_s=self._rate(node.name, now) if up else None,
                 p99_ms=None,  # the simulator does not time single replica round trips
                 last_error=(f"{node.lost_writes} unacknowledged writes lost in crashes"
-                            if node.lost_writes else None)))
+                            if node.lost_writes else None),
+                # As live: the counters of the running process, from a node that answers.
+                healing=Healing.from_snapshot(world.node(node.name).snapshot()) if up
+                else None))
         return ClusterView(name=self.title(), n=config.replicas, r=config.r, w=config.w,
                            vnodes=config.vnodes, nodes=tuple(nodes), ring=world.ring)
 
