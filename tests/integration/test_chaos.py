@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from kvlab.cluster.ports import free_port_block
 from kvlab.cluster.process import Proc
 from tests.cluster_helpers import eventually
 
 
+@pytest.mark.slow
 def test_chaos_with_kill_and_pause_loses_no_acknowledged_write(kvlab_home, tmp_path):
     history = tmp_path / "h.jsonl"
     port = free_port_block(6)
@@ -43,6 +46,7 @@ def test_chaos_with_kill_and_pause_loses_no_acknowledged_write(kvlab_home, tmp_p
     assert all(m["pid"] is None for m in [cluster["proxy"], *cluster["nodes"]])
 
 
+@pytest.mark.slow
 def test_a_wiped_node_refills_and_loses_no_acknowledged_write(kvlab_home):
     port = free_port_block(6)
     env = {**os.environ, "KVLAB_HOME": str(kvlab_home)}
