@@ -227,7 +227,8 @@ class Coordinator:
             self._fail(op, node, reply.error, effects)
         elif isinstance(reply, WriteReply):
             op.acked.append(node)
-            if op.outcome is None and len(op.acked) + len(op.hinted) >= op.need:
+            if op.outcome is None and len(op.acked) + (len(op.hinted) if op.sloppy else 0) \
+                    >= op.need:
                 self._finish(op, OK, effects)
         elif isinstance(reply, ReadReply):
             self._answer(op, node, reply.record, now_ms, effects)
@@ -317,16 +318,22 @@ class Coordinator:
         """Ask the next free fallback node to keep `op`'s record for `target`."""
         if not self.hints or op.record is None or target in op.hinted:
             return
-        used = set(op.hinted.values()) | set(op.failed) | set(op.hint_reqs.values())
-        busy = {self._requests[r][1] for r in op.hint_reqs if r in self._requests}
+        # A sloppy quorum's hints stand in for distinct primaries, so each needs a fallback
+        # of its own; strict hints may share one (the first past the list, as a rule).
+        avoid = set(op.failed)
+        if op.sloppy:
+            avoid.update(op.hinted.values())
+            avoid.update(self._requests[r][1] for r in op.hint_reqs if r in self._requests)
         ring = self.ring
         for fallback in ring.preference_list(op.key, len(ring.nodes))[len(op.replicas):]:
-            if fallback in busy or fallback in used:
+            if fallback in avoid:
                 continue
             self._next_req += 1
             self.hints_sent += 1
-            if op.sloppy and op.outcome is None:
-                # Counted toward W: wait for the fallback's acknowledgement.
+            if op.id in self._ops:
+                # Followed while the op lives: a fallback that fails passes the hint on to
+                # the next one, and a sloppy write counts its acknowledgement toward W.
+                # Hints sent at the deadline go unwatched: nobody waits for them any more.
                 self._requests[self._next_req] = (op, fallback)
                 op.hint_reqs[self._next_req] = target
                 op.reqs.append(self._next_req)
@@ -337,12 +344,12 @@ class Coordinator:
                        effects: list[Effect]) -> None:
         if isinstance(reply, WriteReply):
             op.hinted[target] = fallback
-            if op.outcome is None and len(op.acked) + len(op.hinted) >= op.need:
+            if op.sloppy and op.outcome is None and len(op.acked) + len(op.hinted) >= op.need:
                 self._finish(op, OK, effects)
             return
         op.failed.setdefault(fallback, "fallback: " + getattr(reply, "error", "failed"))
         self._hint(op, target, effects)  # the next fallback, if any
-        if op.outcome is None and not op.hint_reqs:
+        if op.outcome is None and op.sloppy:
             self._fail_if_hopeless(op, effects)
 
     # -- internals ----------------------------------------------------------------------
@@ -403,7 +410,9 @@ class Coordinator:
         # Too few replicas left to answer, or to hold the value a read would return. In a
         # sloppy write, a hint still on its way may yet make up the difference.
         failed = sum(1 for n in op.replicas if n in op.failed)
-        left = len(op.replicas) - failed + len(op.hinted) + len(op.hint_reqs)
+        left = len(op.replicas) - failed
+        if op.sloppy:
+            left += len(op.hinted) + len(op.hint_reqs)
         if left < max(op.need, op.write_back):
             self._finish(op, UNAVAILABLE, effects)
 

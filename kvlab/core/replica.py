@@ -373,14 +373,19 @@ class Replica:
             effects.append(Send(src, ErrorReply(request.req, self._ahead(record, now_ms))))
             return
         held = self.holds(record.key)
-        if held is not None and record.version < held:
+        # An equal version from a coordinator that is not repairing is another write under
+        # a version already used (a restarted coordinator whose clock landed on the same
+        # stamp): acknowledging it would drop its value unseen. Ask for a fresh stamp.
+        if held is not None and (record.version < held or
+                                 (record.version == held and not request.repair)):
             self.stats.superseded += 1
             effects.append(Send(src, Superseded(request.req, held)))
             return
         self.stats.writes += 1
         if self._accept(record, batch) and request.repair:
             self._count_repair(Mechanism.READ_REPAIR, record)
-        # An equal version (a retry) is acknowledged only after the batch that stores it.
+        # An equal version (a repair that raced another) is acknowledged only after the
+        # batch that stores it.
         batch.acks.append((src, WriteReply(request.req), _storage_error(request.req)))
 
     def _keep_hint(self, src: str, request: HintRequest, now_ms: int, batch: _Batch,
@@ -620,7 +625,9 @@ class Replica:
     # -- time ----------------------------------------------------------------------------
 
     def get_timer(self) -> int | None:
-        """When `handle_timer` must next run (None: never, until a message arrives)."""
+        """When `handle_timer` must next run (0 at first: it starts the periodic work)."""
+        if self._next_purge is None:
+            return 0
         times = [t for t in (self._next_purge, self._next_ae) if t is not None]
         times.extend(e.deadline_ms for e in self._exchanges.values())
         times.extend(f.deadline_ms for f in self._flights.values())

@@ -62,8 +62,9 @@ class HybridClock:
         Without it a restarted coordinator whose wall clock went back would stamp versions
         below its own earlier writes.
         """
-        if high_water_ms > self._physical:
-            self._physical, self._logical = high_water_ms, 0
+        # The earlier run may have issued (high_water_ms, any counter): start past all of them.
+        if high_water_ms + 1 > self._physical:
+            self._physical, self._logical = high_water_ms + 1, 0
 
     def tick(self, now_ms: int) -> Version:
         """A fresh version, greater than every version this clock issued or observed."""

@@ -219,3 +219,21 @@ def test_a_value_written_over_a_ripe_tombstone_is_never_purged():
                                              later))
     _persist(replica, store, replica.handle_timer(later + 1_000))
     assert store.get("k").value == b"back" and replica.holds("k") is not None
+
+
+def test_a_second_write_under_a_version_already_held_gets_a_fresh_stamp():
+    # A restarted coordinator whose clock lands on a stamp it used before: acknowledging
+    # the second value as a retry would drop it unseen.
+    replica, store = _lone()
+    _persist(replica, store, replica.receive("p", WriteRequest(1, _rec("k", b"a", NOW)), NOW))
+    again = replica.receive("p", WriteRequest(2, _rec("k", b"b", NOW)), NOW)
+    assert again == [Send("p", Superseded(2, Version(NOW, 0, "c")))]
+    repair = replica.receive("p", WriteRequest(3, _rec("k", b"a", NOW), repair=True), NOW)
+    assert [type(e) for e in repair] == [Persist]  # a repair with the same version is fine
+
+
+def test_a_fresh_replica_asks_for_its_first_timer_at_once():
+    replica, _ = _lone()
+    assert replica.get_timer() == 0
+    replica.handle_timer(NOW)
+    assert replica.get_timer() == NOW + replica.config.purge_every_ms
