@@ -169,10 +169,17 @@ class Node:
     # -- out of the replica -----------------------------------------------------------------
 
     def _apply(self, effects: Iterable[ReplicaEffect], now: int) -> None:
+        coordinators = self.coordinators
         for effect in effects:
             match effect:
-                case Send(node=dst, message=message):
-                    self._send(dst, message, now)
+                case Send():
+                    # Most Sends are replies to a coordinator: they go back on the socket
+                    # their request came in on, with no more than a dictionary lookup.
+                    writer = coordinators.get(effect.node)
+                    if writer is not None:
+                        writer.push(effect.message)
+                    else:
+                        self._send(effect.node, effect.message, now)
                 case Persist():
                     future = self.store.submit(effect)
                     future.add_done_callback(partial(self._persisted, effect.batch))
@@ -180,10 +187,7 @@ class Node:
                     assert_never(effect)
 
     def _send(self, dst: str, message: Message, now: int) -> None:
-        writer = self.coordinators.get(dst)
-        if writer is not None:  # a reply goes back on the socket its request came in on
-            writer.push(message)
-            return
+        """A message for a peer (on its link), this node itself, or a coordinator gone."""
         link = self.links.get(dst)
         if link is not None and link.send(message):
             return
