@@ -159,6 +159,7 @@ def test_anti_entropy_refills_a_wiped_node(kvlab_home):
 # -- (c) tombstones ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_delete_missed_by_a_replica_never_comes_back(kvlab_home):
     """n1 misses deletes and stays down past the grace (1 s) and the hint window (1 s): the
     others keep their tombstones (n1 has not confirmed them), n1 comes back with the old
