@@ -92,7 +92,7 @@ class Node:
             link = PeerLink(peer, url, self._session, sender=self.name)
             self.links[peer] = link
             link.start()
-        self._fire()  # the replica's first timer call starts its periodic work
+        self._arm()  # at once: the replica's first handle_timer starts its periodic work
 
     async def stop(self) -> None:
         if self._timer is not None:
