@@ -444,8 +444,11 @@ class Replica:
             effects.append(self._persist(batch))
         if not held:
             return
-        records = []
-        for hint in held.values():
+        records, size = [], 0
+        for hint in held.values():  # a batch is bounded by count and by bytes, like a round
+            size += len(hint.record.key) + len(hint.record.value or b"")
+            if records and size > self.config.exchange_bytes:
+                break
             records.append(hint.record)
             if len(records) == self.config.hint_batch:
                 break

@@ -429,8 +429,6 @@ async def test_a_peer_push_is_taken_and_acknowledged_on_the_pushers_own_link(mak
         await fake_n2.ws.receive(timeout=0.3)
 
 
-@pytest.mark.xfail(strict=True, reason="core: a hint replay batch is bounded by count (500), "
-                   "not bytes: 1 MiB values make one Push larger than a node takes (64 MiB)")
 async def test_hints_of_large_values_are_replayed(make_cluster):
     cluster = make_cluster(["n1", "n2"], ["--anti-entropy", "off"])
     await cluster["n1"].start()

@@ -237,3 +237,14 @@ def test_a_fresh_replica_asks_for_its_first_timer_at_once():
     assert replica.get_timer() == 0
     replica.handle_timer(NOW)
     assert replica.get_timer() == NOW + replica.config.purge_every_ms
+
+
+def test_a_hint_replay_is_bounded_by_bytes_as_well_as_by_count():
+    config = ReplicaConfig(n=1, exchange_bytes=3 << 20)
+    replica, store = _lone(config)
+    big = b"x" * (1 << 20)
+    for i in range(10):
+        _persist(replica, store, replica.receive(
+            "p", HintRequest(i, _rec(f"big{i}", big, NOW), "n9"), NOW))
+    pushes = [e.message for e in replica.handle_timer(NOW) if isinstance(e, Send)]
+    assert len(pushes) == 1 and len(pushes[0].records) == 2  # 3 MiB at most, keys included
