@@ -240,8 +240,9 @@ def test_a_fresh_replica_asks_for_its_first_timer_at_once():
 
 
 def test_a_hint_replay_is_bounded_by_bytes_as_well_as_by_count():
-    config = ReplicaConfig(n=1, exchange_bytes=3 << 20)
-    replica, store = _lone(config)
+    store = MemoryStore()
+    replica = Replica("n1", Ring(("n1", "n9"), 8), ReplicaConfig(n=1, exchange_bytes=3 << 20),
+                      store.get_many)
     big = b"x" * (1 << 20)
     for i in range(10):
         _persist(replica, store, replica.receive(
