@@ -17,7 +17,7 @@ Each frame is given to the replica whole, so its writes share one `Persist`. A P
 to the store's writer thread without waiting: frames that arrive during a commit join the
 next one, and the acknowledgements go out when the replica hears it is durable. The
 replica's own deadlines (hint replay, anti-entropy, purges) run on one loop timer, set to
-`get_timer()` after every call into the replica.
+`get_timer()` at the end of every loop turn that called into the replica.
 """
 
 from __future__ import annotations
