@@ -3,20 +3,14 @@
 A restarted proxy whose wall clock went back would otherwise stamp versions below its own
 earlier writes; replicas holding those would answer `Superseded` and the write would be
 re-stamped, but a clock more than `max_ahead_ms` behind ignores what it is told and the
-write fails. So the proxy saves a bound above every version it has issued and, at start,
-restores its clock above it (`HybridClock.restore`).
+write fails. So the proxy saves a bound on the physical time of every version it has
+issued and, at start, restores its clock past it (`HybridClock.restore`).
 
-The bound is `max(high water + 1, now + LEASE_MS)`, saved about once a second: until the
-next save the wall clock can't pass it, so even after a SIGKILL the saved value is above
-every version issued (a clock pulled further ahead by a version from elsewhere is the
-exception; `Superseded` covers that one). It never grows faster than real time, so quick
-restarts don't push the clock into the future. A clean shutdown saves high water + 1.
-
-Why + 1: `restore` starts the logical counter again from 0, so a clock restored to the
-high water itself would issue (high water, 1), (high water, 2), ... again: the very
-versions the earlier run gave its last writes (all of them, while its clock was behind).
-A replica takes an equal version for a retry and acknowledges it without storing anything,
-so such a write would be acknowledged and lost.
+The bound is `max(high water, now + LEASE_MS)`, saved about once a second: until the next
+save the wall clock can't pass it, so even after a SIGKILL the saved value bounds every
+version issued (a clock pulled further ahead by a version from elsewhere is the exception;
+`Superseded` covers that one). It never grows faster than real time, so quick restarts
+don't push the clock into the future. A clean shutdown saves the high water itself.
 """
 
 from __future__ import annotations
@@ -72,10 +66,10 @@ class ClockState:
     def save(self, final: bool = False) -> None:
         """Write the bound atomically (a temporary file, fsync, rename over the old one).
 
-        `final`: no version will be issued after this, so no lease is needed.
+        `final`: no version will be issued after this, so the high water itself will do.
         """
-        above = self.clock.high_water_ms + 1
-        bound = above if final else max(above, self.now_ms() + LEASE_MS)
+        high = self.clock.high_water_ms
+        bound = high if final else max(high, self.now_ms() + LEASE_MS)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{FILE}.{os.getpid()}")
         with open(tmp, "wb") as out:

@@ -38,18 +38,18 @@ def test_a_running_proxy_saves_a_lease_ahead_of_the_wall_clock(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == [FILE], "a temporary file was left"
 
 
-def test_a_clean_stop_saves_just_above_the_high_water(tmp_path: Path):
+def test_a_clean_stop_saves_the_high_water_itself(tmp_path: Path):
     wall, clock = Wall(), HybridClock("p")
     clock.tick(wall.now)
     state = ClockState(tmp_path, clock, wall)
     state.save()
     state.save(final=True)
-    assert json.loads((tmp_path / FILE).read_text())["high_water_ms"] == NOW + 1
+    assert json.loads((tmp_path / FILE).read_text())["high_water_ms"] == NOW
 
 
 def test_a_restart_never_repeats_a_version_of_the_last_millisecond(tmp_path: Path):
-    """Two writes in one millisecond are (t, 0) and (t, 1); a clock restored to t itself
-    would issue (t, 1) again, which a replica would take for a retry of the earlier write."""
+    """Two writes in one millisecond are (t, 0) and (t, 1): a clock restored to t must not
+    issue (t, 1) again, a version some other write already has."""
     wall, clock = Wall(), HybridClock("p")
     issued = [clock.tick(wall.now) for _ in range(3)]
     ClockState(tmp_path, clock, wall).save(final=True)
