@@ -127,8 +127,8 @@ class _Batch:
     hints: list[Hint] = field(default_factory=list)
     drop_hints: list[tuple[str, str, Version]] = field(default_factory=list)
     purge: list[tuple[str, Version]] = field(default_factory=list)
-    # (destination, message once durable, message if the batch failed, or None)
-    acks: list[tuple[str, Message, Message | None]] = field(default_factory=list)
+    # (destination, message once durable, whether to report a failed batch to it)
+    acks: list[tuple[str, Message, bool]] = field(default_factory=list)
     # how to undo the in-memory state if the batch fails: (key, new, previous, was a tombstone)
     undo: list[tuple[str, Version, Version | None, bool]] = field(default_factory=list)
     new_hints: list[Hint] = field(default_factory=list)
@@ -168,6 +168,9 @@ class Replica:
         self.stats = ReplicaStats()
         self._trees: dict[Range, HashTree] = {}
         self._ranges: dict[tuple[str, ...], Range | None] = {}  # preference list -> range
+        # arc of the ring -> the tree of its range (None: not ours); placing a key is on
+        # every write's path, and a ring has few arcs.
+        self._arcs: dict[int, HashTree | None] = {}
         self._strays: dict[str, Version] = {}  # keys held outside this node's ranges
         self._tombs: dict[str, Version] = {}
         # Tombstones by age (physical ms, key), so each purge round looks only at those
@@ -210,7 +213,7 @@ class Replica:
             self._set(key, version, key in self._tombs)
 
     def _layout(self, ring: Ring) -> None:
-        self._trees, self._ranges, self._strays = {}, {}, {}
+        self._trees, self._ranges, self._strays, self._arcs = {}, {}, {}, {}
         self._ripe, self._confirmed, self._urgent, self._aging = {}, {}, deque(), []
         for start, _, _ in ring.arcs() or [(0, 0, "")]:
             listed = ring.preference_list_at(start, self.config.n)
@@ -230,8 +233,13 @@ class Replica:
 
     def _place(self, key: str) -> tuple[HashTree | None, int]:
         point = hash_key(key)
-        rng = self._range_for(self.ring.preference_list_at(point, self.config.n))
-        return (None if rng is None else self._trees[rng]), segment_of(point)
+        arc = self.ring.arc_index(point)
+        try:
+            tree = self._arcs[arc]
+        except KeyError:
+            rng = self._range_for(self.ring.preference_list_at(point, self.config.n))
+            tree = self._arcs[arc] = None if rng is None else self._trees[rng]
+        return tree, segment_of(point)
 
     def holds(self, key: str) -> Version | None:
         """The version of `key` this replica has accepted (durable, or being made so)."""
@@ -265,13 +273,32 @@ class Replica:
 
     def _accept(self, record: Record, batch: _Batch) -> bool:
         """Take `record` if it supersedes what is held; it is persisted with `batch`."""
-        held = self.holds(record.key)
+        tree, segment = self._place(record.key)
+        held = self._strays.get(record.key) if tree is None else tree.get(segment, record.key)
         if held is not None and record.version <= held:
             return False
-        batch.undo.append((record.key, record.version, held, record.key in self._tombs))
-        self._set(record.key, record.version, record.value is None)
-        batch.records.append(record)
+        self._take(record, tree, segment, held, batch)
         return True
+
+    def _take(self, record: Record, tree: HashTree | None, segment: int,
+              held: Version | None, batch: _Batch) -> None:
+        """Hold `record` from now on (placed at `tree`, `segment`; replacing `held`)."""
+        key, version = record.key, record.version
+        tombs = self._tombs
+        batch.undo.append((key, version, held, key in tombs))
+        if tree is None:
+            self._strays[key] = version
+        else:
+            tree.put(segment, key, version)
+        if record.value is None:
+            tombs[key] = version
+            heappush(self._aging, (version.physical, key))
+        elif tombs:
+            tombs.pop(key, None)
+        if self._ripe:  # a ripe tombstone overwritten is no longer to be purged
+            self._confirmed.pop(key, None)
+            self._ripe.pop(key, None)
+        batch.records.append(record)
 
     # -- messages ------------------------------------------------------------------------
 
@@ -303,7 +330,7 @@ class Replica:
                 case Push():
                     stored = sum(self._repair(r, message.mechanism, batch)
                                  for r in message.records)
-                    batch.acks.append((src, PushAck(message.xid, stored), None))
+                    batch.acks.append((src, PushAck(message.xid, stored), False))
                 case PushAck():
                     self._replayed(src, message, now_ms, batch)
                 case Purge():
@@ -346,8 +373,8 @@ class Replica:
             held = self._hints.get(hint.target, {})
             if held.get(hint.record.key) is hint:
                 del held[hint.record.key]
-        return [Send(dst, failed(error) if callable(failed) else failed)
-                for dst, _, failed in batch.acks if failed is not None]
+        return [Send(dst, ErrorReply(message.req, f"storage: {error}"))  # type: ignore
+                for dst, message, report in batch.acks if report]
 
     def unreachable(self, dst: str, message: Message, now_ms: int) -> list[ReplicaEffect]:
         """`message` could not be delivered to `dst` (its link is down)."""
@@ -368,11 +395,12 @@ class Replica:
     def _write(self, src: str, request: WriteRequest, now_ms: int, batch: _Batch,
                effects: list[ReplicaEffect]) -> None:
         record = request.record
-        if too_far_ahead(record.version, now_ms, self.config.max_ahead_ms):
+        if record.version.physical - now_ms > self.config.max_ahead_ms:
             self.stats.refused += 1
             effects.append(Send(src, ErrorReply(request.req, self._ahead(record, now_ms))))
             return
-        held = self.holds(record.key)
+        tree, segment = self._place(record.key)  # once: this is every write's path
+        held = self._strays.get(record.key) if tree is None else tree.get(segment, record.key)
         # An equal version from a coordinator that is not repairing is another write under
         # a version already used (a restarted coordinator whose clock landed on the same
         # stamp): acknowledging it would drop its value unseen. Ask for a fresh stamp.
@@ -382,11 +410,13 @@ class Replica:
             effects.append(Send(src, Superseded(request.req, held)))
             return
         self.stats.writes += 1
-        if self._accept(record, batch) and request.repair:
-            self._count_repair(Mechanism.READ_REPAIR, record)
+        if held is None or record.version > held:
+            self._take(record, tree, segment, held, batch)
+            if request.repair:
+                self._count_repair(Mechanism.READ_REPAIR, record)
         # An equal version (a repair that raced another) is acknowledged only after the
         # batch that stores it.
-        batch.acks.append((src, WriteReply(request.req), _storage_error(request.req)))
+        batch.acks.append((src, WriteReply(request.req), True))
 
     def _keep_hint(self, src: str, request: HintRequest, now_ms: int, batch: _Batch,
                    effects: list[ReplicaEffect]) -> None:
@@ -406,7 +436,7 @@ class Replica:
             batch.hints.append(hint)
             batch.new_hints.append(hint)
             self.stats.hints_stored += 1
-        batch.acks.append((src, WriteReply(request.req), _storage_error(request.req)))
+        batch.acks.append((src, WriteReply(request.req), True))
 
     def _ahead(self, record: Record, now_ms: int) -> str:
         ahead = record.version.physical - now_ms
@@ -629,15 +659,24 @@ class Replica:
 
     def get_timer(self) -> int | None:
         """When `handle_timer` must next run (0 at first: it starts the periodic work)."""
-        if self._next_purge is None:
+        due = self._next_purge
+        if due is None:
             return 0
-        times = [t for t in (self._next_purge, self._next_ae) if t is not None]
-        times.extend(e.deadline_ms for e in self._exchanges.values())
-        times.extend(f.deadline_ms for f in self._flights.values())
+        # Called after every frame a node handles: no lists, and most loops are empty.
+        if self._next_ae is not None and self._next_ae < due:
+            due = self._next_ae
+        for exchange in self._exchanges.values():
+            if exchange.deadline_ms < due:
+                due = exchange.deadline_ms
+        for flight in self._flights.values():
+            if flight.deadline_ms < due:
+                due = flight.deadline_ms
         for target, held in self._hints.items():
             if held and target not in self._flights:
-                times.append(self._retry_at.get(target, 0))
-        return min(times) if times else None
+                retry = self._retry_at.get(target, 0)
+                if retry < due:
+                    due = retry
+        return due
 
     def handle_timer(self, now_ms: int) -> list[ReplicaEffect]:
         """Do whatever has fallen due: purges, replays, exchanges, give-ups."""
@@ -688,6 +727,3 @@ class Replica:
                           for peer, e in sorted(s.exchanges.items())},
         }
 
-
-def _storage_error(req: int) -> Callable[[str], ErrorReply]:
-    return lambda error: ErrorReply(req, f"storage: {error}")

@@ -60,6 +60,10 @@ class Ring:
         """The first `n` distinct nodes clockwise from the key's hash (fewer if the ring is small)."""
         return self.preference_list_at(hash_key(key), n)
 
+    def arc_index(self, point: int) -> int:
+        """Which arc `point` falls in: points in one arc share every preference list."""
+        return bisect_right(self._tokens, point)
+
     def preference_list_at(self, point: int, n: int) -> tuple[str, ...]:
         start = bisect_right(self._tokens, point)
         cached = self._lists.get((start, n))
