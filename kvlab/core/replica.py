@@ -119,19 +119,19 @@ class ReplicaStats:
     exchanges: dict[str, dict] = field(default_factory=dict)
 
 
-@dataclass
 class _Batch:
     """One `Persist` being built, and what to send once it is durable."""
 
-    records: list[Record] = field(default_factory=list)
-    hints: list[Hint] = field(default_factory=list)
-    drop_hints: list[tuple[str, str, Version]] = field(default_factory=list)
-    purge: list[tuple[str, Version]] = field(default_factory=list)
-    # (destination, message once durable, whether to report a failed batch to it)
-    acks: list[tuple[str, Message, bool]] = field(default_factory=list)
-    # how to undo the in-memory state if the batch fails: (key, new, previous, was a tombstone)
-    undo: list[tuple[str, Version, Version | None, bool]] = field(default_factory=list)
-    new_hints: list[Hint] = field(default_factory=list)
+    __slots__ = ("records", "hints", "drop_hints", "purge", "acks", "new_hints")
+
+    def __init__(self) -> None:  # a plain class: one is built for every frame a node gets
+        self.records: list[Record] = []
+        self.hints: list[Hint] = []
+        self.drop_hints: list[tuple[str, str, Version]] = []
+        self.purge: list[tuple[str, Version]] = []
+        # (destination, message once durable, whether to report a failed batch to it)
+        self.acks: list[tuple[str, Message, bool]] = []
+        self.new_hints: list[Hint] = []
 
     def __bool__(self) -> bool:
         return bool(self.records or self.hints or self.drop_hints or self.purge or self.acks)
@@ -285,7 +285,6 @@ class Replica:
         """Hold `record` from now on (placed at `tree`, `segment`; replacing `held`)."""
         key, version = record.key, record.version
         tombs = self._tombs
-        batch.undo.append((key, version, held, key in tombs))
         if tree is None:
             self._strays[key] = version
         else:
@@ -363,12 +362,16 @@ class Replica:
     def persist_failed(self, batch_id: int, error: str, now_ms: int) -> list[ReplicaEffect]:
         """The batch could not be made durable: forget it, and say so to whoever waits."""
         batch = self._batches.pop(batch_id)
-        for key, new, previous, was_tomb in reversed(batch.undo):
-            if self.holds(key) == new:
-                if previous is None:
-                    self._unset(key)
+        # Back to what is on disk for the batch's keys, unless a later write moved them on.
+        # Read from the store rather than remembered: failures are rare, writes are not.
+        durable = self.read([r.key for r in batch.records]) if batch.records else {}
+        for record in batch.records:
+            if self.holds(record.key) == record.version:
+                on_disk = durable.get(record.key)
+                if on_disk is None:
+                    self._unset(record.key)
                 else:
-                    self._set(key, previous, was_tomb)
+                    self._set(record.key, on_disk.version, on_disk.tombstone)
         for hint in batch.new_hints:
             held = self._hints.get(hint.target, {})
             if held.get(hint.record.key) is hint:

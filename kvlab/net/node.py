@@ -17,7 +17,7 @@ Each frame is given to the replica whole, so its writes share one `Persist`. A P
 to the store's writer thread without waiting: frames that arrive during a commit join the
 next one, and the acknowledgements go out when the replica hears it is durable. The
 replica's own deadlines (hint replay, anti-entropy, purges) run on one loop timer, set to
-`get_timer()` at the end of every loop turn that called into the replica.
+`get_timer()` after every call into the replica.
 """
 
 from __future__ import annotations
@@ -82,7 +82,6 @@ class Node:
         self._connections = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
-        self._rearm_due = False
         self._stopped = False
         self._session: aiohttp.ClientSession | None = None
 
@@ -148,22 +147,12 @@ class Node:
         self._arm()
 
     def _arm(self) -> None:
-        """Re-arm the timer once the calls into the replica of this loop turn are done.
-
-        A frame makes two calls (receive, then persisted) and a busy loop turn several;
-        asking the replica for its next deadline once per turn rather than after each keeps
-        that off the per-frame cost (get_timer is a few µs), and a timer set a turn later
-        is the same timer at millisecond resolution.
-        """
-        if not self._rearm_due:
-            self._rearm_due = True
-            asyncio.get_running_loop().call_soon(self._rearm)
+        """Re-arm the timer after a call into the replica (get_timer costs ~0.2 µs)."""
+        if not self._stopped:
+            self._rearm()
 
     def _rearm(self) -> None:
         """One loop timer at the replica's next deadline (moved only when it changes)."""
-        self._rearm_due = False
-        if self._stopped:
-            return
         at = self.replica.get_timer()
         if at == self._timer_at:
             return
