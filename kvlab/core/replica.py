@@ -716,6 +716,10 @@ class Replica:
         """Keys held, tombstones included."""
         return sum(len(t) for t in self._trees.values()) + len(self._strays)
 
+    def live_keys(self) -> int:
+        """Keys held that are not deleted."""
+        return self.key_count() - len(self._tombs)
+
     def snapshot(self, now_ms: int) -> dict:
         """Counters for `/stats`, `/cluster` and the dashboard."""
         s = self.stats

@@ -218,7 +218,7 @@ class Node:
         return {
             "node": self.name,
             "pid": os.getpid(),
-            "keys": store.count(),  # live keys on disk
+            "keys": replica.live_keys(),  # live keys (the store would have to scan)
             "reads": replica.stats.reads,
             "writes": replica.stats.writes,  # write requests taken (not superseded/refused)
             "stored": store.writes,  # records stored, repairs included

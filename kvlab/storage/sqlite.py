@@ -53,14 +53,14 @@ _SELECT = "SELECT value, physical, logical, coordinator FROM records WHERE key =
 # query each (measured on the dev machine; the per-statement overhead dominates).
 _SELECT_MANY = ("SELECT key, value, physical, logical, coordinator FROM records "
                 "WHERE key IN (SELECT value FROM json_each(?))")
-# What the supersede rule needs, without copying the stored value out of the page.
-_SELECT_VERSION = ("SELECT physical, logical, coordinator, value IS NULL FROM records "
-                   "WHERE key = ?")
-_SELECT_VERSIONS = ("SELECT key, physical, logical, coordinator, value IS NULL FROM records "
-                    "WHERE key IN (SELECT value FROM json_each(?))")
-_UPSERT = "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)"
-# Row values compare field by field, as `Version` does (text by code point: UTF-8 bytes
-# sort in code point order), so an older hint never replaces a newer one.
+# Only a strictly newer version replaces what is held (the supersede rule). Row values
+# compare field by field, as `Version` does (text by code point: UTF-8 bytes sort in code
+# point order).
+_UPSERT = ("INSERT INTO records VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+           "value = excluded.value, physical = excluded.physical, logical = excluded.logical, "
+           "coordinator = excluded.coordinator WHERE (excluded.physical, excluded.logical, "
+           "excluded.coordinator) > (records.physical, records.logical, records.coordinator)")
+# The same rule for hints: an older hint never replaces a newer one.
 _HINT = ("INSERT INTO hints VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, key) DO UPDATE "
          "SET value = excluded.value, physical = excluded.physical, logical = excluded.logical, "
          "coordinator = excluded.coordinator, stored_ms = excluded.stored_ms "
@@ -122,8 +122,6 @@ class SqliteStore:
         # FULL makes every WAL commit fsync: an acknowledged write survives power loss.
         writer.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         writer.executescript(SCHEMA)  # IF NOT EXISTS: a database from before hints opens
-        self._live = writer.execute(
-            "SELECT count(*) FROM records WHERE value IS NOT NULL").fetchone()[0]
         self._reader = self._connect()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.commits = 0  # transactions committed: batches / commits = group commit factor
@@ -167,8 +165,10 @@ class SqliteStore:
                 in self._reader.execute(_HINTS)]
 
     def count(self) -> int:
-        """Live keys (tombstones are not counted)."""
-        return self._live
+        """Live keys (tombstones are not counted). A scan of the table: not for hot paths
+        (a node reports its replica's count instead)."""
+        return self._reader.execute(
+            "SELECT count(*) FROM records WHERE value IS NOT NULL").fetchone()[0]
 
     # -- writes (the writer thread) -------------------------------------------------------
 
@@ -256,7 +256,6 @@ class SqliteStore:
         Raises `_PersistFailed` if applying one of them failed (nothing is committed then).
         """
         stored: list[int] = []
-        live = self._live  # kept apart until the commit: a rollback must not change it
         try:
             db.execute("BEGIN IMMEDIATE")
             for job in jobs:
@@ -264,53 +263,32 @@ class SqliteStore:
                     db.execute("DELETE FROM records")
                     db.execute("DELETE FROM hints")
                     stored.append(0)
-                    live = 0
                     continue
                 try:
-                    count, change = self._apply(db, job.persist)
+                    stored.append(self._apply(db, job.persist))
                 except Exception as exc:
                     raise _PersistFailed(exc) from exc
-                stored.append(count)
-                live += change
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
         self.commits += 1
-        self._live = live
         self.writes += sum(stored)
         self.batches += sum(job.persist is not None for job in jobs)
         return stored
 
-    def _apply(self, db: sqlite3.Connection, persist: Persist) -> tuple[int, int]:
-        """One Persist inside the open transaction: (records stored, change in live keys)."""
-        stored = live = 0
-        records = persist.records
-        if records:
-            # What is held, for all the batch's keys in one statement, then the upserts in
-            # one executemany: two calls into SQLite per Persist instead of two per record.
-            if len(records) == 1:
-                key = records[0].key
-                rows = db.execute(_SELECT_VERSION, (key,)).fetchall()
-                held = {key: rows[0]} if rows else {}
-            else:
-                keys = orjson.dumps([r.key for r in records]).decode()
-                held = {row[0]: row[1:] for row in db.execute(_SELECT_VERSIONS, (keys,))}
-            upserts = []
-            for record in records:
-                v = record.version
-                stamp = (v.physical, v.logical, v.coordinator)
-                row = held.get(record.key)
-                if row is not None and stamp <= row[:3]:
-                    continue  # the supersede rule: only a strictly newer version is stored
-                upserts.append((record.key, record.value, *stamp))
-                tomb = record.value is None
-                live += (not tomb) - (row is not None and not row[3])
-                held[record.key] = (*stamp, tomb)  # the same key again later in the batch
-            if upserts:
-                db.executemany(_UPSERT, upserts)
-                stored = len(upserts)
+    def _apply(self, db: sqlite3.Connection, persist: Persist) -> int:
+        """One Persist inside the open transaction: how many of its records were stored."""
+        stored = 0
+        if persist.records:
+            # The supersede rule inside SQLite (a conditional upsert), so a record costs one
+            # statement and no round trip through Python to read what is held.
+            before = db.total_changes
+            db.executemany(_UPSERT, [
+                (r.key, r.value, r.version.physical, r.version.logical, r.version.coordinator)
+                for r in persist.records])
+            stored = db.total_changes - before
         if persist.hints:
             db.executemany(_HINT, [
                 (h.target, h.record.key, h.record.value, h.record.version.physical,
@@ -322,7 +300,7 @@ class SqliteStore:
         if persist.purge:  # only tombstones go, and they were not counted as live
             db.executemany(_PURGE, [(k, v.physical, v.logical, v.coordinator)
                                     for k, v in persist.purge])
-        return stored, live
+        return stored
 
 
 def _has_work(persist: Persist) -> bool:
