@@ -47,6 +47,7 @@ class ChaosOptions:
     first_fault_ms: int = 1000
     gap_ms: tuple[int, int] = (1000, 3000)
     fault_ms: tuple[int, int] = (1000, 4000)
+    nemesis_nodes: int = 1  # nodes a kill, pause or wipe takes at once
     # After the clients: faults healed, no traffic, this long. Anti-entropy compares each
     # range with each peer every 5 s by default, from both sides.
     quiesce_s: float = 6.0
@@ -164,7 +165,7 @@ async def _nemesis(cluster: Cluster, kv: AsyncKV, options: ChaosOptions, run: Ch
     names = [n.name for n in cluster.nodes]
     faults = schedule(options.nemesis, names, ["proxy"], options.seed,
                       first_ms=options.first_fault_ms, gap_ms=options.gap_ms,
-                      duration_ms=options.fault_ms)
+                      duration_ms=options.fault_ms, nodes_per_fault=options.nemesis_nodes)
     for fault in faults:
         begin = start + fault.at_ms / 1000
         end = min(start + fault.end_ms / 1000, deadline)

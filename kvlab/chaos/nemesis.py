@@ -75,12 +75,18 @@ def parse_kinds(text: str) -> tuple[str, ...]:
 def schedule(kinds: Sequence[str], nodes: Sequence[str], coordinators: Sequence[str],
              seed: int, first_ms: int = 100, gap_ms: tuple[int, int] = (100, 500),
              duration_ms: tuple[int, int] = (200, 1000), max_skew_ms: int = 2000,
-             max_loss: float = 0.3) -> Iterator[Fault]:
-    """An endless schedule of non-overlapping faults drawn from `kinds` (none if empty)."""
+             max_loss: float = 0.3, nodes_per_fault: int = 1) -> Iterator[Fault]:
+    """An endless schedule of non-overlapping faults drawn from `kinds` (none if empty).
+
+    A kill, pause or wipe takes `nodes_per_fault` nodes at once (two of a key's three
+    replicas down is what a sloppy quorum is for).
+    """
     if not kinds:
         return
     if not nodes or not coordinators:
         raise ValueError("the nemesis needs nodes and coordinators to break")
+    if not 1 <= nodes_per_fault <= len(nodes):
+        raise ValueError(f"a fault can take 1 to {len(nodes)} nodes, not {nodes_per_fault}")
     rng = random.Random(f"{seed}:nemesis")
     at = first_ms
     while True:
@@ -88,7 +94,10 @@ def schedule(kinds: Sequence[str], nodes: Sequence[str], coordinators: Sequence[
         duration = rng.randint(*duration_ms)
         coordinator = rng.choice(coordinators)
         if kind in (KILL, PAUSE, WIPE):
-            yield Fault(at, kind, duration, nodes=(rng.choice(nodes),))
+            # One node is drawn as it always was, so that earlier seeds replay the same.
+            picked = ((rng.choice(nodes),) if nodes_per_fault == 1 else
+                      tuple(sorted(rng.sample(list(nodes), nodes_per_fault))))
+            yield Fault(at, kind, duration, nodes=picked)
         elif kind == PARTITION:
             cut = tuple(sorted(rng.sample(list(nodes), rng.randint(1, max(1, len(nodes) - 1)))))
             direction = rng.choice((BOTH, BOTH, TO_NODES, FROM_NODES))

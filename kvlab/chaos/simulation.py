@@ -41,6 +41,7 @@ class SimOptions:
     nemesis: tuple[str, ...] = ()
     nemesis_gap_ms: tuple[int, int] = (100, 500)
     fault_ms: tuple[int, int] = (200, 1000)
+    nemesis_nodes: int = 1  # nodes a kill, pause or wipe takes at once
     # After the clients finish: faults healed, no traffic, for this long (virtual).
     quiesce_ms: int = 10_000
     # A run whose clients are stuck past this much virtual time is cut short (a guard).
@@ -77,7 +78,8 @@ class Simulation:
             clock.after(self._think_us(process), self._invoke, process)
         self._schedule = schedule(options.nemesis, world.node_names, self._coordinators,
                                   options.seed, gap_ms=options.nemesis_gap_ms,
-                                  duration_ms=options.fault_ms)
+                                  duration_ms=options.fault_ms,
+                                  nodes_per_fault=options.nemesis_nodes)
         self._next_fault()
 
     # -- stepping ------------------------------------------------------------------------

@@ -43,6 +43,9 @@ def add_faults_and_output(p: argparse.ArgumentParser, kinds: Sequence[str]) -> N
     out.add_argument("--nemesis", type=parse, default=(), metavar="KINDS",
                      help=f"comma-separated faults to inject: {','.join(kinds)} "
                           "(default: none)")
+    out.add_argument("--nemesis-nodes", type=positive, default=1, metavar="K",
+                     help="nodes a kill, pause or wipe takes at once (default 1; 2 takes two "
+                          "of a key's three replicas, what a sloppy quorum is for)")
     out.add_argument("--history", metavar="FILE", help="write the history as JSON lines to FILE")
     out.add_argument("--json", action="store_true", help="print the summary as JSON")
     out.add_argument("--no-check", action="store_true",

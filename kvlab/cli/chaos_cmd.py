@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     options = ChaosOptions(duration_s=args.duration, seed=args.seed, mix=mix_from_args(args),
-                           r=args.r, w=args.w, nemesis=args.nemesis, max_ops=args.ops,
+                           r=args.r, w=args.w, nemesis=args.nemesis,
+                           nemesis_nodes=args.nemesis_nodes, max_ops=args.ops,
                            quiesce_s=args.quiesce)
     interrupt_on_termination()  # so a cluster started here is stopped on SIGTERM too
     cluster, started = _attach_or_start(args)
@@ -68,6 +69,9 @@ def main(args: argparse.Namespace) -> int:
         for name, value in (("--r", args.r), ("--w", args.w)):
             if value is not None and value > n:
                 raise UsageError(f"{name} {value} exceeds the cluster's N={n}")
+        if args.nemesis_nodes > len(cluster.nodes):
+            raise UsageError(f"--nemesis-nodes {args.nemesis_nodes} is more than the "
+                             f"cluster's {len(cluster.nodes)} nodes")
         print(f"chaos on cluster {cluster.spec.name} ({cluster.url}) for {args.duration:g}s, "
               f"nemesis: {','.join(args.nemesis) or 'none'}", file=sys.stderr)
         run = asyncio.run(run_chaos(cluster, options,

@@ -132,11 +132,15 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.nemesis_nodes > args.nodes:
+        raise UsageError(f"--nemesis-nodes {args.nemesis_nodes} is more than the "
+                         f"{args.nodes} nodes")
     if args.replicas > args.nodes:
         raise UsageError(f"--replicas {args.replicas} needs at least that many --nodes "
                          f"(got {args.nodes})")
     return SimOptions(seed=args.seed, world=world, ops=args.ops, mix=mix,
-                      nemesis=args.nemesis, quiesce_ms=round(args.quiesce * 1000))
+                      nemesis=args.nemesis, nemesis_nodes=args.nemesis_nodes,
+                      quiesce_ms=round(args.quiesce * 1000))
 
 
 def summarize(result: SimResult, options: SimOptions, check: bool = True,
