@@ -99,9 +99,10 @@ def add_spec(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
                            "a wiped node refills (default: on)")
     heal.add_argument("--tombstone-grace", type=non_negative_float, metavar="SECONDS",
                       default=d.tombstone_grace_s,
-                      help="a delete's tombstone is purged this long after the delete, once "
-                           "every replica holds it; a replica down for longer may bring the "
-                           "key back (default: %(default)g, a day)")
+                      help="a delete's tombstone is purged this long after the delete (and no "
+                           "sooner than the hint window plus the clock bound), once "
+                           "anti-entropy has seen it on every replica, so even a replica down "
+                           "for longer can't bring the key back (default: %(default)g, a day)")
     heal.add_argument("--hint-window", type=non_negative_float, metavar="SECONDS",
                       default=d.hint_window_s,
                       help="hints older than this are dropped, not handed over: a node down "
