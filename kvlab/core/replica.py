@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from kvlab.core.hashtree import (
+    BRANCHES,
+    PER_BRANCH,
     SEGMENTS,
     HashTree,
     differing_branches,
@@ -56,10 +58,16 @@ from kvlab.core.messages import (
 )
 from kvlab.core.record import Record
 from kvlab.core.ring import Ring, hash_key
-from kvlab.core.hashtree import PER_BRANCH
 from kvlab.core.version import MAX_AHEAD_MS, Version, too_far_ahead
 
 Reader = Callable[[Sequence[str]], Mapping[str, Record]]
+
+# Only replicas send these; anything else sending them is refused.
+_PEER_MESSAGES = frozenset((TreeRequest, TreeReply, KeysRequest, KeysReply, Push, PushAck,
+                            Purge))
+# A peer's message holds at most this many times a round's keys (or a replay's records):
+# more is no peer of ours, and would hold the event loop for seconds.
+_MESSAGE_BOUND = 4
 
 HOUR_MS = 3_600_000
 
@@ -115,6 +123,7 @@ class ReplicaStats:
     repaired: dict[str, int] = field(default_factory=lambda: {m.value: 0 for m in Mechanism})
     repair_bytes: int = 0  # key and value bytes this node received through repairs
     purged: int = 0  # tombstones dropped
+    ignored: int = 0  # messages refused: a peer's message from a non-peer, or out of bounds
     # peer -> the last finished exchange with it: when, keys in and out, how long
     exchanges: dict[str, dict] = field(default_factory=dict)
 
@@ -145,8 +154,23 @@ class _Exchange:
     peer: str
     started_ms: int
     deadline_ms: int
+    ripe_before: int  # ripe tombstones numbered below this were in the tree we sent
     stage: str = "tree"  # "tree": waiting for leaves; "keys": waiting for records
     more: bool = False  # differences were left for a later round (the round was bounded)
+
+
+class _Ripe:
+    """A tombstone past its purge age, and the peers not yet known to hold it."""
+
+    __slots__ = ("range", "segment", "version", "missing", "seq")
+
+    def __init__(self, rng: Range, segment: int, version: Version, missing: set[str],
+                 seq: int) -> None:
+        self.range = rng
+        self.segment = segment
+        self.version = version
+        self.missing = missing
+        self.seq = seq  # when it ripened (a counter): what an exchange may confirm
 
 
 @dataclass
@@ -176,8 +200,13 @@ class Replica:
         # Tombstones by age (physical ms, key), so each purge round looks only at those
         # whose grace just ended instead of at every tombstone held.
         self._aging: list[tuple[int, str]] = []
-        self._ripe: dict[str, tuple[Range, int, Version]] = {}  # purgeable once confirmed
-        self._confirmed: dict[str, set[str]] = {}  # ripe tombstone -> peers known to hold it
+        # Ripe tombstones (past their purge age), the keys each (range, peer) has yet to
+        # confirm by segment, and those every peer has confirmed: a confirmation touches
+        # each key once per peer, and a purge round only the ready ones.
+        self._ripe: dict[str, _Ripe] = {}
+        self._waiting: dict[tuple[Range, str], dict[int, set[str]]] = {}
+        self._ready: set[str] = set()
+        self._ripe_seq = 0
         self._hints: dict[str, dict[str, Hint]] = {}  # target -> key -> hint
         self._flights: dict[str, _Flight] = {}  # target -> replay in flight
         self._retry_at: dict[str, int] = {}  # target -> earliest next replay
@@ -214,13 +243,15 @@ class Replica:
 
     def _layout(self, ring: Ring) -> None:
         self._trees, self._ranges, self._strays, self._arcs = {}, {}, {}, {}
-        self._ripe, self._confirmed, self._urgent, self._aging = {}, {}, deque(), []
+        self._ripe, self._waiting, self._ready = {}, {}, set()
+        self._urgent, self._aging = deque(), []
         for start, _, _ in ring.arcs() or [(0, 0, "")]:
             listed = ring.preference_list_at(start, self.config.n)
             rng = self._range_for(listed)
             if rng is not None and rng not in self._trees:
                 self._trees[rng] = HashTree()
         self._pairs = [(r, peer) for r in sorted(self._trees) for peer in r if peer != self.name]
+        self._peers = frozenset(ring.nodes) - {self.name}
 
     def _range_for(self, listed: tuple[str, ...]) -> Range | None:
         rng = self._ranges.get(listed, ())
@@ -258,8 +289,7 @@ class Replica:
         elif self._tombs:
             self._tombs.pop(key, None)
         if self._ripe:  # a ripe tombstone overwritten is no longer to be purged
-            self._confirmed.pop(key, None)
-            self._ripe.pop(key, None)
+            self._forget_ripe(key)
 
     def _unset(self, key: str) -> None:
         tree, segment = self._place(key)
@@ -268,11 +298,17 @@ class Replica:
         else:
             tree.remove(segment, key)
         self._tombs.pop(key, None)
-        self._confirmed.pop(key, None)
-        self._ripe.pop(key, None)
+        self._forget_ripe(key)
 
-    def _accept(self, record: Record, batch: _Batch) -> bool:
-        """Take `record` if it supersedes what is held; it is persisted with `batch`."""
+    def _accept(self, record: Record, now_ms: int, batch: _Batch) -> bool:
+        """Take `record` if it supersedes what is held; it is persisted with `batch`.
+
+        A record stamped too far ahead of this node's clock is refused whichever way it
+        came (a peer's push too): one forged version must not spread by anti-entropy.
+        """
+        if record.version.physical - now_ms > self.config.max_ahead_ms:
+            self.stats.refused += 1
+            return False
         tree, segment = self._place(record.key)
         held = self._strays.get(record.key) if tree is None else tree.get(segment, record.key)
         if held is not None and record.version <= held:
@@ -295,8 +331,7 @@ class Replica:
         elif tombs:
             tombs.pop(key, None)
         if self._ripe:  # a ripe tombstone overwritten is no longer to be purged
-            self._confirmed.pop(key, None)
-            self._ripe.pop(key, None)
+            self._forget_ripe(key)
         batch.records.append(record)
 
     # -- messages ------------------------------------------------------------------------
@@ -320,6 +355,8 @@ class Replica:
             if cls is ReadRequest:
                 reads.append(message)  # type: ignore[arg-type]
                 continue
+            if cls in _PEER_MESSAGES and not self._from_peer(src, message):
+                continue
             match message:
                 case ReadRequest():
                     reads.append(message)
@@ -336,14 +373,15 @@ class Replica:
                 case KeysReply():
                     self._keys_reply(src, message, now_ms, batch, effects)
                 case Push():
-                    stored = sum(self._repair(r, message.mechanism, batch)
+                    stored = sum(self._repair(r, message.mechanism, now_ms, batch)
                                  for r in message.records)
                     batch.acks.append((src, PushAck(message.xid, stored), False))
                 case PushAck():
                     self._replayed(src, message, now_ms, batch)
                 case Purge():
+                    # Only a replica of the key may say every replica holds its tombstone.
                     for key, version in message.entries:
-                        if self._tombs.get(key) == version:
+                        if self._tombs.get(key) == version and src in self._range_of(key):
                             self._drop_tombstone(key, version, batch)
                 case ReadReply() | WriteReply() | ErrorReply() | Superseded():
                     pass  # replies go to coordinators; a replica never asked for one
@@ -356,6 +394,35 @@ class Replica:
         if batch:
             effects.append(self._persist(batch))
         return effects
+
+    def _from_peer(self, src: str, message: Message) -> bool:
+        """Whether a replica-to-replica message may be taken: from a peer, and in bounds."""
+        bound = _MESSAGE_BOUND * max(self.config.exchange_keys, self.config.hint_batch)
+        match message:
+            case TreeRequest():
+                ok = len(message.branches) == BRANCHES
+            case TreeReply():
+                ok = len(message.leaves) <= BRANCHES and all(
+                    0 <= b < BRANCHES and len(leaves) == PER_BRANCH
+                    for b, leaves in message.leaves)
+            case KeysRequest():  # one segment alone may hold more than a round's keys
+                ok = len(message.segments) <= SEGMENTS and len(message.entries) <= 16 * bound
+            case KeysReply():
+                ok = len(message.records) <= bound and len(message.want) <= bound
+            case Push():
+                ok = len(message.records) <= bound
+            case Purge():
+                ok = len(message.entries) <= bound
+            case _:
+                ok = True
+        if src in self._peers and ok:
+            return True
+        self.stats.ignored += 1
+        return False
+
+    def _range_of(self, key: str) -> Range:
+        return self._range_for(self.ring.preference_list_at(hash_key(key), self.config.n)) \
+            or ()
 
     def _persist(self, batch: _Batch) -> Persist:
         self._next_batch += 1
@@ -457,8 +524,9 @@ class Replica:
 
     # -- repairs -------------------------------------------------------------------------
 
-    def _repair(self, record: Record, mechanism: Mechanism, batch: _Batch) -> bool:
-        if not self._accept(record, batch):
+    def _repair(self, record: Record, mechanism: Mechanism, now_ms: int, batch: _Batch
+                ) -> bool:
+        if not self._accept(record, now_ms, batch):
             return False
         self._count_repair(mechanism, record)
         return True
@@ -528,7 +596,8 @@ class Replica:
                 continue
             self._next_xid += 1
             self._exchanges[self._next_xid] = _Exchange(
-                rng, peer, now_ms, now_ms + self.config.exchange_timeout_ms)
+                rng, peer, now_ms, now_ms + self.config.exchange_timeout_ms,
+                ripe_before=self._ripe_seq + 1)
             effects.append(Send(peer, TreeRequest(self._next_xid, rng,
                                                   list(self._trees[rng].branches))))
             return
@@ -539,6 +608,7 @@ class Replica:
         if tree is None:
             return  # not a range of ours (the two rings disagree): the initiator gives up
         branches = differing_branches(tree.branches, request.branches)
+        # Our ripe tombstones in equal segments are in the tree the peer sent: it holds them.
         self._confirm(request.range, src, {b * PER_BRANCH + i for b in branches
                                            for i in range(PER_BRANCH)})
         effects.append(Send(src, TreeReply(request.xid,
@@ -554,7 +624,9 @@ class Replica:
             del self._exchanges[reply.xid]
             return
         segments = differing_segments(tree, reply.leaves)
-        self._confirm(exchange.range, src, set(segments))
+        # The peer compared with the tree we sent, so only tombstones that were ripe (and
+        # unchanged) when we sent it are confirmed: one that arrived since was not in it.
+        self._confirm(exchange.range, src, set(segments), exchange.ripe_before)
         if not segments:
             self.stats.ae_in_sync += 1
             self._finish(reply.xid, now_ms, 0, 0)
@@ -575,12 +647,14 @@ class Replica:
         if tree is None:
             return
         theirs = dict(request.entries)
-        mine = dict(tree.items([s for s in request.segments if 0 <= s < SEGMENTS]))
+        segments = sorted({s for s in request.segments if 0 <= s < SEGMENTS})
+        mine = dict(tree.items(segments))
         newer = [k for k, v in mine.items() if k not in theirs or theirs[k] < v]
         want = [k for k, v in theirs.items() if k not in mine or mine[k] < v]
-        same = {k for k, v in theirs.items() if mine.get(k) == v}
-        for key in same & self._ripe.keys():
-            self._confirmed.setdefault(key, set()).add(src)
+        for key, version in theirs.items():  # the peer holds exactly these versions
+            ripe = self._ripe.get(key)
+            if ripe is not None and ripe.version == version:
+                self._confirm_key(key, ripe, src)
         effects.append(Send(src, KeysReply(request.xid, self._records(newer),
                                            want[:self.config.exchange_keys])))
 
@@ -589,7 +663,8 @@ class Replica:
         exchange = self._exchanges.get(reply.xid)
         if exchange is None or exchange.stage != "keys" or exchange.peer != src:
             return
-        got = sum(self._repair(r, Mechanism.ANTI_ENTROPY, batch) for r in reply.records)
+        got = sum(self._repair(r, Mechanism.ANTI_ENTROPY, now_ms, batch)
+                  for r in reply.records)
         sent = self._records(reply.want)
         if sent:
             effects.append(Send(src, Push(reply.xid, sent, Mechanism.ANTI_ENTROPY)))
@@ -624,41 +699,73 @@ class Replica:
             if self._next_ae is not None:
                 self._next_ae = min(self._next_ae, now_ms)
 
-    def _confirm(self, rng: Range, peer: str, differing: set[int]) -> None:
-        """`peer` holds what we hold in every segment of `rng` outside `differing`."""
-        for key, (key_range, segment, _) in self._ripe.items():
-            if key_range == rng and segment not in differing:
-                self._confirmed.setdefault(key, set()).add(peer)
+    def _confirm(self, rng: Range, peer: str, differing: set[int],
+                 ripe_before: int | None = None) -> None:
+        """`peer` holds what we hold in every segment of `rng` outside `differing` (only
+        the tombstones numbered below `ripe_before`, if given, were compared)."""
+        waiting = self._waiting.get((rng, peer))
+        if not waiting:
+            return
+        for segment in [s for s in waiting if s not in differing]:
+            later = set()
+            for key in waiting.pop(segment):
+                ripe = self._ripe.get(key)
+                if ripe is None or ripe.range != rng:
+                    continue  # overwritten or purged since
+                if ripe_before is not None and ripe.seq >= ripe_before:
+                    later.add(key)
+                else:
+                    self._confirm_key(key, ripe, peer)
+            if later:
+                waiting[segment] = later
+
+    def _confirm_key(self, key: str, ripe: _Ripe, peer: str) -> None:
+        ripe.missing.discard(peer)
+        if not ripe.missing:
+            self._ready.add(key)
+
+    def _ripen(self, key: str, rng: Range, segment: int, version: Version) -> None:
+        self._ripe_seq += 1
+        peers = {p for p in rng if p != self.name}
+        self._ripe[key] = _Ripe(rng, segment, version, peers, self._ripe_seq)
+        for peer in peers:
+            self._waiting.setdefault((rng, peer), {}).setdefault(segment, set()).add(key)
+        if not peers:
+            self._ready.add(key)
+
+    def _forget_ripe(self, key: str) -> None:
+        # Its entries in `_waiting` are skipped when met: finding them costs more.
+        if self._ripe.pop(key, None) is not None:
+            self._ready.discard(key)
 
     # -- tombstones ----------------------------------------------------------------------
 
     def _purge_ripe(self, now_ms: int, effects: list[ReplicaEffect]) -> None:
-        """Drop the tombstones past their grace that every replica is known to hold."""
-        aging, ripe = self._aging, self._ripe
+        """Drop the tombstones past their purge age that every replica is known to hold."""
+        aging = self._aging
         while aging and now_ms - aging[0][0] >= self.config.purge_after_ms:
             physical, key = heappop(aging)
             version = self._tombs.get(key)
-            if version is None or version.physical != physical:
-                continue  # overwritten or purged since
+            if version is None or version.physical != physical or key in self._ripe:
+                continue  # overwritten or purged since, or met twice
             point = hash_key(key)
             rng = self._range_for(self.ring.preference_list_at(point, self.config.n))
             if rng is not None:  # otherwise not ours to decide: the key's replicas purge it
-                ripe[key] = (rng, segment_of(point), version)
-        if not self.config.anti_entropy:
-            return  # nothing could ever confirm the other replicas hold them: keep them all
+                self._ripen(key, rng, segment_of(point), version)
+        if not self.config.anti_entropy or not self._ready:
+            return  # with anti-entropy off nothing confirms: every tombstone is kept
         batch = _Batch()
         told: dict[str, list[tuple[str, Version]]] = {}
-        for key, (rng, _, version) in list(ripe.items()):
-            peers = [p for p in rng if p != self.name]
-            if self._tombs.get(key) != version:
-                del ripe[key]
+        ready, self._ready = self._ready, set()
+        for key in ready:
+            ripe = self._ripe.get(key)
+            if ripe is None or self._tombs.get(key) != ripe.version:
                 continue
-            if not self._confirmed.get(key, set()).issuperset(peers):
-                continue
-            self._drop_tombstone(key, version, batch)
-            for peer in peers:
-                told.setdefault(peer, []).append((key, version))
-        effects.extend(Send(peer, Purge(entries)) for peer, entries in told.items())
+            self._drop_tombstone(key, ripe.version, batch)
+            for peer in ripe.range:
+                if peer != self.name:
+                    told.setdefault(peer, []).append((key, ripe.version))
+        effects.extend(Send(peer, Purge(entries)) for peer, entries in sorted(told.items()))
         if batch:
             effects.append(self._persist(batch))
 
@@ -739,6 +846,8 @@ class Replica:
             "repaired": dict(s.repaired), "repair_bytes": s.repair_bytes,
             "superseded": s.superseded, "refused": s.refused, "purged": s.purged,
             "tombstones": len(self._tombs),
+            "tombstones_unconfirmed": len(self._ripe) - len(self._ready),
+            "ignored": s.ignored,
             "exchanges": {peer: {**e, "ago_ms": now_ms - e["at_ms"]}
                           for peer, e in sorted(s.exchanges.items())},
         }

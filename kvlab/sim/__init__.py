@@ -4,7 +4,7 @@ One seed replays one run exactly. `World(config, seed)` is a cluster you can ste
 `advance(ms)` runs virtual time; `submit(f, key, value, coordinator=, quorum=, callback=)`
 starts a read, write or delete; `inspect(key)` asks each replica through the core;
 `replica_records(key)` reads the stores directly; `crash/restart/pause/resume(node)`,
-`wipe(node)`, `restart_coordinator(name, skew_ms=)`, `partition(a, b, both=)`, `heal()`,
+`wipe(node)`, `restart_coordinator(name, skew_ms=, keep_clock=)`, `partition(a, b, both=)`, `heal()`,
 `skew(process, ms)`, `set_loss(p)` inject faults; `nodes()`, `coordinators()`,
 `recent_ops()`, `under_replicated()`, `now_ms` describe it.
 

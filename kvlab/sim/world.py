@@ -234,14 +234,21 @@ class World:
         sim.restart()
         return lost
 
-    def restart_coordinator(self, name: int | str, skew_ms: float = 0) -> SimCoordinator:
-        """Restart a proxy: a fresh `Coordinator` with no memory (its hybrid clock starts
-        from nothing), whose clock is stepped by `skew_ms` from the old one's (negative:
-        back). Operations in progress end unknown (a timeout); replies to them are lost
-        with the old process's connections. Returns the new proxy."""
+    def restart_coordinator(self, name: int | str, skew_ms: float = 0,
+                            keep_clock: bool = True) -> SimCoordinator:
+        """Restart a proxy: a fresh `Coordinator` with no memory, whose clock is stepped by
+        `skew_ms` from the old one's (negative: back). Operations in progress end unknown
+        (a timeout); replies to them are lost with the old process's connections.
+
+        `keep_clock`: it starts above its last run's clock high-water mark, as a real proxy
+        does from its state folder; False models a proxy that lost that folder (its hybrid
+        clock starts from nothing: only Superseded answers keep its writes from losing).
+        Returns the new proxy."""
         old = self.coordinator(name)
         old.close()
         proxy = self._coordinator(old.name, old.skew_us + round(skew_ms * US_PER_MS))
+        if keep_clock:
+            proxy.core.clock.restore(old.core.clock.high_water_ms)
         self._proxies[old.name] = proxy
         return proxy
 

@@ -249,3 +249,84 @@ def test_a_hint_replay_is_bounded_by_bytes_as_well_as_by_count():
             "p", HintRequest(i, _rec(f"big{i}", big, NOW), "n9"), NOW))
     pushes = [e.message for e in replica.handle_timer(NOW) if isinstance(e, Send)]
     assert len(pushes) == 1 and len(pushes[0].records) == 2  # 3 MiB at most, keys included
+
+
+def _run(c: CoreCluster, node: str, effects) -> list:
+    """Persist at once; return the Sends, undelivered."""
+    out = []
+    for e in effects:
+        if isinstance(e, Persist):
+            c.stores[node].write(e)
+            out += _run(c, node, c.replicas[node].persisted(e.batch, c.now))
+        else:
+            out.append(e)
+    return out
+
+
+def test_a_tombstone_that_arrives_during_an_exchange_is_not_confirmed_by_its_reply():
+    # Found in review: a TreeReply compares the peer with our tree *as sent*; a tombstone
+    # that reached us meanwhile was not in it, so the reply says nothing about it.
+    from kvlab.core.messages import Mechanism, Purge, Push
+    cfg = ReplicaConfig(n=3, hints=False, tombstone_grace_ms=1000, anti_entropy_ms=10**9)
+    c = CoreCluster(Quorum(3, 2, 2), nodes=("A", "B", "C"), config=cfg)
+    t0 = c.now
+    v1 = Record("k", b"v1", Version(t0, 0, "p"))
+    dead = Record("k", None, Version(t0 + 10, 0, "p"))
+    for n, record in (("A", v1), ("B", v1), ("C", dead)):
+        _run(c, n, c.replicas[n].receive("C" if n != "C" else "A",
+                                         Push(0, [record], Mechanism.HINT), t0))
+    a, b, d = (c.replicas[n] for n in "ABC")
+    c.now = now = t0 + 10_000
+    for r in (a, b, d):
+        _run(c, r.name, r.handle_timer(now))
+    rng = ("A", "B", "C")
+    a._urgent.append((rng, "B"))
+    effects: list = []
+    a._start_exchange(now, effects)
+    (request,) = effects
+    (reply,) = _run(c, "B", b.receive("A", request.message, now))
+    assert reply.message.leaves == []  # A and B agreed when A asked
+    _run(c, "A", a.receive("C", Push(77, [dead], Mechanism.ANTI_ENTROPY), now))
+    now += cfg.purge_every_ms
+    c.now = now
+    _run(c, "A", a.handle_timer(now))
+    assert "k" in a._ripe
+    _run(c, "A", a.receive("B", reply.message, now))
+    assert "B" in a._ripe["k"].missing  # B was not confirmed: it still holds v1
+    sends = _run(c, "A", a.handle_timer(now + cfg.purge_every_ms))
+    assert not [s for s in sends if isinstance(s.message, Purge)]
+    # Ordinary anti-entropy from here on: the delete wins everywhere, then is purged.
+    for r in (a, b, d):
+        object.__setattr__(r, "config", ReplicaConfig(**{**cfg.__dict__,
+                                                         "anti_entropy_ms": 100}))
+        r._next_ae = now
+    c.tick(10_000)
+    assert c.read("k").status == "not_found"
+    assert all(c.stores[n].get("k") is None for n in "ABC")
+
+
+def test_peer_messages_from_a_coordinator_connection_are_ignored():
+    from kvlab.core.messages import Mechanism, Purge, Push
+    c = CoreCluster(config=ReplicaConfig(n=3, tombstone_grace_ms=0))
+    key = "k"
+    c.write(key, b"v1")
+    first = c.prefs(key)[0]
+    replica = c.replicas[first]
+    forged = Record(key, b"rogue", Version(c.now + 10, 0, "evil"))
+    assert replica.receive("coordinator#7", Push(1, [forged], Mechanism.HINT), c.now) == []
+    tomb = c.write(key, None).record.version
+    assert replica.receive("coordinator#7", Purge([(key, tomb)]), c.now) == []
+    assert replica.holds(key) == tomb and replica.stats.ignored == 2
+
+
+def test_a_far_future_record_is_refused_from_a_peer_too():
+    from kvlab.core.messages import Mechanism, Push
+    c = CoreCluster()
+    key = "k"
+    first, second = c.prefs(key)[:2]
+    future = Record(key, b"rogue", Version(c.now + 10 * 365 * 86_400_000, 0, "evil"))
+    sends = _run(c, first, c.replicas[first].receive(second, Push(1, [future],
+                                                                  Mechanism.ANTI_ENTROPY),
+                                                     c.now))
+    assert [s.message.stored for s in sends] == [0]  # acknowledged, not stored
+    assert c.replicas[first].holds(key) is None and c.replicas[first].stats.refused == 1
