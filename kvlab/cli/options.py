@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvlab.cluster.spec import DEFAULT_NAME, DEFAULT_PORT, ClusterSpec
+from kvlab.net.args import on_off
 
 
 def add_name(parser: argparse.ArgumentParser) -> None:
@@ -43,13 +44,6 @@ non_negative = ranged(int, 0)
 non_negative_float = ranged(float, 0)
 positive_float = ranged(float, 0, strict=True)
 fraction = ranged(float, 0, 1)
-
-
-def on_off(text: str) -> bool:
-    """An argparse type for `on` / `off`."""
-    if text not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-    return text == "on"
 
 
 def anti_entropy(text: str) -> tuple[bool, float | None]:

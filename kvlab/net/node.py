@@ -40,6 +40,7 @@ from kvlab.core.replica import HOUR_MS, Replica, ReplicaConfig
 from kvlab.core.ring import DEFAULT_VNODES, Ring
 from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net import codec
+from kvlab.net.args import name_url, on_off
 from kvlab.net.framing import FrameWriter
 from kvlab.net.link import PeerLink
 from kvlab.net.runner import serve
@@ -316,21 +317,6 @@ def make_app(node: Node) -> web.Application:
 # -- command line -------------------------------------------------------------------------
 
 
-def _peer_arg(text: str) -> tuple[str, str]:
-    name, sep, url = text.partition("=")
-    if not sep or not name or not url:
-        raise argparse.ArgumentTypeError(f"expected NAME=URL, got {text!r}")
-    if not url.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"the URL of peer {name!r} must start with http://")
-    return name, url
-
-
-def _on_off(text: str) -> bool:
-    if text not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-    return text == "on"
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -360,7 +346,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--durability", choices=("fsync", "none"), default="fsync",
                    help="fsync every commit (default), or never (fast, loses writes on a "
                         "power cut)")
-    p.add_argument("--peer", type=_peer_arg, action="append", default=[], metavar="NAME=URL",
+    p.add_argument("--peer", type=name_url, action="append", default=[], metavar="NAME=URL",
                    help="another node and its base URL, e.g. n2=http://127.0.0.1:8002 "
                         "(repeat for each; none: the node works alone)")
     p.add_argument("--replicas", type=int, default=3, metavar="N",
@@ -371,13 +357,13 @@ def parser() -> argparse.ArgumentParser:
                    help="a delete's tombstone is purged no sooner than this (with hints on, "
                         "nor before --hint-window plus --max-clock-ahead), and only once "
                         "every replica is known to hold it (default 86400)")
-    p.add_argument("--hints", type=_on_off, default=True, metavar="on|off",
+    p.add_argument("--hints", type=on_off, default=True, metavar="on|off",
                    help="keep hints for nodes that missed writes, and replay them (default on)")
     p.add_argument("--hint-window", type=_seconds, default=3 * HOUR_MS / 1000,
                    metavar="SECONDS",
                    help="hints older than this are dropped; anti-entropy repairs the rest "
                         "(default 10800)")
-    p.add_argument("--anti-entropy", type=_on_off, default=True, metavar="on|off",
+    p.add_argument("--anti-entropy", type=on_off, default=True, metavar="on|off",
                    help="compare hash trees with the other replicas and repair differences; "
                         "off: tombstones are never purged either (default on)")
     p.add_argument("--anti-entropy-interval", type=_seconds, default=5.0, metavar="SECONDS",

@@ -32,6 +32,7 @@ from kvlab.core.record import Record
 from kvlab.core.ring import DEFAULT_VNODES, Ring
 from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net.api_errors import quorum_error
+from kvlab.net.args import name_url, on_off
 from kvlab.net.clock_state import ClockState, ClockStateError
 from kvlab.net.engine import Engine, wall_clock
 from kvlab.net.http import (
@@ -460,26 +461,13 @@ async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event
             state.save(final=True)  # nothing can be stamped any more: the high water itself
 
 
-def _node_arg(text: str) -> tuple[str, str]:
-    name, sep, url = text.partition("=")
-    if not sep or not name or not url:
-        raise argparse.ArgumentTypeError(f"expected NAME=URL, got {text!r}")
-    return name, url
-
-
-def _on_off(text: str) -> bool:
-    if text not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-    return text == "on"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kvlab.net.proxy",
                                      description="Run the kvlab proxy (the coordinator).")
     parser.add_argument("--name", default="proxy", help="coordinator id stamped on versions")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--node", type=_node_arg, action="append", required=True,
+    parser.add_argument("--node", type=name_url, action="append", required=True,
                         metavar="NAME=URL", help="a data node (repeat for each)")
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--read-quorum", type=int, default=2)
@@ -488,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout-ms", type=int, default=1000)
     parser.add_argument("--max-key", type=int, default=Limits.max_key)
     parser.add_argument("--max-value", type=int, default=Limits.max_value)
-    parser.add_argument("--hints", type=_on_off, default=True, metavar="on|off",
+    parser.add_argument("--hints", type=on_off, default=True, metavar="on|off",
                         help="keep a write a primary missed as a hint on a fallback node "
                              "(default: on)")
     parser.add_argument("--sloppy", action="store_true",

@@ -66,3 +66,37 @@ class EventQueue:
 
     def __len__(self) -> int:
         return len(self.heap)
+
+
+class LocalClock:
+    """A simulated process's own clock: virtual time, plus the epoch, plus its skew.
+
+    The base of the processes (nodes, coordinators): `now_ms()` is what their core is
+    told. `clock` is the shared `EventQueue`; `_offset_us` is epoch + skew, added to it.
+    """
+
+    clock: EventQueue
+    _epoch_us: int
+    _offset_us: int
+
+    def _set_clock(self, clock: EventQueue, epoch_ms: int, skew_us: int = 0) -> None:
+        self.clock = clock
+        self._epoch_us = epoch_ms * US_PER_MS
+        self._offset_us = self._epoch_us + skew_us
+
+    def now_ms(self) -> int:
+        """This process's own idea of the time (epoch and skew included)."""
+        return (self.clock.now + self._offset_us) // US_PER_MS
+
+    @property
+    def skew_us(self) -> int:
+        """How far this process's clock runs ahead of true time (negative: behind)."""
+        return self._offset_us - self._epoch_us
+
+    @skew_us.setter
+    def skew_us(self, skew: int) -> None:
+        self._offset_us = self._epoch_us + skew
+        self._skewed()
+
+    def _skewed(self) -> None:
+        """Called after the skew changed (a process with timers re-arms them)."""

@@ -40,7 +40,7 @@ from kvlab.core.messages import (
 )
 from kvlab.core.replica import Replica, ReplicaConfig
 from kvlab.core.ring import Ring
-from kvlab.sim.clock import US_PER_MS, EventQueue
+from kvlab.sim.clock import US_PER_MS, EventQueue, LocalClock
 from kvlab.sim.network import RESET, Network
 from kvlab.storage.memory import MemoryStore
 
@@ -56,22 +56,20 @@ COUNTERS = ("hints_stored", "hints_replayed", "hints_expired", "ae_rounds", "ae_
 Origin = tuple[str, Message, int]
 
 
-class SimNode:
+class SimNode(LocalClock):
     """One node process on the network, known there by its name."""
 
     def __init__(self, name: str, clock: EventQueue, network: Network, ring: Ring,
                  config: ReplicaConfig, fsync_us: Callable[[], int], epoch_ms: int = 0
                  ) -> None:
         self.name = name
-        self.clock = clock
+        self._set_clock(clock, epoch_ms)
         self.network = network
         self.ring = ring
         self.config = config
         self.fsync_us = fsync_us
         self.store = MemoryStore()
         self.state = UP
-        self._epoch_us = epoch_ms * US_PER_MS
-        self._offset_us = self._epoch_us  # epoch + skew, added to virtual time
         # Bumped by each crash: events this process scheduled before are void.
         self.incarnation = 0
         self._waiting: list[Persist] = []  # for the next commit
@@ -95,18 +93,7 @@ class SimNode:
 
     # -- clock ---------------------------------------------------------------------------
 
-    def now_ms(self) -> int:
-        """This node's own idea of the time (epoch and skew included), as the core takes it."""
-        return (self.clock.now + self._offset_us) // US_PER_MS
-
-    @property
-    def skew_us(self) -> int:
-        """How far this node's clock runs ahead of true time (negative: behind)."""
-        return self._offset_us - self._epoch_us
-
-    @skew_us.setter
-    def skew_us(self, skew: int) -> None:
-        self._offset_us = self._epoch_us + skew
+    def _skewed(self) -> None:
         if self.state is not DOWN:
             self._wake_at = None  # the wake-up was set on the old clock: set it again
             self._arm()

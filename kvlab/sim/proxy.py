@@ -24,7 +24,7 @@ from kvlab.core.messages import (
     Send,
     SetTimer,
 )
-from kvlab.sim.clock import US_PER_MS, EventQueue
+from kvlab.sim.clock import US_PER_MS, EventQueue, LocalClock
 from kvlab.sim.network import RESET, Network
 
 READ = "read"
@@ -35,34 +35,20 @@ INSPECT = "inspect"
 Callback = Callable[[Outcome], object]
 
 
-class SimCoordinator:
+class SimCoordinator(LocalClock):
     """One proxy process on the network, known there by its coordinator's name."""
 
     def __init__(self, core: Coordinator, clock: EventQueue, network: Network,
                  epoch_ms: int = 0, skew_us: int = 0, sloppy: bool = False) -> None:
         self.core = core
         self.name = core.name
-        self.clock = clock
+        self._set_clock(clock, epoch_ms, skew_us)
         self.network = network
         self.sloppy = sloppy  # writes ask for a sloppy quorum unless told otherwise
-        self._epoch_us = epoch_ms * US_PER_MS
-        self._offset_us = self._epoch_us + skew_us  # epoch + skew, added to virtual time
         self._callbacks: dict[int, tuple[Callback, str, str]] = {}  # op -> (callback, kind, key)
         self.closed = False
         network.register(self.name, self)
 
-    @property
-    def skew_us(self) -> int:
-        """How far this proxy's clock runs ahead of true time (negative: behind)."""
-        return self._offset_us - self._epoch_us
-
-    @skew_us.setter
-    def skew_us(self, skew: int) -> None:
-        self._offset_us = self._epoch_us + skew
-
-    def now_ms(self) -> int:
-        """This proxy's own idea of the time (epoch and skew included), as the core takes it."""
-        return (self.clock.now + self._offset_us) // US_PER_MS
 
     def start(self, f: str, key: str, value: bytes | None, callback: Callback,
               quorum: int | None = None, sloppy: bool | None = None) -> int:

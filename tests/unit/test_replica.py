@@ -145,17 +145,23 @@ def test_anti_entropy_restores_a_wiped_node_in_bounded_rounds():
     assert c.replicas[victim].stats.repaired["anti_entropy"] == len(mine)
 
 
-def test_a_missed_delete_never_comes_back_and_its_tombstone_is_purged_everywhere():
+def _deleted_but(missed_by: str) -> tuple[CoreCluster, str, str]:
+    """A key written, then deleted while one replica is "silent" or "down" (a 1 s grace)."""
     config = ReplicaConfig(n=3, tombstone_grace_ms=1_000, hint_window_ms=0, max_ahead_ms=0,
                            anti_entropy_ms=500)
     c = CoreCluster(config=config, hints=False)
     key = "doomed"
     c.write(key, b"alive")
     lagging = c.prefs(key)[2]
-    c.silent.add(lagging)
+    (c.silent if missed_by == "silent" else c.down).add(lagging)
     assert c.write(key, None).status == OK  # the delete misses one replica
     c.held.clear()
     c.silent.clear()
+    return c, key, lagging
+
+
+def test_a_missed_delete_never_comes_back_and_its_tombstone_is_purged_everywhere():
+    c, key, _ = _deleted_but("silent")
     for _ in range(10):
         c.tick(1_000)
         assert c.read(key).status == "not_found"
@@ -164,14 +170,7 @@ def test_a_missed_delete_never_comes_back_and_its_tombstone_is_purged_everywhere
 
 
 def test_a_tombstone_is_kept_while_a_replica_has_not_confirmed_it():
-    config = ReplicaConfig(n=3, tombstone_grace_ms=1_000, hint_window_ms=0, max_ahead_ms=0,
-                           anti_entropy_ms=500)
-    c = CoreCluster(config=config, hints=False)
-    key = "doomed"
-    c.write(key, b"alive")
-    lagging = c.prefs(key)[2]
-    c.crash(lagging)
-    c.write(key, None)
+    c, key, lagging = _deleted_but("down")
     c.tick(10_000)  # long past the grace: but `lagging` never said it holds the tombstone
     assert all(c.stores[n].get(key).tombstone for n in c.prefs(key) if n != lagging)
     c.restart(lagging)
