@@ -3,8 +3,8 @@ proxy clock that never goes back, sloppy quorums.
 
 Each test starts its own cluster (fresh ports, the test's $KVLAB_HOME) and stops it after.
 The two refill tests print their figures (run with -s to see them); the acceptance sizes:
-  KVLAB_HANDOFF_KEYS=5000 KVLAB_REFILL_KEYS=10000 python -m pytest -s -k "handoff or wipe" \
-      tests/integration/test_healing.py
+  KVLAB_HANDOFF_KEYS=5000 KVLAB_REFILL_KEYS=10000 KVLAB_VALUE_BYTES=100 \
+      python -m pytest -s -k "handoff or wipe" tests/integration/test_healing.py
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tests.cluster_helpers import eventually, real_cluster
 
 HANDOFF_KEYS = int(os.environ.get("KVLAB_HANDOFF_KEYS", "1000"))
 REFILL_KEYS = int(os.environ.get("KVLAB_REFILL_KEYS", "2000"))
+VALUE_BYTES = int(os.environ.get("KVLAB_VALUE_BYTES", "12"))  # of each refilled value
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def test_hinted_handoff_brings_a_restarted_node_current_without_any_read(kvlab_h
 def test_anti_entropy_refills_a_wiped_node(kvlab_home):
     """n2 loses its disk: anti-entropy gives it back every key it replicates, within 60 s."""
     with real_cluster(nodes=5) as cluster:
-        written = write_all(cluster, {f"refill-{i}": f"value {i:06d}"
+        written = write_all(cluster, {f"refill-{i}": f"value {i:06d}".ljust(VALUE_BYTES, ".")
                                       for i in range(REFILL_KEYS)}, w=3)
         mine = {k: r for k, r in written.items() if "n2" in r.replicas}
         assert live_keys(cluster, "n2") == len(mine)
