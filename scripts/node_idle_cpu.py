@@ -5,7 +5,7 @@ Starts N node processes (python -m kvlab.net.node, each with the others as peers
 127.0.0.1 ports in a temp folder, writes KEYS keys to every node over the replica channel
 as a coordinator would (W = all), waits until anti-entropy rounds find the nodes in sync,
 then reads each node's utime + stime from /proc/PID/stat over --seconds and prints it as a
-share of one core. Also restarts one node to show how long loading its keys takes.
+share of one core, and its resident memory. Also restarts one node to show how long loading its keys takes.
 
   python scripts/node_idle_cpu.py [--keys 100000] [--seconds 30] [--nodes 3] [--json]
 
@@ -35,6 +35,13 @@ from kvlab.core.version import Version
 from kvlab.net import codec
 
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def cpu_s(pid: int) -> float:
@@ -147,6 +154,7 @@ async def main(args: argparse.Namespace) -> dict:
             await asyncio.sleep(args.seconds)  # the measurement window itself
             elapsed = time.monotonic() - t0
             used = {name: cpu_s(pid) - before[name] for name, pid in pids.items()}
+            rss = {name: rss_mb(pid) for name, pid in pids.items()}
             stats = {n: await get_json(session, f"{u}/stats") for n, u in nodes.urls.items()}
 
             # How long a node takes to load its keys at start.
@@ -166,6 +174,7 @@ async def main(args: argparse.Namespace) -> dict:
         "cpu_percent_of_a_core": {n: round(100 * used[n] / elapsed, 2) for n in used},
         "ae_rounds_so_far": {n: s["healing"]["ae_rounds"] for n, s in stats.items()},
         "held": {n: s["held"] for n, s in stats.items()},
+        "rss_mb": rss,
         "restart_load_s": restarted["load_s"],
     }
 
