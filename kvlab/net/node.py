@@ -179,15 +179,16 @@ class Node:
     def _apply(self, effects: Iterable[ReplicaEffect], now: int) -> None:
         coordinators = self.coordinators
         for effect in effects:
+            # Replies to a coordinator are nearly every effect: they go back on the socket
+            # their request came in on, with a dictionary lookup and no match.
+            if effect.__class__ is Send:
+                writer = coordinators.get(effect.node)  # type: ignore[union-attr]
+                if writer is not None:
+                    writer.push(effect.message)  # type: ignore[union-attr]
+                    continue
             match effect:
-                case Send():
-                    # Most Sends are replies to a coordinator: they go back on the socket
-                    # their request came in on, with no more than a dictionary lookup.
-                    writer = coordinators.get(effect.node)
-                    if writer is not None:
-                        writer.push(effect.message)
-                    else:
-                        self._send(effect.node, effect.message, now)
+                case Send():  # to a peer (a reply to a coordinator went above)
+                    self._send(effect.node, effect.message, now)
                 case Persist():
                     future = self.store.submit(effect)
                     future.add_done_callback(partial(self._persisted, effect.batch))
