@@ -329,3 +329,17 @@ def test_a_far_future_record_is_refused_from_a_peer_too():
                                                      c.now))
     assert [s.message.stored for s in sends] == [0]  # acknowledged, not stored
     assert c.replicas[first].holds(key) is None and c.replicas[first].stats.refused == 1
+
+
+def test_with_the_default_grace_a_missed_delete_reaches_the_replica_and_is_kept():
+    c = CoreCluster()  # the defaults: a day's grace, hints on, anti-entropy every 5 s
+    key = "doomed"
+    c.write(key, b"alive")
+    lagging = c.prefs(key)[2]
+    c.down.add(lagging)
+    assert c.write(key, None).status == OK
+    c.restart(lagging)  # back with the value it had before the delete
+    c.tick(12_000)  # hints and anti-entropy, no reads
+    assert c.stores[lagging].get(key).tombstone
+    assert all(c.stores[n].get(key).tombstone for n in c.prefs(key))  # kept: within grace
+    assert c.read(key).status == "not_found"
