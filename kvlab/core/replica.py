@@ -124,8 +124,11 @@ class ReplicaStats:
     repair_bytes: int = 0  # key and value bytes this node received through repairs
     purged: int = 0  # tombstones dropped
     ignored: int = 0  # messages refused: a peer's message from a non-peer, or out of bounds
-    # peer -> the last finished exchange with it: when, keys in and out, how long
+    # peer -> the last exchange this node started with it that repaired something: when,
+    # keys in and out, how long (rounds that find nothing would hide it from a dashboard)
     exchanges: dict[str, dict] = field(default_factory=dict)
+    # peer -> when this node last compared trees with it, whichever side started
+    last_exchange: dict[str, int] = field(default_factory=dict)
 
 
 class _Batch:
@@ -365,6 +368,7 @@ class Replica:
                 case HintRequest():
                     self._keep_hint(src, message, now_ms, batch, effects)
                 case TreeRequest():
+                    self.stats.last_exchange[src] = now_ms
                     self._tree_request(src, message, effects)
                 case TreeReply():
                     self._tree_reply(src, message, now_ms, effects)
@@ -690,9 +694,11 @@ class Replica:
     def _finish(self, xid: int, now_ms: int, keys_in: int, keys_out: int) -> None:
         exchange = self._exchanges.pop(xid)
         self.stats.ae_rounds += 1
-        self.stats.exchanges[exchange.peer] = {
-            "at_ms": now_ms, "range": ",".join(exchange.range), "keys_in": keys_in,
-            "keys_out": keys_out, "ms": now_ms - exchange.started_ms}
+        self.stats.last_exchange[exchange.peer] = now_ms
+        if keys_in or keys_out:
+            self.stats.exchanges[exchange.peer] = {
+                "at_ms": now_ms, "range": ",".join(exchange.range), "keys_in": keys_in,
+                "keys_out": keys_out, "ms": now_ms - exchange.started_ms}
         if exchange.more or keys_in or keys_out:
             # Differences were found: go again soon rather than in a full period.
             self._urgent.append((exchange.range, exchange.peer))
@@ -850,5 +856,7 @@ class Replica:
             "ignored": s.ignored,
             "exchanges": {peer: {**e, "ago_ms": now_ms - e["at_ms"]}
                           for peer, e in sorted(s.exchanges.items())},
+            "last_exchange_ago_ms": {peer: now_ms - at
+                                     for peer, at in sorted(s.last_exchange.items())},
         }
 
