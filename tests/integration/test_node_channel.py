@@ -362,9 +362,13 @@ async def test_anti_entropy_refills_a_node_whose_data_folder_was_emptied(make_cl
     assert stats["healing"]["repaired"]["anti_entropy"] == 1502
     assert stats["healing"]["repaired"]["hint"] == 0 and stats["held"] == 1502
 
-    async def in_sync() -> bool:  # and then the rounds find nothing more to do
-        exchange = (await cluster["n1"].stats())["healing"]["exchanges"].get("n3", {})
-        return exchange.get("keys_in") == 0 and exchange.get("keys_out") == 0
+    # And then the rounds find nothing more to do: n1 keeps comparing with n3, in sync.
+    in_sync_before = (await cluster["n1"].stats())["healing"]["ae_in_sync"]
+
+    async def in_sync() -> bool:
+        healing = (await cluster["n1"].stats())["healing"]
+        return healing["ae_in_sync"] >= in_sync_before + 4 and \
+            healing["last_exchange_ago_ms"].get("n3", 10**9) < 2_000
     await eventually(in_sync, 15, "n1 and n3 to agree")
 
 
