@@ -482,23 +482,24 @@ class Replica:
             self.stats.refused += 1
             effects.append(Send(src, ErrorReply(request.req, self._ahead(record, now_ms))))
             return
-        tree, segment = self._place(record.key)  # once: this is every write's path
-        held = self._strays.get(record.key) if tree is None else tree.get(segment, record.key)
-        # An equal version from a coordinator that is not repairing is another write under
-        # a version already used (a restarted coordinator whose clock landed on the same
-        # stamp): acknowledging it would drop its value unseen. Ask for a fresh stamp.
-        if held is not None and (record.version < held or
-                                 (record.version == held and not request.repair)):
-            self.stats.superseded += 1
-            effects.append(Send(src, Superseded(request.req, held)))
-            return
-        self.stats.writes += 1
-        if held is None or record.version > held:
+        key, version = record.key, record.version
+        tree, segment = self._place(key)  # once: this is every write's path
+        held = self._strays.get(key) if tree is None else tree.entries[segment].get(key)
+        if held is None or version > held:  # the common case first: one comparison
             self._take(record, tree, segment, held, batch)
             if request.repair:
                 self._count_repair(Mechanism.READ_REPAIR, record)
-        # An equal version (a repair that raced another) is acknowledged only after the
-        # batch that stores it.
+        elif version < held or not request.repair:
+            # Older: it would change nothing. Equal, from a coordinator that is not
+            # repairing: another write under a version already used (a restarted
+            # coordinator whose clock landed on the same stamp), and acknowledging it would
+            # drop its value unseen. Either way, ask for a stamp above what is held.
+            self.stats.superseded += 1
+            effects.append(Send(src, Superseded(request.req, held)))
+            return
+        # Taken, or an equal version (a repair that raced another): acknowledged only after
+        # the batch that stores it.
+        self.stats.writes += 1
         batch.acks.append((src, WriteReply(request.req), True))
 
     def _keep_hint(self, src: str, request: HintRequest, now_ms: int, batch: _Batch,
