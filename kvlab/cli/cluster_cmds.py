@@ -86,6 +86,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ClusterError as exc:
         return _fail(exc)
     took = time.monotonic() - began
+    note = supervisor.membership_note(spec, cluster)
+    if note:
+        print(note, file=sys.stderr)
+    spec = cluster.spec
     first, last = cluster.nodes[0], cluster.nodes[-1]
     names = [n.name for n in cluster.nodes]
     nodes = (f"{first.name}..{last.name}" if names == spec.node_names()

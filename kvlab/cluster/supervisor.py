@@ -205,12 +205,33 @@ class Cluster:
             raise
 
     def stop(self) -> None:
+        """Stop every process this object knows of, and record that they stopped.
+
+        Only the PIDs are written, and only where cluster.json still has the PID this
+        object knew: membership is the business of the commands that change it, and an
+        object read before a node was added, removed or restarted elsewhere (a dashboard
+        quitting, say) must not write its stale view back.
+        """
+        known = {m.name: m.to_json() for m in self.members()}
         for member in self.members():
             if member.proc:
                 member.proc.stop()
                 if not member.proc.alive():  # keep the PID of one that survived SIGKILL
                     member.proc = None
-        self.save()
+        with self._locked():
+            try:
+                data = json.loads((self.dir / "cluster.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                data = self._data()
+            stopped = {m.name: m.to_json() for m in self.members()}
+
+            def update(entry: dict) -> dict:
+                name = entry["name"]
+                same = name in known and entry.get("pid") == known[name]["pid"]
+                return stopped[name] if same else entry
+            data["proxy"] = update(data["proxy"])
+            data["nodes"] = [update(n) for n in data["nodes"]]
+            self._write(data)
 
     def kill(self, name: str) -> Member:
         member = self.node(name)
@@ -283,7 +304,11 @@ class Cluster:
         proxy's ring. No data moves: its keys reach it by read repair."""
         with self._locked():
             self.refresh()
+            # A name never used here before: a removed node's folder (and data) stays, and
+            # a new node must start empty, not with what an old one of that name held.
             index = max(int(n.name[1:]) for n in self.nodes) + 1
+            while (self.dir / f"n{index}").exists():
+                index += 1
             port = max(m.port for m in self.members()) + 1
             if not port_free(self.spec.host, port):
                 raise ClusterError(f"port {port} for n{index} is in use by another program")
@@ -429,7 +454,13 @@ def _healthy(url: str) -> bool:
 
 
 def up(spec: ClusterSpec) -> Cluster:
-    """Start the cluster `spec` describes; reuses its data if it ran before."""
+    """Start the cluster `spec` describes; reuses its data if it ran before.
+
+    A cluster that ran before starts with the membership it has (nodes added or removed
+    since included, on their ports), whatever `spec.nodes` and `spec.port` say: only
+    add-node and remove-node change membership. Its other settings come from `spec`.
+    `membership_note(spec, cluster)` says when the two differ.
+    """
     try:
         previous = Cluster.load(spec.name)
     except ClusterError:
@@ -438,10 +469,27 @@ def up(spec: ClusterSpec) -> Cluster:
         raise ClusterError(
             f"cluster {spec.name!r} is already running (proxy on port "
             f"{previous.proxy.port}); `kvlab down --name {spec.name}` stops it")
-    # The same cluster again keeps the nodes it had (added ones too); its old PIDs are dead.
-    cluster = previous if previous is not None and previous.spec == spec else Cluster.new(spec)
+    if previous is None:
+        cluster = Cluster.new(spec)
+    else:  # its old PIDs are dead
+        try:
+            previous.spec = replace(spec, nodes=len(previous.nodes), port=previous.proxy.port)
+        except ValueError as exc:  # e.g. more replicas than the nodes it has
+            raise ClusterError(f"cluster {spec.name!r} has {len(previous.nodes)} nodes: "
+                               f"{exc}") from None
+        cluster = previous
     cluster.start()
     return cluster
+
+
+def membership_note(spec: ClusterSpec, cluster: Cluster) -> str | None:
+    """What `up` kept of an earlier membership that `spec` did not ask for, if anything."""
+    names = [n.name for n in cluster.nodes]
+    if names == spec.node_names() and cluster.proxy.port == spec.port:
+        return None
+    return (f"cluster {spec.name!r} keeps the membership it has: {len(names)} nodes "
+            f"({', '.join(names)}), proxy on port {cluster.proxy.port}; --nodes and --port "
+            f"apply only to a new cluster (kvlab add-node / remove-node change it)")
 
 
 def down(name: str) -> Cluster:

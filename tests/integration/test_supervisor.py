@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from kvlab.client import KV
+from kvlab.cluster import supervisor
 from kvlab.cluster.supervisor import Cluster, ClusterError
 from tests.cluster_helpers import eventually, real_cluster
 
@@ -95,3 +96,54 @@ def test_a_cluster_json_from_before_the_healing_settings_still_works(kvlab_home)
         assert loaded.spec == cluster.spec  # the defaults, which it was started with
         loaded.restart("n1")
         assert loaded.status()["nodes"][0]["state"] == "up"
+
+
+# -- membership is written only by the commands that change it ------------------------------
+
+
+def test_down_then_up_with_the_original_arguments_keeps_the_nodes_added_since(kvlab_home):
+    with real_cluster(nodes=3) as cluster:
+        spec = cluster.spec
+        with KV(cluster.url) as kv:
+            cluster.add_node()
+            kv.set("after-add", "v")
+            cluster.refresh()
+            cluster.stop()
+            again = supervisor.up(spec)  # the arguments it was first started with
+            try:
+                assert [n.name for n in again.nodes] == ["n1", "n2", "n3", "n4"]
+                assert again.spec.nodes == 4 and all(n.proc.alive() for n in again.nodes)
+                assert "keeps the membership it has" in supervisor.membership_note(spec, again)
+                assert [n["name"] for n in kv.cluster()["nodes"]] == ["n1", "n2", "n3", "n4"]
+                assert kv.get("after-add") == "v"
+            finally:
+                cluster.refresh()
+
+
+def test_a_stale_copy_stopping_never_writes_its_old_membership_back(kvlab_home):
+    # As a dashboard that started the cluster and then quits: its Cluster object was read
+    # before a node was added from the dashboard (or another terminal).
+    with real_cluster(nodes=3) as cluster:
+        stale = Cluster.load(cluster.spec.name)
+        fresh = Cluster.load(cluster.spec.name)
+        fresh.add_node()
+        fresh.restart("n1")
+        Cluster.load(cluster.spec.name).stop()  # what the dashboard does first, then:
+        stale.stop()
+        recorded = json.loads((cluster.dir / "cluster.json").read_text())
+        assert [n["name"] for n in recorded["nodes"]] == ["n1", "n2", "n3", "n4"]
+        assert recorded["spec"]["nodes"] == 4
+        assert all(n["pid"] is None for n in recorded["nodes"])
+
+
+def test_a_node_added_after_a_removal_takes_a_new_name_and_starts_empty(kvlab_home):
+    with real_cluster(nodes=4, anti_entropy=False, hints=False) as cluster:
+        with KV(cluster.url) as kv:
+            for i in range(20):
+                kv.set(f"k{i}", f"v{i}", w=3)
+            held = _keys_on(cluster, "n4")
+            assert held > 0
+            cluster.remove_node("n4")  # its folder, and its data, stay behind
+            added = cluster.add_node()
+            assert added.name == "n5" and _keys_on(cluster, "n5") == 0
+            assert (cluster.dir / "n4").exists()
