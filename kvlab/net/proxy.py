@@ -375,6 +375,10 @@ async def remove_node(proxy: Proxy, request: Request) -> Response:
     coord = proxy.coordinator
     if name not in coord.ring.nodes:
         raise HttpError(404, "not_found", f"no node {name} in the ring")
+    n = coord.quorum.n
+    if len(coord.ring.nodes) - 1 < n:
+        raise HttpError(409, "conflict", f"removing {name} would leave "
+                        f"{len(coord.ring.nodes) - 1} nodes, fewer than N={n} replicas")
     coord.ring = coord.ring.without_node(name)
     proxy.urls.pop(name, None)
     link = proxy.engine.links.pop(name)

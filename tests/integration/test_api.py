@@ -202,3 +202,12 @@ def test_bench_against_the_real_cluster(cluster3, api):
     assert (report["ops"], report["reads"], report["writes"]) == (400, 300, 100)
     assert report["not_found"] == 0 and not any(report["errors"].values())
     assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["max_ms"]
+
+
+def test_removing_a_node_below_n_is_refused_by_the_api_itself(cluster3):
+    # Three nodes, N=3: the CLI refuses too, but a script talking to the proxy must not be
+    # able to leave keys with fewer replicas than N.
+    status, _, body = http(f"{cluster3.url}/cluster/nodes/n1", "DELETE")
+    assert status == 409 and "fewer than N=3" in json.loads(body)["message"]
+    nodes = json.loads(http(f"{cluster3.url}/cluster")[2])["nodes"]
+    assert [n["name"] for n in nodes] == ["n1", "n2", "n3"]
