@@ -24,6 +24,7 @@ COMMANDS = (
     "kvlab.cli.chaos_cmd",
     "kvlab.cli.ui_cmd",
     "kvlab.cli.check_cmd",
+    "kvlab.cli.plan_cmd",
 )
 
 

@@ -304,15 +304,10 @@ class Cluster:
         proxy's ring. No data moves: its keys reach it by read repair."""
         with self._locked():
             self.refresh()
-            # A name never used here before: a removed node's folder (and data) stays, and
-            # a new node must start empty, not with what an old one of that name held.
-            index = max(int(n.name[1:]) for n in self.nodes) + 1
-            while (self.dir / f"n{index}").exists():
-                index += 1
-            port = max(m.port for m in self.members()) + 1
-            if not port_free(self.spec.host, port):
-                raise ClusterError(f"port {port} for n{index} is in use by another program")
-            member = Member(f"n{index}", port)
+            member = self.next_member()
+            if not port_free(self.spec.host, member.port):
+                raise ClusterError(f"port {member.port} for {member.name} is in use by "
+                                   f"another program")
             self._spawn_node(member)
             self.nodes.append(member)
             self.spec = replace(self.spec, nodes=len(self.nodes))
@@ -326,6 +321,15 @@ class Cluster:
             self.remove_node(member.name)
             raise
         return member
+
+    def next_member(self) -> Member:
+        """The node `add_node` would start: the port after the highest in use, and a name
+        never used here before (a removed node's folder, and data, stays: a new node must
+        start empty, not with what an old one of that name held)."""
+        index = max(int(n.name[1:]) for n in self.nodes) + 1
+        while (self.dir / f"n{index}").exists():
+            index += 1
+        return Member(f"n{index}", max(m.port for m in self.members()) + 1)
 
     def remove_node(self, name: str) -> Member:
         """Take a node out of the proxy's ring, stop it, and forget it (its data folder stays)."""

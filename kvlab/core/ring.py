@@ -60,6 +60,11 @@ class Ring:
         """The first `n` distinct nodes clockwise from the key's hash (fewer if the ring is small)."""
         return self.preference_list_at(hash_key(key), n)
 
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        """Every virtual node's position, in ring order."""
+        return self._tokens
+
     def arc_index(self, point: int) -> int:
         """Which arc `point` falls in: points in one arc share every preference list."""
         return bisect_right(self._tokens, point)
