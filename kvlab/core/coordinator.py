@@ -286,8 +286,6 @@ class Coordinator:
     def pending_ops(self) -> int:
         return len(self._ops)
 
-    # -- internals ----------------------------------------------------------------------
-
     # -- superseded writes and hints ----------------------------------------------------
 
     def _superseded(self, op: _Op, node: str, version: object, now_ms: int,

@@ -44,9 +44,6 @@ class HashTree:
         self.branches = [0] * BRANCHES
         self.entries: list[dict[str, Version]] = [{} for _ in range(SEGMENTS)]
 
-    def get(self, segment: int, key: str) -> Version | None:
-        return self.entries[segment].get(key)
-
     def put(self, segment: int, key: str, version: Version) -> None:
         """Record that the replica now holds `version` of `key` (replacing what it held)."""
         entries = self.entries[segment]

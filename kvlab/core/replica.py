@@ -275,10 +275,15 @@ class Replica:
             tree = self._arcs[arc] = None if rng is None else self._trees[rng]
         return tree, segment_of(point)
 
+    def _lookup(self, key: str) -> tuple[HashTree | None, int, Version | None]:
+        """Where `key` lives (its tree, or None for a stray; its segment) and what is held."""
+        tree, segment = self._place(key)
+        held = self._strays.get(key) if tree is None else tree.entries[segment].get(key)
+        return tree, segment, held
+
     def holds(self, key: str) -> Version | None:
         """The version of `key` this replica has accepted (durable, or being made so)."""
-        tree, segment = self._place(key)
-        return self._strays.get(key) if tree is None else tree.get(segment, key)
+        return self._lookup(key)[2]
 
     def _set(self, key: str, version: Version, tombstone: bool) -> None:
         tree, segment = self._place(key)
@@ -309,11 +314,9 @@ class Replica:
         A record stamped too far ahead of this node's clock is refused whichever way it
         came (a peer's push too): one forged version must not spread by anti-entropy.
         """
-        if record.version.physical - now_ms > self.config.max_ahead_ms:
-            self.stats.refused += 1
+        if self._ahead(record, now_ms):
             return False
-        tree, segment = self._place(record.key)
-        held = self._strays.get(record.key) if tree is None else tree.get(segment, record.key)
+        tree, segment, held = self._lookup(record.key)
         if held is not None and record.version <= held:
             return False
         self._take(record, tree, segment, held, batch)
@@ -478,13 +481,10 @@ class Replica:
     def _write(self, src: str, request: WriteRequest, now_ms: int, batch: _Batch,
                effects: list[ReplicaEffect]) -> None:
         record = request.record
-        if record.version.physical - now_ms > self.config.max_ahead_ms:
-            self.stats.refused += 1
-            effects.append(Send(src, ErrorReply(request.req, self._ahead(record, now_ms))))
+        if self._ahead(record, now_ms, src, request.req, effects):
             return
-        key, version = record.key, record.version
-        tree, segment = self._place(key)  # once: this is every write's path
-        held = self._strays.get(key) if tree is None else tree.entries[segment].get(key)
+        version = record.version
+        tree, segment, held = self._lookup(record.key)  # once: this is every write's path
         if held is None or version > held:  # the common case first: one comparison
             self._take(record, tree, segment, held, batch)
             if request.repair:
@@ -505,12 +505,15 @@ class Replica:
     def _keep_hint(self, src: str, request: HintRequest, now_ms: int, batch: _Batch,
                    effects: list[ReplicaEffect]) -> None:
         record = request.record
+        if request.target == self.name:
+            # A hint for this very node (the coordinator's ring and ours disagree): it is
+            # simply a write, and it must not be handed over to ourselves later.
+            self._write(src, WriteRequest(request.req, record), now_ms, batch, effects)
+            return
         if not self.config.hints:
             effects.append(Send(src, ErrorReply(request.req, f"{self.name} keeps no hints")))
             return
-        if too_far_ahead(record.version, now_ms, self.config.max_ahead_ms):
-            self.stats.refused += 1
-            effects.append(Send(src, ErrorReply(request.req, self._ahead(record, now_ms))))
+        if self._ahead(record, now_ms, src, request.req, effects):
             return
         held = self._hints.setdefault(request.target, {})
         old = held.get(record.key)
@@ -522,10 +525,19 @@ class Replica:
             self.stats.hints_stored += 1
         batch.acks.append((src, WriteReply(request.req), True))
 
-    def _ahead(self, record: Record, now_ms: int) -> str:
-        ahead = record.version.physical - now_ms
-        return (f"version {record.version} is {ahead} ms ahead of {self.name}'s clock "
-                f"(the limit is {self.config.max_ahead_ms} ms): a coordinator's clock is wrong")
+    def _ahead(self, record: Record, now_ms: int, src: str | None = None, req: int = 0,
+               effects: list[ReplicaEffect] | None = None) -> bool:
+        """Whether `record` is stamped too far ahead of our clock to take (counted; a
+        coordinator's request, from `src`, is told why)."""
+        if not too_far_ahead(record.version, now_ms, self.config.max_ahead_ms):
+            return False
+        self.stats.refused += 1
+        if effects is not None and src is not None:
+            ahead = record.version.physical - now_ms
+            effects.append(Send(src, ErrorReply(req, (
+                f"version {record.version} is {ahead} ms ahead of {self.name}'s clock (the "
+                f"limit is {self.config.max_ahead_ms} ms): a coordinator's clock is wrong"))))
+        return True
 
     # -- repairs -------------------------------------------------------------------------
 
@@ -783,7 +795,7 @@ class Replica:
 
     # -- time ----------------------------------------------------------------------------
 
-    def get_timer(self) -> int | None:
+    def get_timer(self) -> int:
         """When `handle_timer` must next run (0 at first: it starts the periodic work)."""
         due = self._next_purge
         if due is None:

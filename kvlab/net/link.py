@@ -143,15 +143,9 @@ class ReplicaLink(Link):
 
     def send(self, request: Request) -> bool:
         """Queue `request` for the node; False if the link is down (the caller fails it)."""
-        writer = self._writer
-        if writer is None:
-            return False
-        if self.partitioned in ("both", "to"):
-            return True
-        self._inflight[request.req] = time.perf_counter()
-        self.sent += 1
-        writer.push(request)
-        return True
+        if self._writer is not None and self.partitioned not in ("both", "to"):
+            self._inflight[request.req] = time.perf_counter()
+        return self._push(request)
 
     def partition(self, direction: str | None) -> None:
         super().partition(direction)

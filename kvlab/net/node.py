@@ -160,9 +160,6 @@ class Node:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
-        if at is None:
-            self._timer = None
-            return
         # +1 ms: the loop's clock may fire a timer up to a millisecond early, and a call
         # before the deadline would only re-arm the same timer.
         delay = max(0.0, (at - now_ms() + 1) / 1000)
@@ -196,13 +193,11 @@ class Node:
                     assert_never(effect)
 
     def _send(self, dst: str, message: Message, now: int) -> None:
-        """A message for a peer (on its link), this node itself, or a coordinator gone."""
+        """A message for a peer (on its link), or for a coordinator gone."""
         link = self.links.get(dst)
         if link is not None and link.send(message):
             return
-        if dst == self.name:  # e.g. a hint a coordinator left here for this very node
-            asyncio.get_running_loop().call_soon(self.receive, dst, (message,))
-        elif dst.startswith(COORDINATOR):
+        if dst.startswith(COORDINATOR):
             self.dropped += 1  # its connection is gone, and the coordinator failed its ops
         else:
             try:

@@ -175,8 +175,6 @@ class SimNode(LocalClock):
     def _arm(self) -> None:
         """Keep one wake-up on the virtual clock, at the replica's next deadline."""
         due = self.replica.get_timer()
-        if due is None:
-            return
         at = due * US_PER_MS - self._offset_us
         if self._wake_at is not None and self._wake_at <= at:
             return  # the wake-up already set comes first; it asks again when it runs

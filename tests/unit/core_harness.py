@@ -117,7 +117,7 @@ class CoreCluster:
                 if name in self.down:
                     continue
                 due = replica.get_timer()
-                if due is None or due <= self.now:
+                if due <= self.now:
                     self.apply(name, replica.handle_timer(self.now))
 
     # -- operations ----------------------------------------------------------------------

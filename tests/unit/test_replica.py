@@ -343,3 +343,13 @@ def test_with_the_default_grace_a_missed_delete_reaches_the_replica_and_is_kept(
     assert c.stores[lagging].get(key).tombstone
     assert all(c.stores[n].get(key).tombstone for n in c.prefs(key))  # kept: within grace
     assert c.read(key).status == "not_found"
+
+
+def test_a_hint_addressed_to_the_node_itself_is_a_write_not_a_hint():
+    # The coordinator's ring and ours disagree: keeping it as a hint would mean handing
+    # it over to ourselves later.
+    replica, store = _lone()
+    sends = _persist(replica, store, replica.receive(
+        "p", HintRequest(1, _rec("k", b"v", NOW), "n1"), NOW))
+    assert sends == [Send("p", WriteReply(1))]
+    assert store.get("k").value == b"v" and replica.hints_held() == {}
