@@ -16,7 +16,14 @@ Every client operation fans out to all N replicas of its key at once:
 - a write that a primary replica missed (unreachable, or silent at the deadline) is kept as
   a hint on a fallback node, the next distinct node clockwise past the preference list,
   which hands it over when the primary is back. Hints don't count toward W unless the
-  write asked for a sloppy quorum (`sloppy=True`), as in Dynamo.
+  write asked for a sloppy quorum (`sloppy=True`), as in Dynamo;
+- nodes the failure detector holds `down` are not asked (`down`): their part of an
+  operation fails at once, as if their link were broken, instead of running out the clock;
+- during a membership change (`topology.pending`), a key whose replicas change has two
+  preference lists, the old and the new. Every operation on it goes to both, and each list
+  must meet the quorum on its own (joint quorums, as in Raft's joint consensus): a write
+  is on W old and W new replicas, a read hears R of each and writes back to W of each. So
+  whichever list a later read uses, it meets every acknowledged write.
 
 The coordinator is sans-IO: it is given replies, failures and timer firings with the
 current time, and returns effects (`Send`, `SetTimer`, `Done`) for its driver to perform.
@@ -48,6 +55,7 @@ from kvlab.core.messages import (
 )
 from kvlab.core.record import Record
 from kvlab.core.ring import Ring
+from kvlab.core.topology import Topology
 from kvlab.core.version import MAX_AHEAD_MS, HybridClock
 
 READ, WRITE, INSPECT = OpKind.READ, OpKind.WRITE, OpKind.INSPECT
@@ -81,7 +89,7 @@ class _Op:
     __slots__ = (
         "id", "kind", "key", "replicas", "need", "record", "answers", "acked", "failed",
         "newest", "holders", "write_back", "repaired", "repairs", "reqs", "outcome",
-        "sloppy", "hinted", "hint_reqs", "restamps",
+        "sloppy", "hinted", "hint_reqs", "restamps", "lists", "version",
     )
 
     def __init__(self, op_id: int, kind: str, key: str, replicas: tuple[str, ...], need: int,
@@ -106,6 +114,10 @@ class _Op:
         self.hinted: dict[str, str] = {}  # primary -> fallback holding its hint (acked)
         self.hint_reqs: dict[int, str] = {}  # sloppy hint request -> the primary it stands for
         self.restamps = 0
+        # During a membership change: the old and the new preference list, each of which
+        # must meet the quorum (`replicas` is then their union). None: one list.
+        self.lists: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self.version = 0  # the topology version the op was placed by
 
     @property
     def heard(self) -> int:
@@ -121,7 +133,8 @@ class Coordinator:
     def __init__(self, name: str, ring: Ring, quorum: Quorum, timeout_ms: int = 1000,
                  hints: bool = True, max_ahead_ms: int = MAX_AHEAD_MS) -> None:
         self.name = name
-        self.ring = ring
+        self.topology = Topology(1, ring)
+        self.down: frozenset[str] = frozenset()  # set by the failure detector
         self.quorum = quorum
         self.timeout_ms = timeout_ms
         self.hints = hints
@@ -132,6 +145,15 @@ class Coordinator:
         self._requests: dict[int, tuple[_Op, str]] = {}
         self._next_op = 0
         self._next_req = 0
+
+    @property
+    def ring(self) -> Ring:
+        """The ring reads are placed by (the old one, during a membership change)."""
+        return self.topology.ring
+
+    def in_flight_before(self, version: int) -> bool:
+        """Whether an operation placed by a topology older than `version` is still live."""
+        return any(op.version < version for op in self._ops.values())
 
     # -- starting operations ------------------------------------------------------------
 
@@ -171,30 +193,47 @@ class Coordinator:
     def _start(self, kind: str, key: str, now_ms: int, n: int, need: int,
                record: Record | None, sloppy: bool = False) -> tuple[int, list[Effect]]:
         self._next_op += 1
-        replicas = self.ring.preference_list(key, n)
+        topology = self.topology
+        replicas = topology.ring.preference_list(key, n)
+        lists = None
+        if topology.pending is not None and kind != INSPECT:
+            moving = topology.pending.preference_list(key, n)
+            if moving != replicas:
+                lists = (replicas, moving)
+                replicas = replicas + tuple(x for x in moving if x not in replicas)
         op = _Op(self._next_op, kind, key, replicas, need, record)
+        op.lists = lists
+        op.version = topology.version
         op.sloppy = sloppy and self.hints
         if kind == READ and need + self.quorum.w > n:
-            op.write_back = min(self.quorum.w, len(replicas))
+            op.write_back = min(self.quorum.w, min(len(x) for x in lists) if lists
+                                else len(replicas))
         effects: list[Effect] = []
         if len(replicas) < need:
             # The ring holds fewer nodes than the quorum needs: fail now, ask nobody.
             self._finish(op, UNAVAILABLE, effects)
             return op.id, effects
         self._ops[op.id] = op
-        self._send_all(op, effects)
+        self._send_all(op, effects, now_ms)
         effects.append(SetTimer(op.id, now_ms + self.timeout_ms))
         return op.id, effects
 
-    def _send_all(self, op: _Op, effects: list[Effect]) -> None:
+    def _send_all(self, op: _Op, effects: list[Effect], now_ms: int) -> None:
         record = op.record
+        down = self.down
+        skipped = []
         for node in op.replicas:
             self._next_req += 1
             self._requests[self._next_req] = (op, node)
             op.reqs.append(self._next_req)
+            if down and node in down:
+                skipped.append((node, self._next_req))
+                continue
             request = (WriteRequest(self._next_req, record) if record is not None
                        else ReadRequest(self._next_req, op.key))
             effects.append(Send(node, request))
+        for node, req in skipped:  # after the others are asked: this may settle the op
+            effects.extend(self.unreachable(node, req, "down", now_ms))
 
     # -- events from the driver ---------------------------------------------------------
 
@@ -227,8 +266,7 @@ class Coordinator:
             self._fail(op, node, reply.error, effects)
         elif isinstance(reply, WriteReply):
             op.acked.append(node)
-            if op.outcome is None and len(op.acked) + (len(op.hinted) if op.sloppy else 0) \
-                    >= op.need:
+            if op.outcome is None and self._written(op):
                 self._finish(op, OK, effects)
         elif isinstance(reply, ReadReply):
             self._answer(op, node, reply.record, now_ms, effects)
@@ -310,7 +348,7 @@ class Coordinator:
         op.hinted.clear()
         op.hint_reqs.clear()
         op.record = Record(op.key, op.record.value, self.clock.tick(now_ms))
-        self._send_all(op, effects)
+        self._send_all(op, effects, now_ms)
 
     def _hint(self, op: _Op, target: str, effects: list[Effect]) -> None:
         """Ask the next free fallback node to keep `op`'s record for `target`."""
@@ -319,11 +357,13 @@ class Coordinator:
         # A sloppy quorum's hints stand in for distinct primaries, so each needs a fallback
         # of its own; strict hints may share one (the first past the list, as a rule).
         avoid = set(op.failed)
+        avoid.update(self.down)
+        avoid.update(op.replicas)
         if op.sloppy:
             avoid.update(op.hinted.values())
             avoid.update(self._requests[r][1] for r in op.hint_reqs if r in self._requests)
         ring = self.ring
-        for fallback in ring.preference_list(op.key, len(ring.nodes))[len(op.replicas):]:
+        for fallback in ring.preference_list(op.key, len(ring.nodes)):
             if fallback in avoid:
                 continue
             self._next_req += 1
@@ -342,7 +382,7 @@ class Coordinator:
                        effects: list[Effect]) -> None:
         if isinstance(reply, WriteReply):
             op.hinted[target] = fallback
-            if op.sloppy and op.outcome is None and len(op.acked) + len(op.hinted) >= op.need:
+            if op.sloppy and op.outcome is None and self._written(op):
                 self._finish(op, OK, effects)
             return
         op.failed.setdefault(fallback, "fallback: " + getattr(reply, "error", "failed"))
@@ -366,18 +406,40 @@ class Coordinator:
             if op.outcome is None and len(op.answers) + len(op.failed) == len(op.replicas):
                 self._finish(op, OK, effects)
             return
-        if len(op.answers) >= op.need:
+        if len(op.answers) >= op.need and (op.lists is None or self._met(op, op.answers)):
             self._repair(op, effects)
             self._finish_read_if_ready(op, effects)
 
     def _finish_read_if_ready(self, op: _Op, effects: list[Effect]) -> None:
         if op.outcome is not None or len(op.answers) < op.need:
             return
+        if op.lists is not None and not self._met(op, op.answers):
+            return
         newest = op.newest
         if newest is None:
             self._finish(op, NOT_FOUND, effects)
-        elif len(op.holders) >= op.write_back:
+        elif len(op.holders) >= op.write_back and (
+                op.lists is None or self._met(op, op.holders, op.write_back)):
             self._finish(op, NOT_FOUND if newest.tombstone else OK, effects)
+
+    # -- quorums, over one list or two ---------------------------------------------------
+
+    def _written(self, op: _Op) -> bool:
+        """Enough replicas hold the write (in each list, during a membership change)."""
+        if op.lists is None:
+            return len(op.acked) + (len(op.hinted) if op.sloppy else 0) >= op.need
+        holding = set(op.acked)
+        if op.sloppy:
+            holding.update(op.hinted)  # a hint stands in for the primary it was kept for
+        return self._met(op, holding)
+
+    @staticmethod
+    def _met(op: _Op, nodes, need: int | None = None) -> bool:
+        """Whether `nodes` include `need` (the op's own, by default) of each list."""
+        assert op.lists is not None
+        need = op.need if need is None else need
+        return all(sum(1 for n in listed if n in nodes) >= min(need, len(listed))
+                   for listed in op.lists)
 
     def _repair(self, op: _Op, effects: list[Effect]) -> None:
         """Send the newest record to every replica that answered with less."""
@@ -407,17 +469,20 @@ class Coordinator:
     def _fail_if_hopeless(self, op: _Op, effects: list[Effect]) -> None:
         # Too few replicas left to answer, or to hold the value a read would return. In a
         # sloppy write, a hint still on its way may yet make up the difference.
-        failed = sum(1 for n in op.replicas if n in op.failed)
-        left = len(op.replicas) - failed
-        if op.sloppy:
-            left += len(op.hinted) + len(op.hint_reqs)
-        if left < max(op.need, op.write_back):
-            self._finish(op, UNAVAILABLE, effects)
+        extra = len(op.hinted) + len(op.hint_reqs) if op.sloppy else 0
+        need = max(op.need, op.write_back)
+        for listed in op.lists or (op.replicas,):
+            left = sum(1 for n in listed if n not in op.failed) + extra
+            if left < min(need, len(listed)):
+                self._finish(op, UNAVAILABLE, effects)
+                return
 
     def _repair_failed(self, op: _Op, node: str, reason: str, effects: list[Effect]) -> None:
         """A repair could not be delivered: the node answered, but it won't hold `newest`."""
         op.failed.setdefault(node, f"repair: {reason}")
-        if op.outcome is None and len(op.replicas) - len(op.failed) < op.write_back:
+        if op.outcome is None and any(
+                sum(1 for n in listed if n not in op.failed) < min(op.write_back, len(listed))
+                for listed in op.lists or (op.replicas,)):
             self._finish(op, UNAVAILABLE, effects)
 
     def _finish(self, op: _Op, status: str, effects: list[Effect]) -> None:

@@ -52,7 +52,53 @@ class HintRequest(msgspec.Struct, tag=2, **_WIRE):
     target: str
 
 
+class RingSpec(msgspec.Struct, **_WIRE):
+    """A ring as it travels: its nodes, tokens per node, and seats (see `kvlab.core.ring`)."""
+
+    nodes: list[str]
+    vnodes: int
+    seats: list[tuple[str, str]] = []
+
+
+class RingUpdate(msgspec.Struct, tag=7, **_WIRE):
+    """The cluster's membership, version `version`: what the committer tells every node.
+
+    `ring` places reads and writes; during a move `pending` is the ring being moved to,
+    whose replicas get every write too. `addresses` say where each node listens (opaque to
+    the core: a driver connects with them).
+    """
+
+    version: int
+    ring: RingSpec
+    pending: RingSpec | None = None
+    addresses: dict[str, str] = {}
+
+
+class Ping(msgspec.Struct, tag=8, **_WIRE):
+    """A heartbeat: the replica answers `Pong` at once (the failure detector's input)."""
+
+    seq: int
+
+
+class StreamOrder(msgspec.Struct, tag=20, **_WIRE):
+    """Send `target` every record held in `arcs` (each (start, end] on the ring) whose
+    position is above `after`, in ring order, in throttled batches; report progress."""
+
+    xid: int
+    target: str
+    arcs: list[tuple[int, int]]
+    after: int = -1
+
+
+class Cleanup(msgspec.Struct, tag=21, **_WIRE):
+    """Ring `version` is in force and nothing older is in flight: drop the keys no range
+    of this node holds any more."""
+
+    version: int
+
+
 Request = ReadRequest | WriteRequest | HintRequest
+Control = RingUpdate | Ping | StreamOrder | Cleanup
 
 
 # -- replica -> coordinator -------------------------------------------------------------
@@ -85,6 +131,29 @@ class Superseded(msgspec.Struct, tag=6, **_WIRE):
 
 
 Reply = ReadReply | WriteReply | ErrorReply | Superseded
+
+
+class Pong(msgspec.Struct, tag=9, **_WIRE):
+    """The answer to `Ping`, with the ring version the replica holds."""
+
+    seq: int
+    ring_version: int
+
+
+class StreamProgress(msgspec.Struct, tag=22, **_WIRE):
+    """How far a `StreamOrder` got: records and bytes the target made durable so far, the
+    ring position of the last one (where a resumed stream starts), and whether it is over.
+    `error` set: the stream stopped (the target could not be reached)."""
+
+    xid: int
+    keys: int
+    bytes: int
+    cursor: int
+    done: bool
+    error: str = ""
+
+
+Report = Pong | StreamProgress
 
 
 # -- replica <-> replica ----------------------------------------------------------------
@@ -132,6 +201,7 @@ class Mechanism(StrEnum):
     READ_REPAIR = "read_repair"
     HINT = "hint"
     ANTI_ENTROPY = "anti_entropy"
+    STREAM = "stream"  # a range handed to its new owner during a membership change
 
 
 class Push(msgspec.Struct, tag=14, **_WIRE):
@@ -156,7 +226,7 @@ class Purge(msgspec.Struct, tag=16, **_WIRE):
 
 
 PeerMessage = TreeRequest | TreeReply | KeysRequest | KeysReply | Push | PushAck | Purge
-Message = Request | Reply | PeerMessage
+Message = Request | Control | Reply | Report | PeerMessage
 
 
 # -- outcomes ---------------------------------------------------------------------------
@@ -241,7 +311,9 @@ class Persist(msgspec.Struct, frozen=True, gc=False):
 
     `records` are stored each only if it supersedes the stored one (as the replica decided);
     `hints` are kept (replacing an older hint for the same target and key); `drop_hints`
-    and `purge` remove a hint or a tombstone only if it still holds exactly that version.
+    and `purge` remove a hint or a tombstone only if it still holds exactly that version;
+    `drop` removes a record (live or not) only if it still holds exactly that version (keys
+    this node no longer owns); `ring`, if set, is the membership to start with next time.
     """
 
     batch: int
@@ -249,8 +321,17 @@ class Persist(msgspec.Struct, frozen=True, gc=False):
     hints: list[Hint]
     drop_hints: list[tuple[str, str, Version]]  # (target, key, version)
     purge: list[tuple[str, Version]]  # tombstones (key, version)
+    drop: list[tuple[str, Version]] = []
+    ring: RingUpdate | None = None
+
+
+class Connect(msgspec.Struct, frozen=True, gc=False):
+    """The replica's peers changed: keep a link to each of `peers` (name -> address), and
+    none to any other node."""
+
+    peers: dict[str, str]
 
 
 CoordinatorEffect = Send | SetTimer | Done
-ReplicaEffect = Send | Persist
-Effect = Send | SetTimer | Done | Persist
+ReplicaEffect = Send | Persist | Connect
+Effect = Send | SetTimer | Done | Persist | Connect

@@ -3,7 +3,12 @@
 A `Replica` serves a coordinator's reads and writes, keeps hints for nodes that missed
 writes and hands them over when those nodes are back, compares hash trees with the other
 replicas of each range it holds (anti-entropy) and repairs what differs, and purges a
-tombstone once every replica of its key holds it and its grace period is over.
+tombstone once every replica of its key holds it and its grace period is over. During a
+membership change it follows the committer's ring versions (`RingUpdate`): it takes
+writes for the ranges it is joining, streams a range it holds to its new owner when told
+(`StreamOrder`, see `kvlab.core.stream`), and once the move is over drops what it no longer
+owns (`Cleanup`). A coordinator's request for a key no ring of its version gives it is
+refused, never answered "not found".
 
 Like `Coordinator`, it takes messages and `now` and returns effects: `Send` a message to a
 node or coordinator, `Persist` a batch (records, hints, deletions) in one transaction.
@@ -34,6 +39,8 @@ from kvlab.core.hashtree import (
     segment_of,
 )
 from kvlab.core.messages import (
+    Cleanup,
+    Connect,
     ErrorReply,
     Hint,
     HintRequest,
@@ -42,6 +49,8 @@ from kvlab.core.messages import (
     Mechanism,
     Message,
     Persist,
+    Ping,
+    Pong,
     Purge,
     Push,
     PushAck,
@@ -49,7 +58,10 @@ from kvlab.core.messages import (
     ReadReply,
     ReadRequest,
     ReplicaEffect,
+    RingUpdate,
     Send,
+    StreamOrder,
+    StreamProgress,
     Superseded,
     TreeReply,
     TreeRequest,
@@ -58,6 +70,8 @@ from kvlab.core.messages import (
 )
 from kvlab.core.record import Record
 from kvlab.core.ring import Ring, hash_key
+from kvlab.core.stream import Arcs, OutboundStream
+from kvlab.core.topology import Topology
 from kvlab.core.version import MAX_AHEAD_MS, Version, too_far_ahead
 
 Reader = Callable[[Sequence[str]], Mapping[str, Record]]
@@ -91,12 +105,17 @@ class ReplicaConfig:
     exchange_bytes: int = 4 << 20  # and at most this many value bytes
     exchange_timeout_ms: int = 5_000
     purge_every_ms: int = 1_000
+    stream_batch: int = 500  # records per streamed batch (and at most exchange_bytes)
+    stream_rate: int = 0  # bytes per second a stream may send; 0: as fast as acked
 
     def __post_init__(self) -> None:
         for name in ("n", "anti_entropy_ms", "exchange_keys", "exchange_bytes",
-                     "exchange_timeout_ms", "purge_every_ms", "hint_batch", "retry_ms"):
+                     "exchange_timeout_ms", "purge_every_ms", "hint_batch", "retry_ms",
+                     "stream_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.stream_rate < 0:
+            raise ValueError("stream_rate must not be negative")
         if self.tombstone_grace_ms < 0 or self.hint_window_ms < 0 or self.max_ahead_ms < 0:
             raise ValueError("grace, hint window and clock bound must not be negative")
 
@@ -123,6 +142,10 @@ class ReplicaStats:
     repaired: dict[str, int] = field(default_factory=lambda: {m.value: 0 for m in Mechanism})
     repair_bytes: int = 0  # key and value bytes this node received through repairs
     purged: int = 0  # tombstones dropped
+    refused_owner: int = 0  # requests for keys this node does not own (another ring's)
+    streamed_keys: int = 0  # records this node streamed to new owners (acknowledged)
+    streamed_bytes: int = 0
+    dropped: int = 0  # keys dropped after a move: owned elsewhere now
     ignored: int = 0  # messages refused: a peer's message from a non-peer, or out of bounds
     # peer -> the last exchange this node started with it that repaired something: when,
     # keys in and out, how long (rounds that find nothing would hide it from a dashboard)
@@ -134,19 +157,23 @@ class ReplicaStats:
 class _Batch:
     """One `Persist` being built, and what to send once it is durable."""
 
-    __slots__ = ("records", "hints", "drop_hints", "purge", "acks", "new_hints")
+    __slots__ = ("records", "hints", "drop_hints", "purge", "acks", "new_hints", "drop",
+                 "ring")
 
     def __init__(self) -> None:  # a plain class: one is built for every frame a node gets
         self.records: list[Record] = []
         self.hints: list[Hint] = []
         self.drop_hints: list[tuple[str, str, Version]] = []
         self.purge: list[tuple[str, Version]] = []
+        self.drop: list[tuple[str, Version]] = []
+        self.ring: RingUpdate | None = None
         # (destination, message once durable, whether to report a failed batch to it)
         self.acks: list[tuple[str, Message, bool]] = []
         self.new_hints: list[Hint] = []
 
     def __bool__(self) -> bool:
-        return bool(self.records or self.hints or self.drop_hints or self.purge or self.acks)
+        return bool(self.records or self.hints or self.drop_hints or self.purge or self.acks
+                    or self.drop or self.ring)
 
 
 @dataclass
@@ -222,6 +249,11 @@ class Replica:
         self._batches: dict[int, _Batch] = {}
         self._next_batch = 0
         self._next_xid = 0
+        self.topology = Topology(0, ring)
+        # arc of the pending ring -> whether it is ours (keys we join during a move)
+        self._joining: dict[int, bool] = {}
+        self._streams: dict[int, OutboundStream] = {}  # batch in flight (local xid) -> stream
+        self._sources: dict[int, OutboundStream] = {}  # order xid -> stream
         self.ring = ring
         self._layout(ring)
 
@@ -234,6 +266,40 @@ class Replica:
             self._set(key, version, tombstone)
         for hint in hints:
             self._hints.setdefault(hint.target, {})[hint.record.key] = hint
+
+    def restore(self, update: RingUpdate) -> list[ReplicaEffect]:
+        """Start from the membership this node last heard (kept by `Persist.ring`)."""
+        effects: list[ReplicaEffect] = []
+        self._adopt(update, effects)
+        return effects
+
+    def _adopt(self, update: RingUpdate, effects: list[ReplicaEffect]) -> bool:
+        """Follow the committer's membership `update`; whether it changed anything."""
+        topology = Topology.of(update)
+        if topology == self.topology:
+            return False
+        if topology.ring != self.ring:
+            self.set_ring(topology.ring)
+        self.topology = topology
+        self._joining = {}
+        self._peers = frozenset(topology.members) - {self.name}
+        effects.append(Connect({peer: update.addresses.get(peer, "")
+                                for peer in sorted(self._peers)}))
+        return True
+
+    def _owns(self, tree: HashTree | None, point: int) -> bool:
+        """Whether a key at `point` (placed at `tree`) is ours under the current topology."""
+        if tree is not None:
+            return True
+        pending = self.topology.pending
+        if pending is None:
+            return False
+        arc = pending.arc_index(point)
+        owned = self._joining.get(arc)
+        if owned is None:
+            owned = self._joining[arc] = \
+                self.name in pending.preference_list_at(point, self.config.n)
+        return owned
 
     def set_ring(self, ring: Ring) -> None:
         """Membership changed: re-place every key in the new ring's ranges."""
@@ -255,6 +321,9 @@ class Replica:
                 self._trees[rng] = HashTree()
         self._pairs = [(r, peer) for r in sorted(self._trees) for peer in r if peer != self.name]
         self._peers = frozenset(ring.nodes) - {self.name}
+        if self._next_ae is None and self._next_purge is not None and self._pairs \
+                and self.config.anti_entropy:
+            self._next_ae = self._next_purge  # a node that joined has ranges to compare now
 
     def _range_for(self, listed: tuple[str, ...]) -> Range | None:
         rng = self._ranges.get(listed, ())
@@ -384,18 +453,32 @@ class Replica:
                                  for r in message.records)
                     batch.acks.append((src, PushAck(message.xid, stored), False))
                 case PushAck():
-                    self._replayed(src, message, now_ms, batch)
+                    if message.xid in self._streams:
+                        self._streamed(src, message, now_ms, effects)
+                    else:
+                        self._replayed(src, message, now_ms, batch)
                 case Purge():
                     # Only a replica of the key may say every replica holds its tombstone.
                     for key, version in message.entries:
                         if self._tombs.get(key) == version and src in self._range_of(key):
                             self._drop_tombstone(key, version, batch)
-                case ReadReply() | WriteReply() | ErrorReply() | Superseded():
-                    pass  # replies go to coordinators; a replica never asked for one
+                case Ping():
+                    effects.append(Send(src, Pong(message.seq, self.topology.version)))
+                case RingUpdate():
+                    if self._adopt(message, effects):
+                        batch.ring = message
+                case StreamOrder():
+                    self._stream_order(src, message, now_ms, effects)
+                case Cleanup():
+                    self._cleanup(message, batch)
+                case (ReadReply() | WriteReply() | ErrorReply() | Superseded() | Pong()
+                      | StreamProgress()):
+                    pass  # replies and reports go to coordinators; a replica asked for none
                 case _:
                     assert_never(message)
         if reads:
             self.stats.reads += len(reads)
+            reads = self._owned_reads(src, reads, effects)
             found = self.read([r.key for r in reads])
             effects.extend(Send(src, ReadReply(r.req, found.get(r.key))) for r in reads)
         if batch:
@@ -431,11 +514,28 @@ class Replica:
         return self._range_for(self.ring.preference_list_at(hash_key(key), self.config.n)) \
             or ()
 
+    def _owned_reads(self, src: str, reads: list[ReadRequest],
+                     effects: list[ReplicaEffect]) -> list[ReadRequest]:
+        """The reads for keys of ours; the others are refused (another ring placed them)."""
+        owned = []
+        for read in reads:
+            tree, _ = self._place(read.key)
+            if tree is not None or self._owns(None, hash_key(read.key)):
+                owned.append(read)
+            else:
+                effects.append(Send(src, self._not_owner(read.req)))
+        return owned
+
+    def _not_owner(self, req: int) -> ErrorReply:
+        self.stats.refused_owner += 1
+        return ErrorReply(req, f"{self.name} does not own this key under ring version "
+                               f"{self.topology.version}")
+
     def _persist(self, batch: _Batch) -> Persist:
         self._next_batch += 1
         self._batches[self._next_batch] = batch
         return Persist(self._next_batch, batch.records, batch.hints, batch.drop_hints,
-                       batch.purge)
+                       batch.purge, batch.drop, batch.ring)
 
     def persisted(self, batch_id: int, now_ms: int) -> list[ReplicaEffect]:
         """The batch is durable: send what waited for it."""
@@ -470,6 +570,12 @@ class Replica:
                 if flight is not None and flight.xid == message.xid:
                     del self._flights[dst]
                     self._retry_at[dst] = now_ms + self.config.retry_ms
+            case Push(mechanism=Mechanism.STREAM):
+                stream = self._streams.get(message.xid)
+                if stream is not None:
+                    effects: list[ReplicaEffect] = []
+                    self._stream_failed(stream, f"{dst} unreachable", effects)
+                    return effects
             case TreeRequest() | KeysRequest():
                 self._exchanges.pop(message.xid, None)
             case _:
@@ -485,6 +591,9 @@ class Replica:
             return
         version = record.version
         tree, segment, held = self._lookup(record.key)  # once: this is every write's path
+        if tree is None and not self._owns(None, hash_key(record.key)):
+            effects.append(Send(src, self._not_owner(request.req)))
+            return
         if held is None or version > held:  # the common case first: one comparison
             self._take(record, tree, segment, held, batch)
             if request.repair:
@@ -561,14 +670,16 @@ class Replica:
         held = self._hints[target]
         window = self.config.hint_window_ms
         expired = [h for h in held.values() if now_ms - h.stored_ms > window]
-        if expired or target not in self.ring.nodes:
-            drop = expired if target in self.ring.nodes else list(held.values())
+        if expired:
             batch = _Batch()
-            for hint in drop:
+            for hint in expired:
                 del held[hint.record.key]
                 batch.drop_hints.append((target, hint.record.key, hint.record.version))
-            self.stats.hints_expired += len(drop)
+            self.stats.hints_expired += len(expired)
             effects.append(self._persist(batch))
+        if held and target not in self.topology.members:
+            self._reroute(target, now_ms, effects)
+            return
         if not held:
             return
         records, size = [], 0
@@ -584,6 +695,25 @@ class Replica:
                                         now_ms + self.config.exchange_timeout_ms)
         effects.append(Send(target, Push(self._next_xid, records, Mechanism.HINT)))
 
+    def _reroute(self, target: str, now_ms: int, effects: list[ReplicaEffect]) -> None:
+        """`target` left the cluster: its hints go to the keys' current replicas instead
+        (a write a sloppy quorum acknowledged may live only in them)."""
+        batch = _Batch()
+        for key, hint in self._hints.pop(target).items():
+            batch.drop_hints.append((target, key, hint.record.version))
+            point = hash_key(key)
+            for replica in self.ring.preference_list_at(point, self.config.n):
+                if replica == self.name:
+                    self._accept(hint.record, now_ms, batch)
+                    continue
+                held = self._hints.setdefault(replica, {})
+                old = held.get(key)
+                if old is None or hint.record.version > old.record.version:
+                    moved = Hint(replica, hint.record, hint.stored_ms)
+                    held[key] = moved
+                    batch.hints.append(moved)
+        effects.append(self._persist(batch))
+
     def _replayed(self, src: str, ack: PushAck, now_ms: int, batch: _Batch) -> None:
         flight = self._flights.get(src)
         if flight is None or flight.xid != ack.xid:
@@ -597,6 +727,105 @@ class Replica:
                 batch.drop_hints.append((src, key, version))
         self.stats.hints_replayed += len(flight.entries)
         self._retry_at.pop(src, None)  # the target is back: the next batch goes at once
+
+    # -- membership: streaming ranges, dropping what moved away ---------------------------
+
+    def _stream_order(self, src: str, order: StreamOrder, now_ms: int,
+                      effects: list[ReplicaEffect]) -> None:
+        old = self._sources.pop(order.xid, None)
+        if old is not None and old.flight is not None:
+            self._streams.pop(old.flight, None)  # re-ordered: the old batch is forgotten
+        try:
+            arcs = Arcs(order.arcs)
+        except ValueError as exc:
+            effects.append(Send(src, StreamProgress(order.xid, 0, 0, order.after, False,
+                                                    str(exc))))
+            return
+        keys = [(p, k) for k, p in self._held_points() if p > order.after and p in arcs]
+        stream = OutboundStream(order.xid, src, order.target, keys)
+        stream.cursor = order.after
+        self._sources[order.xid] = stream
+        self._send_stream(stream, now_ms, effects)
+
+    def _held_points(self):
+        for tree in self._trees.values():
+            for entries in tree.entries:
+                for key in entries:
+                    yield key, hash_key(key)
+        for key in self._strays:
+            yield key, hash_key(key)
+
+    def _send_stream(self, stream: OutboundStream, now_ms: int,
+                     effects: list[ReplicaEffect]) -> None:
+        """The stream's next batch, or its end (reported to whoever ordered it)."""
+        config = self.config
+        while True:
+            chunk = stream.next_keys(config.stream_batch)
+            if not chunk:
+                del self._sources[stream.xid]
+                effects.append(Send(stream.owner, StreamProgress(
+                    stream.xid, stream.keys, stream.bytes, stream.cursor, True)))
+                return
+            found = self.read([key for _, key in chunk])
+            records, size, last = [], 0, stream.cursor
+            for i, (point, key) in enumerate(chunk):
+                record = found.get(key)
+                if record is None:
+                    last = point  # dropped or not yet durable: nothing to send for it
+                    continue
+                grown = size + len(key) + len(record.value or b"")
+                if records and grown > config.exchange_bytes:
+                    stream.put_back(len(chunk) - i)
+                    break
+                records.append(record)
+                size, last = grown, point
+            if records:
+                break
+            stream.cursor = max(stream.cursor, last)
+        self._next_xid += 1
+        stream.flight = self._next_xid
+        stream.flight_keys, stream.flight_bytes, stream.flight_cursor = len(records), size, last
+        stream.deadline_ms = now_ms + config.exchange_timeout_ms
+        self._streams[self._next_xid] = stream
+        effects.append(Send(stream.target, Push(self._next_xid, records, Mechanism.STREAM)))
+
+    def _streamed(self, src: str, ack: PushAck, now_ms: int,
+                  effects: list[ReplicaEffect]) -> None:
+        stream = self._streams.pop(ack.xid)
+        if src != stream.target:
+            self._streams[ack.xid] = stream  # not the target's to acknowledge
+            return
+        sent = stream.flight_bytes
+        stream.acknowledged()
+        self.stats.streamed_keys += stream.flight_keys
+        self.stats.streamed_bytes += sent
+        rate = self.config.stream_rate
+        stream.next_at_ms = now_ms + (sent * 1000 // rate if rate else 0)
+        if stream.next_at_ms > now_ms:
+            effects.append(Send(stream.owner, StreamProgress(
+                stream.xid, stream.keys, stream.bytes, stream.cursor, False)))
+        else:
+            self._send_stream(stream, now_ms, effects)
+            if stream.xid in self._sources:  # not over: say how far it got
+                effects.append(Send(stream.owner, StreamProgress(
+                    stream.xid, stream.keys, stream.bytes, stream.cursor, False)))
+
+    def _stream_failed(self, stream: OutboundStream, error: str,
+                       effects: list[ReplicaEffect]) -> None:
+        if stream.flight is not None:
+            self._streams.pop(stream.flight, None)
+        self._sources.pop(stream.xid, None)
+        effects.append(Send(stream.owner, StreamProgress(
+            stream.xid, stream.keys, stream.bytes, stream.cursor, False, error)))
+
+    def _cleanup(self, order: Cleanup, batch: _Batch) -> None:
+        """Drop every key no range of ours holds any more (the move they left in is over)."""
+        if order.version != self.topology.version or self.topology.pending is not None:
+            return  # an order for another ring: ours has moved on, or is moving
+        for key, version in list(self._strays.items()):
+            self._unset(key)
+            batch.drop.append((key, version))
+        self.stats.dropped += len(batch.drop)
 
     # -- anti-entropy --------------------------------------------------------------------
 
@@ -761,6 +990,8 @@ class Replica:
 
     def _purge_ripe(self, now_ms: int, effects: list[ReplicaEffect]) -> None:
         """Drop the tombstones past their purge age that every replica is known to hold."""
+        if self.topology.pending is not None:
+            return  # a range in motion has replicas that can't confirm yet: wait it out
         aging = self._aging
         while aging and now_ms - aging[0][0] >= self.config.purge_after_ms:
             physical, key = heappop(aging)
@@ -809,6 +1040,10 @@ class Replica:
         for flight in self._flights.values():
             if flight.deadline_ms < due:
                 due = flight.deadline_ms
+        for stream in self._sources.values():
+            at = stream.deadline_ms if stream.flight is not None else stream.next_at_ms
+            if at < due:
+                due = at
         for target, held in self._hints.items():
             if held and target not in self._flights:
                 retry = self._retry_at.get(target, 0)
@@ -831,6 +1066,12 @@ class Replica:
             if flight.deadline_ms <= now_ms:
                 del self._flights[target]
                 self._retry_at[target] = now_ms + config.retry_ms
+        for stream in list(self._sources.values()):
+            if stream.flight is not None:
+                if stream.deadline_ms <= now_ms:
+                    self._stream_failed(stream, f"{stream.target} did not answer", effects)
+            elif stream.next_at_ms <= now_ms:
+                self._send_stream(stream, now_ms, effects)
         if now_ms >= self._next_purge:
             self._next_purge = now_ms + config.purge_every_ms
             self._purge_ripe(now_ms, effects)

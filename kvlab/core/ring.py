@@ -2,6 +2,10 @@
 
 Each node owns `vnodes` points (tokens) on a 64-bit ring. A key hashes to a point and its
 preference list is the first N *distinct* nodes met walking clockwise from there.
+
+A node's tokens come from its name, or from the name of the node it replaced (its *seat*):
+a replacement takes over exactly the ranges of the node it stands in for, so replacing a
+dead node moves no other range.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class Ring:
 
     nodes: tuple[str, ...]
     vnodes: int = DEFAULT_VNODES
+    # (node, the name its tokens are made from) for nodes that replaced another
+    seats: tuple[tuple[str, str], ...] = ()
     _tokens: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _owners: tuple[str, ...] = field(init=False, repr=False, compare=False)
     # (arc, n) -> preference list: a ring has few arcs, and the walk is the costly part of
@@ -44,17 +50,30 @@ class Ring:
             raise ValueError("vnodes must be at least 1")
         if len(set(self.nodes)) != len(self.nodes):
             raise ValueError(f"duplicate node names in {self.nodes}")
+        seat = dict(self.seats)
+        if not seat.keys() <= set(self.nodes):
+            raise ValueError(f"seats {self.seats} name nodes outside {self.nodes}")
         points = sorted(
-            (vnode_token(node, i), node) for node in self.nodes for i in range(self.vnodes)
+            (vnode_token(seat.get(node, node), i), node)
+            for node in self.nodes for i in range(self.vnodes)
         )
         object.__setattr__(self, "_tokens", tuple(t for t, _ in points))
         object.__setattr__(self, "_owners", tuple(n for _, n in points))
 
     def with_node(self, node: str) -> Ring:
-        return Ring(self.nodes + (node,), self.vnodes)
+        return Ring(self.nodes + (node,), self.vnodes, self.seats)
 
     def without_node(self, node: str) -> Ring:
-        return Ring(tuple(n for n in self.nodes if n != node), self.vnodes)
+        return Ring(tuple(n for n in self.nodes if n != node), self.vnodes,
+                    tuple((n, s) for n, s in self.seats if n != node))
+
+    def replacing(self, old: str, new: str) -> Ring:
+        """`new` in `old`'s place, on `old`'s tokens: it takes over exactly its ranges."""
+        if old not in self.nodes:
+            raise ValueError(f"no node {old} in the ring")
+        seat = dict(self.seats).get(old, old)
+        return Ring(tuple(new if n == old else n for n in self.nodes), self.vnodes,
+                    tuple((n, s) for n, s in self.seats if n != old) + ((new, seat),))
 
     def preference_list(self, key: str, n: int) -> tuple[str, ...]:
         """The first `n` distinct nodes clockwise from the key's hash (fewer if the ring is small)."""

@@ -14,13 +14,18 @@ any of them:
   keys reply     [13, xid, records, want]
   push           [14, xid, records, mechanism]    push ack    [15, xid, stored]
   purge          [16, [[key, version]]]
+  ring update    [7, version, [nodes, vnodes, seats], pending ring or nil, addresses]
+  ping           [8, seq]                         pong        [9, seq, ring version]
+  stream order   [20, xid, target, [[start, end]], after]       cleanup [21, version]
+  stream progress [22, xid, keys, bytes, cursor, done, error]
 (value nil = a tombstone; trailing fields with defaults may be left out.)
 
 msgspec encodes and decodes whole frames in C, type-checking every field: a malformed frame
 raises `msgspec.DecodeError` (a `ValueError`), never yields a half-built message. One
 decoder for the union costs no more per message than one for a single kind (measured:
 ~105 ns per reply and ~120 ns per request either way); `decode_replies` stays for the
-proxy, which must never take anything else from a node.
+proxy, which must never take anything from a node but replies and reports (heartbeats,
+stream progress).
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ from collections.abc import Sequence
 import msgspec
 
 from kvlab.core.hashtree import BRANCHES, PER_BRANCH
-from kvlab.core.messages import Message, Reply, TreeReply, TreeRequest
+from kvlab.core.messages import Message, Reply, Report, TreeReply, TreeRequest
 
 _encoder = msgspec.msgpack.Encoder()
 _messages = msgspec.msgpack.Decoder(list[Message])
-_replies = msgspec.msgpack.Decoder(list[Reply])
+_replies = msgspec.msgpack.Decoder(list[Reply | Report])
 
 
 def encode(messages: Sequence[Message]) -> bytes:
@@ -51,8 +56,8 @@ def decode(frame: bytes) -> list[Message]:
     return messages
 
 
-def decode_replies(frame: bytes) -> list[Reply]:
-    """A frame a node sent a coordinator: replies only."""
+def decode_replies(frame: bytes) -> list[Reply | Report]:
+    """A frame a node sent a coordinator: replies and reports only."""
     return _replies.decode(frame)
 
 

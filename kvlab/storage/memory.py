@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from kvlab.core.messages import Hint, Persist
+from kvlab.core.messages import Hint, Persist, RingUpdate
 from kvlab.core.record import Record, supersedes
 from kvlab.core.version import Version
 
@@ -13,6 +13,11 @@ class MemoryStore:
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
         self._hints: dict[tuple[str, str], Hint] = {}  # (target, key) -> hint
+        self.ring_update: RingUpdate | None = None
+
+    def ring(self) -> RingUpdate | None:
+        """The membership the node was last told, if any."""
+        return self.ring_update
 
     def get(self, key: str) -> Record | None:
         return self._records.get(key)
@@ -40,6 +45,12 @@ class MemoryStore:
             old = records.get(key)
             if old is not None and old.tombstone and old.version == version:
                 del records[key]
+        for key, version in batch.drop:
+            old = records.get(key)
+            if old is not None and old.version == version:
+                del records[key]
+        if batch.ring is not None:
+            self.ring_update = batch.ring
 
     def entries(self) -> Iterator[tuple[str, Version, bool]]:
         """(key, version, is a tombstone) of every record: what a replica loads at start."""
@@ -52,6 +63,7 @@ class MemoryStore:
         """Lose everything, as a replaced disk does."""
         self._records.clear()
         self._hints.clear()
+        self.ring_update = None
 
     def count(self) -> int:
         """Live keys (tombstones are not counted)."""

@@ -10,7 +10,8 @@ never wait for the writer and always see the last committed state.
 
 The semantics are those of `kvlab.storage.memory.MemoryStore` (the reference): a record is
 stored only if it supersedes the stored one, a hint replaces only an older hint for the same
-(target, key), and `drop_hints` / `purge` remove only an exact version.
+(target, key), and `drop_hints` / `purge` / `drop` remove only an exact version. The last
+membership the node was told (`Persist.ring`) is kept in the `meta` table.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import orjson
 
-from kvlab.core.messages import Hint, Persist
+from kvlab.core.messages import Hint, Persist, RingUpdate
 from kvlab.core.record import Record
 from kvlab.core.version import Version
 
@@ -45,6 +47,10 @@ CREATE TABLE IF NOT EXISTS hints (
     coordinator TEXT NOT NULL,
     stored_ms INTEGER NOT NULL,  -- when this node took the hint (its own clock)
     PRIMARY KEY (target, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -71,6 +77,11 @@ _DROP_HINT = ("DELETE FROM hints WHERE target = ? AND key = ? AND physical = ? A
 # The version in the WHERE clause spares a newer record written meanwhile.
 _PURGE = ("DELETE FROM records WHERE key = ? AND value IS NULL AND physical = ? "
           "AND logical = ? AND coordinator = ?")
+_DROP = ("DELETE FROM records WHERE key = ? AND physical = ? AND logical = ? "
+         "AND coordinator = ?")
+_SET_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+_GET_META = "SELECT value FROM meta WHERE name = ?"
+_ring_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(RingUpdate))
 _ENTRIES = "SELECT key, physical, logical, coordinator, value IS NULL FROM records"
 _HINTS = "SELECT target, key, value, physical, logical, coordinator, stored_ms FROM hints"
 
@@ -163,6 +174,11 @@ class SqliteStore:
         return [Hint(target, Record(key, value, Version(physical, logical, coordinator)), stored)
                 for target, key, value, physical, logical, coordinator, stored
                 in self._reader.execute(_HINTS)]
+
+    def ring(self) -> RingUpdate | None:
+        """The membership this node was last told, if any."""
+        row = self._reader.execute(_GET_META, ("ring",)).fetchone()
+        return None if row is None else _ring_codec[1].decode(row[0])
 
     def count(self) -> int:
         """Live keys (tombstones are not counted). A scan of the table: not for hot paths
@@ -262,6 +278,7 @@ class SqliteStore:
                 if job.persist is None:
                     db.execute("DELETE FROM records")
                     db.execute("DELETE FROM hints")
+                    db.execute("DELETE FROM meta")
                     stored.append(0)
                     continue
                 try:
@@ -300,11 +317,17 @@ class SqliteStore:
         if persist.purge:  # only tombstones go, and they were not counted as live
             db.executemany(_PURGE, [(k, v.physical, v.logical, v.coordinator)
                                     for k, v in persist.purge])
+        if persist.drop:
+            db.executemany(_DROP, [(k, v.physical, v.logical, v.coordinator)
+                                   for k, v in persist.drop])
+        if persist.ring is not None:
+            db.execute(_SET_META, ("ring", _ring_codec[0].encode(persist.ring)))
         return stored
 
 
 def _has_work(persist: Persist) -> bool:
-    return bool(persist.records or persist.hints or persist.drop_hints or persist.purge)
+    return bool(persist.records or persist.hints or persist.drop_hints or persist.purge
+                or persist.drop or persist.ring is not None)
 
 
 def _resolve(jobs: list[_Job], outcomes: list[int | Exception]) -> None:

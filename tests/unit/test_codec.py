@@ -9,17 +9,24 @@ import pytest
 
 from kvlab.core.hashtree import BRANCHES, PER_BRANCH
 from kvlab.core.messages import (
+    Cleanup,
     ErrorReply,
     HintRequest,
     KeysReply,
     KeysRequest,
     Mechanism,
     Message,
+    Ping,
+    Pong,
     Purge,
     Push,
     PushAck,
     ReadReply,
     ReadRequest,
+    RingSpec,
+    RingUpdate,
+    StreamOrder,
+    StreamProgress,
     Superseded,
     TreeReply,
     TreeRequest,
@@ -46,6 +53,10 @@ EVERY_KIND = [
     KeysReply(14, [REC, TOMB], ["x", "y"]),
     Push(15, [REC, TOMB], Mechanism.HINT), Push(16, [], Mechanism.ANTI_ENTROPY),
     PushAck(17, 2), Purge([("gone", V)]),
+    RingUpdate(3, RingSpec(["n1", "n2"], 64), RingSpec(["n1", "n2", "n4"], 64, [("n4", "n3")]),
+               {"n4": "http://127.0.0.1:9"}),
+    Ping(18), Pong(18, 3), StreamOrder(19, "n4", [(2 ** 64 - 5, 7)], after=-1), Cleanup(4),
+    StreamProgress(19, 10, 1000, 2 ** 63, False), StreamProgress(19, 0, 0, -1, False, "down"),
 ]
 
 

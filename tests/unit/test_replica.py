@@ -12,6 +12,7 @@ from kvlab.core.messages import (
     KeysReply,
     Persist,
     Push,
+    ReadRequest,
     Send,
     Superseded,
     WriteReply,
@@ -190,12 +191,25 @@ def test_a_hint_for_an_old_value_cannot_outlive_the_purge_of_its_delete(hints):
 
 def test_a_node_holding_keys_outside_its_ranges_keeps_them_apart():
     replica, store = _lone(ReplicaConfig(n=1))
-    replica.set_ring(Ring(("n1", "n2", "n3"), 8))
     stray = next(f"s{i}" for i in range(100)
                  if Ring(("n1", "n2", "n3"), 8).preference_list(f"s{i}", 1) != ("n1",))
     _persist(replica, store, replica.receive("p", WriteRequest(1, _rec(stray, b"v", NOW)), NOW))
+    replica.set_ring(Ring(("n1", "n2", "n3"), 8))  # the key's range moved away
     assert replica.holds(stray) == Version(NOW, 0, "c")
     assert replica.key_count() == 1
+
+
+def test_a_coordinator_request_for_a_key_the_node_does_not_own_is_refused():
+    replica, store = _lone(ReplicaConfig(n=1))
+    replica.set_ring(Ring(("n1", "n2", "n3"), 8))
+    stray = next(f"s{i}" for i in range(100)
+                 if Ring(("n1", "n2", "n3"), 8).preference_list(f"s{i}", 1) != ("n1",))
+    sent = _persist(replica, store, replica.receive_many(
+        "p", [WriteRequest(1, _rec(stray, b"v", NOW)), ReadRequest(2, stray)], NOW))
+    # Refused, never "not found": a read here would hide the key its owner holds.
+    assert [type(s.message) for s in sent] == [ErrorReply, ErrorReply]
+    assert all("does not own" in s.message.error for s in sent)
+    assert replica.holds(stray) is None and store.get(stray) is None
 
 
 def test_a_fallback_keeps_the_newest_hint_per_target_and_key():
