@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import assert_never
 
 from kvlab.core.coordinator import Coordinator, Quorum
-from kvlab.core.messages import Done, Outcome, Persist, Send, SetTimer
+from kvlab.core.membership import Membership
+from kvlab.core.messages import Connect, Done, Outcome, Persist, Pong, Send, SetTimer, StreamProgress
 from kvlab.core.replica import Replica, ReplicaConfig
 from kvlab.core.ring import Ring
 from kvlab.storage.memory import MemoryStore
@@ -36,6 +37,7 @@ class CoreCluster:
         self.timers: list[SetTimer] = []
         self.now = now
         self.sent: list[tuple[str, Send]] = []
+        self.membership = Membership(self.coord)
 
     def _boot(self, node: str) -> Replica:
         store = self.stores[node]
@@ -58,6 +60,8 @@ class CoreCluster:
                 case Persist():
                     self.stores[src].write(effect)
                     self.apply(src, self.replicas[src].persisted(effect.batch, self.now))
+                case Connect():
+                    pass  # every node reaches every other here
                 case _:
                     assert_never(effect)
 
@@ -65,8 +69,9 @@ class CoreCluster:
         dst = send.node
         if dst in self.down or src in self.down:
             if src == COORD:
-                self.apply(COORD, self.coord.unreachable(dst, send.message.req, "down",
-                                                         self.now))
+                if hasattr(send.message, "req"):
+                    self.apply(COORD, self.coord.unreachable(dst, send.message.req, "down",
+                                                             self.now))
             elif src in self.replicas:
                 self.apply(src, self.replicas[src].unreachable(dst, send.message, self.now))
             return
@@ -78,7 +83,10 @@ class CoreCluster:
     def deliver(self, src: str, send: Send) -> None:
         dst = send.node
         if dst == COORD:
-            self.apply(COORD, self.coord.receive(src, send.message, self.now))
+            if isinstance(send.message, (Pong, StreamProgress)):
+                self.apply(COORD, self.membership.receive(src, send.message, self.now))
+            else:
+                self.apply(COORD, self.coord.receive(src, send.message, self.now))
         else:
             self.apply(dst, self.replicas[dst].receive(src, send.message, self.now))
 
@@ -88,6 +96,13 @@ class CoreCluster:
             self._send(src, send)
 
     # -- faults --------------------------------------------------------------------------
+
+    def join(self, node: str) -> None:
+        """Start an empty node that knows the current members (as `kvlab add-node` does)."""
+        self.stores[node] = MemoryStore()
+        replica = Replica(node, self.coord.ring.with_node(node), self.config,
+                          self.stores[node].get_many)
+        self.replicas[node] = replica
 
     def crash(self, node: str) -> None:
         self.down.add(node)
@@ -113,7 +128,12 @@ class CoreCluster:
         end = self.now + ms
         while self.now < end:
             self.now = min(end, self.now + step)
-            for name, replica in self.replicas.items():
+            if self.membership.get_timer() <= self.now:
+                self.apply(COORD, self.membership.handle_timer(self.now))
+            for t in [t for t in self.timers if t.at_ms <= self.now]:
+                self.timers.remove(t)
+                self.apply(COORD, self.coord.timeout(t.op, self.now))
+            for name, replica in list(self.replicas.items()):
                 if name in self.down:
                     continue
                 due = replica.get_timer()

@@ -1,0 +1,173 @@
+"""Membership changes in the pure core: every acknowledged write stays readable through
+joins, leaves and replacements, with writes going on during the move."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvlab.core.coordinator import Quorum
+from kvlab.core.detector import FailureDetector, Health
+from kvlab.core.membership import MembershipError, Phase
+from kvlab.core.messages import OK
+from kvlab.core.replica import ReplicaConfig
+from tests.unit.core_harness import CoreCluster
+
+KEYS = [f"k{i}" for i in range(400)]
+
+
+def _cluster(nodes=("n1", "n2", "n3"), **config) -> CoreCluster:
+    c = CoreCluster(Quorum(3, 2, 2), nodes=nodes,
+                    config=ReplicaConfig(n=3, anti_entropy=False, stream_batch=50, **config))
+    c.tick(200)  # heartbeats start: every node is heard
+    return c
+
+
+def _load(c: CoreCluster, keys=KEYS, tag=b"v") -> dict[str, bytes]:
+    acked = {}
+    for key in keys:
+        out = c.write(key, tag + key.encode())
+        if out is not None and out.status == OK:
+            acked[key] = tag + key.encode()
+    return acked
+
+
+def _until_done(c: CoreCluster, during=None, limit_ms=30_000) -> None:
+    waited = 0
+    while c.membership.change is not None:
+        assert waited < limit_ms, c.membership.view(c.now)["change"]
+        if during is not None:
+            during()
+        c.tick(100)
+        waited += 100
+
+
+def _all_readable(c: CoreCluster, acked: dict[str, bytes]) -> None:
+    misses = [k for k, v in acked.items()
+              if (out := c.read(k)) is None or out.status != OK or out.record.value != v]
+    assert misses == []
+
+
+def test_adding_a_node_moves_its_ranges_and_loses_nothing_while_writes_go_on():
+    c = _cluster()
+    acked = _load(c)
+    c.join("n4")
+    c.apply("p", c.membership.add("n4", c.now))
+    assert c.coord.topology.pending is not None
+    more = iter(range(10_000))
+
+    def write_some():
+        for _ in range(5):
+            i = next(more)
+            acked.update(_load(c, [f"w{i}"], b"during"))
+
+    _until_done(c, write_some)
+    assert c.coord.topology.pending is None and "n4" in c.coord.ring.nodes
+    last = c.membership.last
+    assert last.phase == Phase.DONE and last.view(c.now)["keys"] > 0
+    # The new node holds every key it now owns, with no read repair needed.
+    owned = [k for k in acked if "n4" in c.coord.ring.preference_list(k, 3)]
+    assert owned and all(c.stores["n4"].get(k) is not None for k in owned)
+    # Old owners dropped what moved away.
+    for node in ("n1", "n2", "n3"):
+        strays = [k for k in acked if node not in c.coord.ring.preference_list(k, 3)]
+        assert strays and all(c.stores[node].get(k) is None for k in strays)
+    _all_readable(c, acked)
+
+
+def test_removing_a_node_streams_its_ranges_out_first():
+    c = _cluster(("n1", "n2", "n3", "n4"))
+    acked = _load(c)
+    c.apply("p", c.membership.remove("n2", c.now))
+    _until_done(c)
+    c.crash("n2")  # decommissioned: stopped
+    assert "n2" not in c.coord.ring.nodes
+    assert all(c.stores[n].get(k) is not None for k in acked
+               for n in c.coord.ring.preference_list(k, 3))
+    _all_readable(c, acked)
+
+
+def test_a_dead_node_is_replaced_by_an_empty_one_from_the_other_replicas():
+    c = _cluster(("n1", "n2", "n3", "n4"))
+    acked = _load(c)
+    c.crash("n3")
+    c.tick(3_000)  # the detector holds it down
+    assert c.membership.health("n3", c.now) == Health.DOWN
+    acked.update(_load(c, [f"late{i}" for i in range(50)], b"late"))  # n3 misses these
+    c.join("n5")
+    c.apply("p", c.membership.replace("n3", "n5", c.now))
+    _until_done(c)
+    ring = c.coord.ring
+    assert "n3" not in ring.nodes and "n5" in ring.nodes
+    # n5 sits on n3's tokens: it owns exactly what n3 did, and nobody else's ranges moved.
+    assert sorted(ring.tokens) == sorted(c.membership.last.old.tokens)
+    assert all(c.stores["n5"].get(k) is not None for k in acked
+               if "n5" in ring.preference_list(k, 3))
+    _all_readable(c, acked)
+
+
+def test_a_stream_whose_source_dies_is_taken_over_by_the_other_replicas():
+    c = _cluster(("n1", "n2", "n3", "n4"))
+    acked = _load(c)
+    c.join("n5")
+    c.apply("p", c.membership.add("n5", c.now))
+    c.silent.add("n1")  # n1 stops answering: its streams stall, then it is down
+    _until_done(c)
+    assert c.membership.last.view(c.now)["keys"] > 0
+    c.silent.discard("n1")
+    c.held.clear()
+    c.crash("n1")
+    # n1 is down for good: R=2 must still find every key among the others.
+    _all_readable(c, acked)
+
+
+def test_changes_are_refused_while_one_is_in_progress_or_below_n_nodes():
+    c = _cluster()
+    with pytest.raises(MembershipError, match="fewer than N=3"):
+        c.membership.remove("n1", c.now)
+    with pytest.raises(MembershipError, match="already in the ring"):
+        c.membership.add("n2", c.now)
+    c.join("n4")
+    c.apply("p", c.membership.add("n4", c.now))
+    with pytest.raises(MembershipError, match="in progress"):
+        c.membership.add("n5", c.now)
+    with pytest.raises(MembershipError, match="bad node name"):
+        _cluster().membership.add("a#b", c.now)
+
+
+def test_a_node_refuses_a_read_for_a_range_it_left_instead_of_saying_not_found():
+    c = _cluster(("n1", "n2", "n3", "n4"))
+    acked = _load(c, KEYS[:100])
+    c.apply("p", c.membership.remove("n4", c.now))
+    _until_done(c)
+    gone = next(k for k in acked if "n4" in c.membership.last.old.preference_list(k, 3))
+    # A stale coordinator still placing by the old ring asks n4: it is refused, loudly.
+    from kvlab.core.messages import ErrorReply, ReadRequest
+    effects = c.replicas["n4"].receive("stale", ReadRequest(99, gone), c.now)
+    assert [type(e.message) for e in effects] == [ErrorReply]
+
+
+def test_the_detector_suspects_then_downs_a_silent_node_and_takes_it_back():
+    d = FailureDetector(interval_ms=100)
+    d.watch("a", 0)
+    for t in range(100, 2_100, 100):
+        d.heartbeat("a", t)
+    assert d.health("a", 2_150) == Health.UP
+    suspect_at = next(t for t in range(2_000, 6_000, 10) if d.health("a", t) != Health.UP)
+    down_at = next(t for t in range(2_000, 6_000, 10) if d.health("a", t) == Health.DOWN)
+    assert 2_000 + 500 <= suspect_at <= 2_000 + 900  # ~0.7 s of silence
+    assert 2_000 + 1_600 <= down_at <= 2_000 + 2_100  # ~1.85 s
+    d.heartbeat("a", 5_000)
+    assert d.health("a", 5_001) == Health.UP
+
+
+def test_the_coordinator_fails_fast_on_a_node_held_down():
+    c = _cluster()
+    c.crash("n2")
+    c.tick(2_500)
+    assert "n2" in c.coord.down
+    key = next(k for k in KEYS if "n2" in c.prefs(k))
+    out = c.read(key, r=3)  # needs n2: answered at once, not at the deadline
+    assert out is not None and out.status == "unavailable" and out.failed["n2"] == "down"
+    c.restart("n2")
+    c.tick(300)
+    assert "n2" not in c.coord.down
