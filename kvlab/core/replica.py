@@ -1107,7 +1107,10 @@ class Replica:
             "superseded": s.superseded, "refused": s.refused, "purged": s.purged,
             "tombstones": len(self._tombs),
             "tombstones_unconfirmed": len(self._ripe) - len(self._ready),
-            "ignored": s.ignored,
+            "ignored": s.ignored, "refused_owner": s.refused_owner,
+            "streamed_keys": s.streamed_keys, "streamed_bytes": s.streamed_bytes,
+            "streams": len(self._sources), "dropped": s.dropped,
+            "strays": len(self._strays), "ring_version": self.topology.version,
             "exchanges": {peer: {**e, "ago_ms": now_ms - e["at_ms"]}
                           for peer, e in sorted(s.exchanges.items())},
             "last_exchange_ago_ms": {peer: now_ms - at
