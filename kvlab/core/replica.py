@@ -275,6 +275,10 @@ class Replica:
 
     def _adopt(self, update: RingUpdate, effects: list[ReplicaEffect]) -> bool:
         """Follow the committer's membership `update`; whether it changed anything."""
+        if update.version < self.topology.version:
+            # From a committer that restarted and has not heard of our version yet: it
+            # learns it from our Pong and goes past it (versions only ever grow).
+            return False
         topology = Topology.of(update)
         if topology == self.topology:
             return False

@@ -171,3 +171,25 @@ def test_the_coordinator_fails_fast_on_a_node_held_down():
     c.restart("n2")
     c.tick(300)
     assert "n2" not in c.coord.down
+
+
+def test_a_restarted_committer_goes_past_the_ring_version_the_nodes_hold():
+    from kvlab.core.membership import Membership
+
+    c = _cluster(("n1", "n2", "n3", "n4"))
+    acked = _load(c, KEYS[:50])
+    c.apply("p", c.membership.remove("n4", c.now))
+    _until_done(c)
+    held = c.replicas["n1"].topology.version
+    assert held >= 3
+    # The proxy restarts: its committer starts again at version 1 with the same ring.
+    from kvlab.core.coordinator import Coordinator
+    c.coord = Coordinator("p", c.membership.last.new, Quorum(3, 2, 2), timeout_ms=1000)
+    c.membership = Membership(c.coord)
+    for node in ("n1", "n2", "n3"):
+        c.apply("p", c.membership.connected(node, c.now))  # ignored: older than theirs
+    assert c.replicas["n1"].topology.version == held
+    c.tick(300)  # their Pongs tell it where they are
+    assert c.coord.topology.version == held + 1
+    assert all(c.replicas[n].topology.version == held + 1 for n in ("n1", "n2", "n3"))
+    _all_readable(c, acked)
