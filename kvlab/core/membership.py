@@ -83,7 +83,7 @@ class Transfer:
 class Change:
     """A membership change and how far it got."""
 
-    kind: str  # "add", "remove" or "replace"
+    kind: str  # "add", "remove", "replace", or "resume" (one a restarted committer found)
     node: str  # the node joining (add, replace) or leaving (remove)
     old: Ring
     new: Ring
@@ -193,6 +193,19 @@ class Membership:
                          "suspect_after_ms": round(detector.time_to(detector.suspect_phi)),
                          "down_after_ms": round(detector.time_to(detector.down_phi))},
         }
+
+    def restore(self, topology: Topology, now_ms: int) -> list[Send]:
+        """Start from the topology a previous run of this committer published (kept by
+        its driver). A move it was in the middle of starts over from its plan: streams
+        are idempotent, and nothing was dropped before the move was over."""
+        if topology.version <= self.topology.version:
+            return []
+        if topology.pending is None:
+            return self._publish(topology)
+        self.topology = Topology(topology.version - 1, topology.ring)
+        return self._begin("resume", ",".join(n for n in topology.pending.nodes
+                                              if n not in topology.ring.nodes) or "-",
+                           topology.pending, now_ms)
 
     # -- changes ------------------------------------------------------------------------
 

@@ -193,3 +193,26 @@ def test_a_restarted_committer_goes_past_the_ring_version_the_nodes_hold():
     assert c.coord.topology.version == held + 1
     assert all(c.replicas[n].topology.version == held + 1 for n in ("n1", "n2", "n3"))
     _all_readable(c, acked)
+
+
+def test_a_committer_restarted_mid_move_starts_the_move_over_and_loses_nothing():
+    from kvlab.core.coordinator import Coordinator
+    from kvlab.core.membership import Membership
+
+    c = _cluster(stream_rate=2_000)  # bytes/s: the move takes seconds
+    acked = _load(c)
+    c.join("n4")
+    c.apply("p", c.membership.add("n4", c.now))
+    c.tick(500)  # streaming has begun
+    saved = c.membership.topology
+    assert saved.pending is not None
+    acked.update(_load(c, [f"mid{i}" for i in range(50)], b"mid"))
+    # The proxy dies; a new one starts from the topology the old one published.
+    c.coord = Coordinator("p", saved.ring, Quorum(3, 2, 2), timeout_ms=1000)
+    c.membership = Membership(c.coord)
+    c.apply("p", c.membership.restore(saved, c.now))
+    assert c.membership.change.kind == "resume"
+    assert c.coord.topology.version == saved.version and c.coord.topology.pending is not None
+    _until_done(c)
+    assert "n4" in c.coord.ring.nodes
+    _all_readable(c, acked)
