@@ -323,6 +323,10 @@ class Membership:
                     # restarted): go past it, so versions only ever grow.
                     return self._publish(Topology(report.ring_version + 1,
                                                   self.topology.ring, self.topology.pending))
+                if report.ring_version < self.topology.version and node in self.watched:
+                    # It missed an update (lost, cut off by a partition, or it restarted
+                    # from an older one it kept): the next heartbeat brings it up to date.
+                    return [Send(node, self.topology.update(self.addresses))]
                 return []
             case StreamProgress():
                 return self._progress(node, report, now_ms)

@@ -216,3 +216,16 @@ def test_a_committer_restarted_mid_move_starts_the_move_over_and_loses_nothing()
     _until_done(c)
     assert "n4" in c.coord.ring.nodes
     _all_readable(c, acked)
+
+
+def test_a_node_that_missed_a_ring_update_is_sent_it_again_on_its_next_heartbeat():
+    c = _cluster(("n1", "n2", "n3", "n4"), stream_rate=2_000)  # the move takes seconds
+    _load(c)
+    c.silent.add("n4")  # cut off while the change begins: its RingUpdate is lost
+    c.apply("p", c.membership.remove("n1", c.now))
+    c.held.clear()
+    c.silent.discard("n4")
+    assert c.replicas["n4"].topology.version < c.coord.topology.version
+    c.tick(200)  # its Pong says which version it holds; the committer sends it the current one
+    assert c.membership.change is not None  # (no later version has been published meanwhile)
+    assert c.replicas["n4"].topology.version == c.coord.topology.version
