@@ -177,8 +177,13 @@ class Membership:
     def view(self, now_ms: int) -> dict:
         """Per node: its health, suspicion and the ring version it holds; the change."""
         detector = self.detector
+        ring = self.topology.ring
         return {
             "version": self.topology.version,
+            # The ring reads are placed by, whole: a replacement's tokens are its seat's,
+            # which its name alone does not tell (the dashboard draws the ring from this).
+            "ring": {"nodes": list(ring.nodes), "vnodes": ring.vnodes,
+                     "seats": [list(seat) for seat in ring.seats]},
             "pending": None if self.topology.pending is None
             else list(self.topology.pending.nodes),
             "nodes": {n: {"health": str(detector.health(n, now_ms)),

@@ -10,6 +10,7 @@ from kvlab.core.detector import FailureDetector, Health
 from kvlab.core.membership import MembershipError, Phase
 from kvlab.core.messages import OK
 from kvlab.core.replica import ReplicaConfig
+from kvlab.core.ring import Ring
 from tests.unit.core_harness import CoreCluster
 
 KEYS = [f"k{i}" for i in range(400)]
@@ -229,3 +230,19 @@ def test_a_node_that_missed_a_ring_update_is_sent_it_again_on_its_next_heartbeat
     c.tick(200)  # its Pong says which version it holds; the committer sends it the current one
     assert c.membership.change is not None  # (no later version has been published meanwhile)
     assert c.replicas["n4"].topology.version == c.coord.topology.version
+
+
+def test_the_view_carries_the_read_ring_whole_with_a_replacement_s_seat():
+    # A replacement's tokens are its seat's: a reader rebuilding the ring from node names
+    # alone (the dashboard) would draw it on tokens nobody holds.
+    c = _cluster(("n1", "n2", "n3", "n4"))
+    c.crash("n3")
+    c.tick(3_000)
+    c.join("n5")
+    c.apply("p", c.membership.replace("n3", "n5", c.now))
+    assert c.membership.view(c.now)["ring"]["nodes"] == ["n1", "n2", "n3", "n4"]
+    _until_done(c)
+    seen = c.membership.view(c.now)["ring"]
+    assert seen == {"nodes": ["n1", "n2", "n5", "n4"], "vnodes": 16, "seats": [["n5", "n3"]]}
+    rebuilt = Ring(tuple(seen["nodes"]), seen["vnodes"], tuple(map(tuple, seen["seats"])))
+    assert rebuilt.tokens == c.coord.ring.tokens
