@@ -1,4 +1,5 @@
-"""Drive a `Coordinator` with asyncio: carry out its effects and await its outcomes."""
+"""Drive a `Coordinator` and its `Membership` with asyncio: carry out their effects and
+await the coordinator's outcomes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from collections.abc import Callable
 from typing import assert_never
 
 from kvlab.core.coordinator import Coordinator
-from kvlab.core.messages import CoordinatorEffect, Done, Outcome, Reply, Send, SetTimer
+from kvlab.core.membership import Membership
+from kvlab.core.messages import CoordinatorEffect, Done, Outcome, Reply, Report, Send, SetTimer
 from kvlab.net.link import ReplicaLink
 
 logger = logging.getLogger(__name__)
@@ -30,12 +32,22 @@ def wall_clock(offset_ms: int = 0) -> Callable[[], int]:
 
 
 class Engine:
-    """The coordinator's effects carried out on the links and the event loop's clock."""
+    """The coordinator's and the membership's effects carried out on the links and the
+    event loop's clock.
 
-    def __init__(self, coordinator: Coordinator, clock: Callable[[], int] = now_ms) -> None:
+    The membership has one loop timer of its own, at `get_timer()` (every heartbeat): its
+    pings, the detector's verdicts and the steps of a change run there. The links of nodes
+    it no longer watches (a change that took them out is over) are closed on that tick.
+    """
+
+    def __init__(self, coordinator: Coordinator, membership: Membership,
+                 clock: Callable[[], int] = now_ms) -> None:
         self.coordinator = coordinator
+        self.membership = membership
         self.now_ms = clock
         self.links: dict[str, ReplicaLink] = {}
+        self._closing: set[asyncio.Task] = set()  # links being stopped
+        self._tick: asyncio.TimerHandle | None = None
         self._waiting: dict[int, asyncio.Future[Outcome]] = {}
         self.served: dict[str, int] = {}  # outcomes by status, for /cluster
         # Deadlines of every operation behind a single loop timer, far cheaper than a
@@ -88,6 +100,65 @@ class Engine:
         now = self.now_ms()
         for req in reqs:
             self._apply(self.coordinator.unreachable(node, req, reason, now))
+
+    def on_reports(self, node: str, reports: list[Report]) -> None:
+        now = self.now_ms()
+        for report in reports:
+            self.control(self.membership.receive(node, report, now))
+
+    def on_connected(self, node: str) -> None:
+        """`node`'s socket (re)opened: what the membership tells it goes first."""
+        self.control(self.membership.connected(node, self.now_ms()))
+
+    def control(self, effects: list[Send]) -> None:
+        """Carry out the membership's effects: messages nothing waits a reply to. One that
+        can't go (its link is down) is dropped: the detector notices a silent node, and a
+        stream order that never arrived times out and is given again."""
+        for effect in effects:
+            match effect:
+                case Send():
+                    link = self.links.get(effect.node)
+                    if link is not None:
+                        link.send_control(effect.message)  # type: ignore[arg-type]
+                case _:
+                    assert_never(effect)
+
+    # The membership's timer.
+
+    def start(self) -> None:
+        """Start the membership's heartbeats (its first tick is due at once)."""
+        self._tick = asyncio.get_running_loop().call_soon(self._heartbeat)
+
+    async def stop(self) -> None:
+        """Stop the heartbeats and close every link."""
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        for link in self.links.values():
+            await link.stop()
+        if self._closing:
+            await asyncio.gather(*self._closing)
+
+    def _heartbeat(self) -> None:
+        membership = self.membership
+        try:
+            self.control(membership.handle_timer(self.now_ms()))
+            watched = membership.watched
+            for name in [n for n in self.links if n not in watched]:
+                self.close_link(name)
+            # +1 ms: the loop may fire a timer up to a millisecond early, and a call before
+            # the deadline does nothing.
+            delay = max(0.0, (membership.get_timer() - self.now_ms() + 1) / 1000)
+        except Exception:  # a bug: it must not stop the heartbeats for good
+            logger.exception("the membership's timer failed")
+            delay = membership.heartbeat_ms / 1000
+        self._tick = asyncio.get_running_loop().call_later(delay, self._heartbeat)
+
+    def close_link(self, name: str) -> None:
+        """Close the link to a node that left the cluster (in the background)."""
+        task = asyncio.get_running_loop().create_task(self.links.pop(name).stop())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _apply(self, effects: list[CoordinatorEffect]) -> None:
         # A match costs ~45 ns more per effect than an isinstance chain (measured), well

@@ -4,8 +4,11 @@ A `Link` batches messages into frames (`FrameWriter`) and reconnects in the back
 backoff. While the socket is down, sends fail at once (like a refused connection), so the
 sender can tell its state machine. Two kinds:
 
-- `ReplicaLink`, the proxy's (a coordinator's) link to one node: requests out, replies back,
-  matched by number; if the socket breaks, every request in flight on it is reported lost.
+- `ReplicaLink`, the proxy's (a coordinator's) link to one node: requests and the
+  committer's control messages (ring updates, pings, stream orders) out; replies back,
+  matched by number, and reports (pongs, stream progress). If the socket breaks, every
+  request in flight on it is reported lost. Each time the socket opens, `on_connected`
+  runs before anything else can be sent on it (the node must hear the ring first).
 - `PeerLink`, a node's link to another node (`/replica?from=<me>`): replica-to-replica
   messages one way. The peer answers on its own link back, so nothing is expected in return
   here, and a message lost with a socket is the replica's to time out.
@@ -23,7 +26,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from kvlab.core.messages import Message, Reply, Request
+from kvlab.core.messages import Control, Message, Pong, Reply, Report, Request, StreamProgress
 from kvlab.net import codec
 from kvlab.net.framing import FrameWriter
 
@@ -32,7 +35,11 @@ logger = logging.getLogger(__name__)
 UP, DOWN = "up", "down"
 RETRY_MIN_S, RETRY_MAX_S = 0.05, 0.5
 LATENCY_WINDOW = 2048
-HEARTBEAT_S = 2.0  # a paused (SIGSTOP) node is noticed after about this long
+# The WebSocket's own ping: a socket to a paused (SIGSTOP) or vanished node is closed after
+# about this long. Whether the node is *believed* down is the failure detector's call
+# (kvlab.core.detector), much sooner; this only frees the socket.
+HEARTBEAT_S = 2.0
+REPORTS = frozenset({Pong, StreamProgress})
 
 
 class Link:
@@ -101,6 +108,7 @@ class Link:
             delay = RETRY_MIN_S
             self._ws, self._writer, self.state = ws, FrameWriter(ws, codec.encode), UP
             self.connects += 1
+            self._up()  # synchronously: nothing else can be queued on the socket before
             try:
                 async for msg in ws:
                     if msg.type == aiohttp.WSMsgType.BINARY and \
@@ -115,6 +123,9 @@ class Link:
                 self._ws, self._writer, self.state = None, None, DOWN
                 self._down()
                 await ws.close()
+
+    def _up(self) -> None:
+        """The socket is open, and nothing was sent on it yet (a hook)."""
 
     def _down(self) -> None:
         """The socket is gone, with whatever was in flight on it (a hook)."""
@@ -133,10 +144,14 @@ class ReplicaLink(Link):
 
     def __init__(self, name: str, url: str, session: aiohttp.ClientSession,
                  on_replies: Callable[[str, list[Reply]], None],
-                 on_lost: Callable[[str, list[int], str], None]) -> None:
+                 on_lost: Callable[[str, list[int], str], None],
+                 on_reports: Callable[[str, list[Report]], None],
+                 on_connected: Callable[[str], None]) -> None:
         super().__init__(name, url, session)
         self._on_replies = on_replies
         self._on_lost = on_lost
+        self._on_reports = on_reports
+        self._on_connected = on_connected
         self._inflight: dict[int, float] = {}
         self.replies = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -146,6 +161,10 @@ class ReplicaLink(Link):
         if self._writer is not None and self.partitioned not in ("both", "to"):
             self._inflight[request.req] = time.perf_counter()
         return self._push(request)
+
+    def send_control(self, message: Control) -> bool:
+        """Queue a control message (nothing waits on a reply to it); False if down."""
+        return self._push(message)
 
     def partition(self, direction: str | None) -> None:
         super().partition(direction)
@@ -163,12 +182,23 @@ class ReplicaLink(Link):
         replies = codec.decode_replies(data)
         now = time.perf_counter()
         inflight, latencies = self._inflight, self.latencies
+        reports: list[Report] = []
         for reply in replies:
-            sent = inflight.pop(reply.req, None)
+            if reply.__class__ in REPORTS:  # a heartbeat or stream progress: rare
+                reports.append(reply)  # type: ignore[arg-type]
+                continue
+            sent = inflight.pop(reply.req, None)  # type: ignore[union-attr]
             if sent is not None:
                 latencies.append(now - sent)
+        if reports:
+            replies = [r for r in replies if r.__class__ not in REPORTS]
+            self._on_reports(self.name, reports)
         self.replies += len(replies)
-        self._on_replies(self.name, replies)
+        if replies:
+            self._on_replies(self.name, replies)  # type: ignore[arg-type]
+
+    def _up(self) -> None:
+        self._on_connected(self.name)
 
     def _down(self) -> None:
         lost, self._inflight = list(self._inflight), {}

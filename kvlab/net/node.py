@@ -4,13 +4,18 @@
         --peer n2=http://127.0.0.1:8002 --peer n3=http://127.0.0.1:8003
 
 The node decides nothing itself: it hands what arrives to the replica (`kvlab.core.replica`)
-and carries out the effects it returns: `Send` a message, `Persist` a batch. Routes:
+and carries out the effects it returns: `Send` a message, `Persist` a batch, `Connect` to
+the peers the ring now has (and to no others). The ring comes from the committer (the
+proxy), which tells the node on every connection; it is kept in the store, and a restart
+starts from it rather than from `--peer` (which only says where the first peers are).
+Routes:
 
 - `GET /replica`: the replica channel, a WebSocket of msgpack frames (`kvlab.net.codec`).
   A coordinator (the proxy) connects without parameters and gets a name of its own per
   connection, so replies go back on the socket the requests came in on. A peer node connects
   as `/replica?from=<its name>`; what this node sends a peer goes on its own outgoing link
-  to that peer (`kvlab.net.link.PeerLink`), never back on the peer's socket.
+  to that peer (`kvlab.net.link.PeerLink`), never back on the peer's socket. The replica
+  ignores what a node that is not its peer (under the ring it holds) sends.
 - `GET /health`, `GET /stats` (counters, and the replica's healing figures).
 
 Each frame is given to the replica whole, so its writes share one `Persist`. A Persist goes
@@ -35,9 +40,10 @@ from typing import NoReturn, assert_never
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from kvlab.core.messages import Message, Persist, ReplicaEffect, Send
+from kvlab.core.messages import Connect, Message, Persist, ReplicaEffect, Send
 from kvlab.core.replica import HOUR_MS, Replica, ReplicaConfig
 from kvlab.core.ring import DEFAULT_VNODES, Ring
+from kvlab.core.topology import Topology
 from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net import codec
 from kvlab.net.args import name_url, on_off
@@ -68,11 +74,15 @@ class Node:
                  config: ReplicaConfig, vnodes: int = DEFAULT_VNODES) -> None:
         self.name = name
         self.store = store
-        self.peer_urls = dict(peers)
-        self.ring = Ring((name, *peers), vnodes)
+        self.peer_urls = dict(peers)  # peer -> where it listens (kept up to date by Connect)
         began = time.perf_counter()
-        self.replica = Replica(name, self.ring, config, store.get_many)
+        # The membership this node was last told, if any, is the one it starts from: the
+        # cluster may have changed since its command line was written.
+        update = store.ring()
+        ring = Ring((name, *peers), vnodes) if update is None else Topology.of(update).ring
+        self.replica = Replica(name, ring, config, store.get_many)
         self.replica.load(store.entries(), store.hints())
+        self._restored = [] if update is None else self.replica.restore(update)
         self.load_s = time.perf_counter() - began
         self.started = time.time()
         self.links: dict[str, PeerLink] = {}
@@ -85,15 +95,18 @@ class Node:
         self._timer_at: int | None = None
         self._stopped = False
         self._session: aiohttp.ClientSession | None = None
+        self._closing: set[asyncio.Task] = set()  # links to former peers being stopped
 
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
-        for peer, url in self.peer_urls.items():
-            link = PeerLink(peer, url, self._session, sender=self.name)
-            self.links[peer] = link
-            link.start()
+        if self._restored:  # the stored membership says who the peers are
+            self._apply(self._restored, now_ms())
+            self._restored = []
+        else:
+            for peer, url in self.peer_urls.items():
+                self._open(peer, url)
         self._arm()  # at once: the replica's first handle_timer starts its periodic work
 
     async def stop(self) -> None:
@@ -103,6 +116,8 @@ class Node:
             self._timer = None
         for link in self.links.values():
             await link.stop()
+        if self._closing:
+            await asyncio.gather(*self._closing)
         if self._session is not None:
             await self._session.close()
         self.store.close()  # commits what is queued
@@ -189,8 +204,39 @@ class Node:
                 case Persist():
                     future = self.store.submit(effect)
                     future.add_done_callback(partial(self._persisted, effect.batch))
+                case Connect():
+                    self._connect(effect.peers)
                 case _:
                     assert_never(effect)
+
+    def _connect(self, peers: dict[str, str]) -> None:
+        """Keep a link to each of `peers` (at its address; none given: the one known), and
+        none to any other node."""
+        for peer, address in peers.items():
+            url = (address or self.peer_urls.get(peer, "")).rstrip("/")
+            if not url:
+                continue  # nowhere to reach it yet; a later ring will say where
+            self.peer_urls[peer] = url
+            link = self.links.get(peer)
+            if link is not None and link.url == url:
+                continue
+            if link is not None:  # it moved: reach it where it listens now
+                self._close(peer)
+            self._open(peer, url)
+        for peer in [p for p in self.links if p not in peers]:
+            self._close(peer)
+        self.peer_urls = {p: u for p, u in self.peer_urls.items() if p in peers}
+
+    def _open(self, peer: str, url: str) -> None:
+        assert self._session is not None
+        link = PeerLink(peer, url, self._session, sender=self.name)
+        self.links[peer] = link
+        link.start()
+
+    def _close(self, peer: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.links.pop(peer).stop())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _send(self, dst: str, message: Message, now: int) -> None:
         """A message for a peer (on its link), or for a coordinator gone."""
@@ -226,8 +272,10 @@ class Node:
             "last_error": self.last_error,
             "held": replica.key_count(),  # keys the replica holds, tombstones included
             "hints_held": sum(healing["hints_held"].values()),
-            "ring": {"nodes": list(self.ring.nodes), "vnodes": self.ring.vnodes,
-                     "replicas": replica.config.n},
+            "ring": {"nodes": list(replica.ring.nodes), "vnodes": replica.ring.vnodes,
+                     "replicas": replica.config.n, "version": replica.topology.version,
+                     "pending": None if replica.topology.pending is None
+                     else list(replica.topology.pending.nodes)},
             "peers": {name: {"url": link.url, "state": link.state, "sent": link.sent,
                              "connects": link.connects, "errors": link.errors,
                              "last_error": link.last_error}
@@ -253,10 +301,13 @@ async def stats(request: web.Request) -> web.Response:
 async def replica_channel(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     peer = request.query.get("from")
-    if peer is not None and peer not in node.links:
-        known = ", ".join(node.links) or "none"
-        raise web.HTTPForbidden(text=f"{peer!r} is not a peer of {node.name} (its peers: "
-                                     f"{known}); start {node.name} with --peer {peer}=URL")
+    # Any node may connect: whether its messages are taken is the replica's call (peers of
+    # its ring only), and the ring changes. Refusing strangers here made a node that had
+    # just joined retry its links to the others with backoff, and the stream acks it sent
+    # in the meantime were lost (each cost the source a 5 s time-out).
+    if peer is not None and (not peer or "#" in peer):
+        raise web.HTTPForbidden(text=f"{peer!r} is not a node name ('#' is kept for "
+                                     f"coordinator connections)")
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
     await ws.prepare(request)
     node.channels.add(ws)
@@ -323,6 +374,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _mb_per_s(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MB per second, got {text!r}") from None
+    if not 0 <= value < float("inf"):  # NaN neither
+        raise argparse.ArgumentTypeError(f"expected MB per second >= 0, got {text!r}")
+    return value
+
+
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
@@ -332,8 +393,11 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m kvlab.net.node",
         description="Run one kvlab data node: a replica of its keys, which heals itself and "
                     "its peers (hinted handoff, anti-entropy, safe tombstone purge).",
-        epilog="The ring is --name plus every --peer, placed with --vnodes and --replicas: "
-               "give every node and the proxy the same nodes, --vnodes and --replicas.")
+        epilog="The first ring is --name plus every --peer, placed with --vnodes and "
+               "--replicas: give every node and the proxy the same nodes, --vnodes and "
+               "--replicas. From then on the proxy says what the ring is (on connecting, "
+               "and at each step of a membership change); the node keeps it in its "
+               "database and starts from it next time, whatever --peer says.")
     p.add_argument("--name", required=True, help="this node's name in the ring")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, required=True, help="port to listen on")
@@ -369,6 +433,10 @@ def parser() -> argparse.ArgumentParser:
                    metavar="SECONDS",
                    help="refuse writes stamped further than this ahead of this node's clock "
                         f"(default {MAX_AHEAD_MS // 1000})")
+    p.add_argument("--stream-rate", type=_mb_per_s, default=0.0, metavar="MB/S",
+                   help="cap on how fast this node streams ranges to a new owner during a "
+                        "membership change, in MB (10^6 bytes) per second; 0: as fast as "
+                        "the new owner stores them (default 0)")
     return p
 
 
@@ -378,7 +446,8 @@ def config_from(args: argparse.Namespace) -> ReplicaConfig:
         n=args.replicas, tombstone_grace_ms=_ms(args.tombstone_grace),
         max_ahead_ms=_ms(args.max_clock_ahead), hints=args.hints,
         hint_window_ms=_ms(args.hint_window), anti_entropy=args.anti_entropy,
-        anti_entropy_ms=max(1, _ms(args.anti_entropy_interval)))  # 1 ms at the least
+        anti_entropy_ms=max(1, _ms(args.anti_entropy_interval)),  # 1 ms at the least
+        stream_rate=round(args.stream_rate * 1_000_000))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,8 +3,11 @@
     python -m kvlab.net.proxy --port 8000 --node n1=http://127.0.0.1:8001 ... [--replicas 3]
 
 Go-compatible routes (`POST /set`, `GET /get?key=`, `DELETE /delete?key=`), the REST form
-(`GET|PUT|DELETE /kv/{key}`), and introspection (`/cluster`, `/cluster/keys/{key}`,
-`/health`). Every read and write route takes `r=` / `w=` overrides, every write route
+(`GET|PUT|DELETE /kv/{key}`), introspection (`/cluster`, `/cluster/keys/{key}`,
+`/cluster/change`, `/health`), and membership changes, carried out in steps by the core's
+committer (`kvlab.core.membership`): `POST /cluster/nodes` (add), `DELETE
+/cluster/nodes/{name}` (decommission), `POST /cluster/nodes/{name}/replace`; each answers
+202 at once with the change, which `/cluster/change` follows to its end. Every read and write route takes `r=` / `w=` overrides, every write route
 `sloppy=1|0` (hints on fallback nodes count toward W, or not), and each reports the version,
 the replicas that acknowledged and the hints that stood in for replicas in `X-Kvlab-*`
 headers (and in the JSON of REST writes).
@@ -27,6 +30,7 @@ import aiohttp
 import orjson
 
 from kvlab.core.coordinator import Coordinator, Quorum
+from kvlab.core.membership import Membership, MembershipError
 from kvlab.core.messages import NOT_FOUND, OK, Outcome
 from kvlab.core.record import Record
 from kvlab.core.ring import DEFAULT_VNODES, Ring
@@ -64,23 +68,26 @@ class Proxy:
     `hints`: the coordinator hands writes a primary missed to a fallback node; `sloppy`:
     those hints count toward W unless a write says `sloppy=0` (needs `hints`).
     `clock_offset_ms` shifts the wall clock the coordinator is given (a wrong clock, for
-    tests and demos); `state_dir` keeps the clock's high water across restarts.
+    tests and demos); `state_dir` keeps the clock's high water across restarts;
+    `heartbeat_ms` paces the failure detector's pings.
     """
 
     def __init__(self, name: str, nodes: dict[str, str], quorum: Quorum, vnodes: int,
                  timeout_ms: int, limits: Limits, *, hints: bool = True, sloppy: bool = False,
                  max_ahead_ms: int = MAX_AHEAD_MS, clock_offset_ms: int = 0,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, heartbeat_ms: int = 100) -> None:
         if sloppy and not hints:
             raise ValueError("a sloppy quorum counts hints: it needs hints on")
         self.name = name
-        self.urls = dict(nodes)
         self.limits = limits
         self.sloppy = sloppy
         self.clock_offset_ms = clock_offset_ms
         coordinator = Coordinator(name, Ring(tuple(nodes), vnodes), quorum, timeout_ms,
                                   hints=hints, max_ahead_ms=max_ahead_ms)
-        self.engine = Engine(coordinator, wall_clock(clock_offset_ms))
+        self.membership = Membership(coordinator, heartbeat_ms=heartbeat_ms)
+        # Where each node listens: the nodes are told it with every ring, to reach each other.
+        self.membership.addresses.update(nodes)
+        self.engine = Engine(coordinator, self.membership, wall_clock(clock_offset_ms))
         self.clock_state = (None if state_dir is None
                             else ClockState(state_dir, coordinator.clock, self.engine.now_ms))
         self.session: aiohttp.ClientSession | None = None
@@ -91,8 +98,12 @@ class Proxy:
 
     def add_link(self, name: str, url: str) -> None:
         assert self.session is not None
-        link = ReplicaLink(name, url, self.session, self.engine.on_replies, self.engine.on_lost)
-        self.engine.links[name] = link
+        engine = self.engine
+        if name in engine.links:  # a node back under its old name before its link closed
+            engine.close_link(name)
+        link = ReplicaLink(name, url, self.session, engine.on_replies, engine.on_lost,
+                           engine.on_reports, engine.on_connected)
+        engine.links[name] = link
         link.start()
 
 
@@ -305,15 +316,30 @@ async def _healing(proxy: Proxy, link: ReplicaLink) -> dict | None:
 
 
 async def cluster(proxy: Proxy, request: Request) -> Response:
-    """The ring, the quorums, and per node the proxy's view of it and its healing counters."""
+    """The ring, the quorums, the membership (with the change in progress), and per node
+    the proxy's view of it, the failure detector's verdict, and its healing counters.
+
+    Every node the membership watches is listed: during a change, the one leaving
+    (`leaving`) and the one joining (`joining`) too."""
     coord = proxy.coordinator
     q = coord.quorum
-    links = [proxy.engine.links[name] for name in coord.ring.nodes]
+    membership = proxy.membership
+    # Every watched node has a link: opened at start or by the change that brought it in,
+    # closed only once the membership stops watching it.
+    links = [proxy.engine.links[name] for name in membership.watched]
     healing = await asyncio.gather(*(_healing(proxy, link) for link in links))
+    view = membership.view(proxy.engine.now_ms())  # after the wait: as of the answer
+    change = membership.change
+    before = () if change is None else change.old.nodes
+    after = () if change is None else change.new.nodes
     nodes = []
     for link, heal in zip(links, healing):
+        detected = view["nodes"].get(link.name, {})
         nodes.append({
             "name": link.name, "url": link.url, "state": link.state,
+            "health": detected.get("health"), "phi": detected.get("phi"),
+            "leaving": link.name in before and link.name not in after,
+            "joining": link.name in after and link.name not in before,
             "partitioned": link.partitioned, "sent": link.sent,
             "replies": link.replies, "errors": link.errors, "last_error": link.last_error,
             "p99_ms": link.p99_ms(), "healing": heal,
@@ -327,7 +353,7 @@ async def cluster(proxy: Proxy, request: Request) -> Response:
                   "clock_offset_ms": proxy.clock_offset_ms},
         "n": q.n, "r": q.r, "w": q.w, "vnodes": coord.ring.vnodes,
         "timeout_ms": coord.timeout_ms, "hints": coord.hints, "sloppy": proxy.sloppy,
-        "nodes": nodes,
+        "nodes": nodes, "membership": view,
     })
 
 
@@ -350,40 +376,90 @@ async def cluster_key(proxy: Proxy, request: Request) -> Response:
                           "replicas": [_replica_view(n, outcome) for n in outcome.replicas]})
 
 
-async def add_node(proxy: Proxy, request: Request) -> Response:
-    """Join a running node to the ring (its data arrives by read repair; no rebalancing)."""
+# -- membership -------------------------------------------------------------------------
+
+
+def _new_node(request: Request) -> tuple[str, str]:
+    """The node a change brings in: `{"name": N, "url": U}`."""
     try:
         body = orjson.loads(request.body)
-        name, url = body["name"], body["url"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise HttpError(400, "bad_request", "body must be {\"name\": N, \"url\": U}") from None
-    coord = proxy.coordinator
-    if name in coord.ring.nodes:
-        raise HttpError(409, "conflict", f"node {name} is already in the ring")
-    coord.ring = coord.ring.with_node(name)
-    proxy.urls[name] = url
-    proxy.add_link(name, url)
-    return json_response({"nodes": list(coord.ring.nodes)})
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str) \
+            or not isinstance(body.get("url"), str):
+        raise HttpError(400, "bad_request", "body must be {\"name\": N, \"url\": U}: the new "
+                        "node's name and where it listens, e.g. http://127.0.0.1:8004")
+    url = body["url"]
+    if not url.startswith(("http://", "https://")):
+        raise HttpError(400, "bad_request", f"url must start with http://, got {url!r}")
+    return body["name"], url
 
 
 def _node_name(request: Request) -> str:
     return unquote(request.tail)
 
 
-async def remove_node(proxy: Proxy, request: Request) -> Response:
-    name = _node_name(request)
-    coord = proxy.coordinator
-    if name not in coord.ring.nodes:
+def _known(proxy: Proxy, name: str) -> None:
+    if name not in proxy.membership.watched:
         raise HttpError(404, "not_found", f"no node {name} in the ring")
-    n = coord.quorum.n
-    if len(coord.ring.nodes) - 1 < n:
-        raise HttpError(409, "conflict", f"removing {name} would leave "
-                        f"{len(coord.ring.nodes) - 1} nodes, fewer than N={n} replicas")
-    coord.ring = coord.ring.without_node(name)
-    proxy.urls.pop(name, None)
-    link = proxy.engine.links.pop(name)
-    await link.stop()
-    return json_response({"nodes": list(coord.ring.nodes)})
+
+
+def _started(proxy: Proxy, begin: Callable[[int], list]) -> Response:
+    """Start a change (`begin(now)` returns the membership's effects): 202 with its view,
+    and the nodes it ends with. Refused (busy, too few nodes, a bad name): 409."""
+    engine = proxy.engine
+    now = engine.now_ms()
+    try:
+        effects = begin(now)
+    except MembershipError as exc:
+        raise HttpError(409, "conflict", str(exc)) from None
+    engine.control(effects)
+    change = proxy.membership.change
+    assert change is not None
+    return json_response({"change": change.view(now), "nodes": list(change.new.nodes)},
+                         status=202)
+
+
+def _join(proxy: Proxy, name: str, url: str, begin: Callable[[int], list]) -> Response:
+    """A change that brings in `name`: its link opens once the change is under way (the
+    node hears the new ring first thing on it)."""
+    response = _started(proxy, begin)
+    proxy.add_link(name, url)
+    return response
+
+
+async def add_node(proxy: Proxy, request: Request) -> Response:
+    """Join a running, empty node: it takes its ranges from their current replicas."""
+    name, url = _new_node(request)
+    return _join(proxy, name, url,
+                 lambda now: proxy.membership.add(name, now, address=url))
+
+
+async def remove_node(proxy: Proxy, request: Request) -> Response:
+    """Decommission a node: its ranges stream to their new replicas, then it leaves (its
+    link closes when the change is over; stopping the process is the caller's part)."""
+    name = _node_name(request)
+    _known(proxy, name)
+    return _started(proxy, lambda now: proxy.membership.remove(name, now))
+
+
+async def replace_node(proxy: Proxy, request: Request) -> Response:
+    """`POST /cluster/nodes/{old}/replace`: a new, empty node takes `old`'s place and
+    ranges, streamed from the other replicas (`old` may be dead)."""
+    old, _, action = request.tail.rpartition("/")
+    if action != "replace" or not old:
+        raise HttpError(404, "not_found", f"no route for {request.path}")
+    old = unquote(old)
+    _known(proxy, old)
+    name, url = _new_node(request)
+    return _join(proxy, name, url,
+                 lambda now: proxy.membership.replace(old, name, now, address=url))
+
+
+async def cluster_change(proxy: Proxy, request: Request) -> Response:
+    """The change in progress (null when none) and the last one finished."""
+    view = proxy.membership.view(proxy.engine.now_ms())
+    return json_response({"change": view["change"], "last_change": view["last_change"]})
 
 
 PARTITION_DIRECTIONS = ("both", "to", "from")
@@ -425,8 +501,10 @@ ROUTES: list[tuple[str, str, Route]] = [
     ("GET", "/health", health),
     ("GET", "/cluster", cluster),
     ("GET", "/cluster/keys/*", cluster_key),
+    ("GET", "/cluster/change", cluster_change),
     ("POST", "/cluster/nodes", add_node),
     ("DELETE", "/cluster/nodes/*", remove_node),
+    ("POST", "/cluster/nodes/*", replace_node),
     ("PUT", "/cluster/faults/*", set_fault),
 ]
 
@@ -443,8 +521,9 @@ def make_router(proxy: Proxy) -> Router:
 async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event) -> None:
     """Open the links to the nodes, serve the API until `stopped`, then close everything."""
     proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    for name, url in proxy.urls.items():
+    for name, url in proxy.membership.addresses.items():
         proxy.add_link(name, url)
+    proxy.engine.start()
     # Room for the largest value plus the JSON around it; larger bodies get 413.
     server = HttpServer(make_router(proxy),
                         max_body=proxy.limits.max_value + proxy.limits.max_key + 4096)
@@ -456,8 +535,7 @@ async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event
         await stopped.wait()
     finally:
         await server.close()
-        for link in proxy.engine.links.values():
-            await link.stop()
+        await proxy.engine.stop()
         await proxy.session.close()
         if state is not None and saving is not None:
             stopped.set()  # also when the server failed to start
@@ -477,7 +555,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--read-quorum", type=int, default=2)
     parser.add_argument("--write-quorum", type=int, default=2)
     parser.add_argument("--vnodes", type=int, default=DEFAULT_VNODES)
-    parser.add_argument("--timeout-ms", type=int, default=1000)
+    parser.add_argument("--timeout-ms", type=int, default=1000,
+                        help="how long an operation waits for its replicas (default: "
+                             "%(default)s)")
+    parser.add_argument("--heartbeat-ms", type=int, default=100, metavar="MS",
+                        help="the failure detector pings every node this often; a node "
+                             "silent for about 7 intervals is suspect, for about 18.5 down "
+                             "(0.7 s and 1.85 s at the default: %(default)s)")
     parser.add_argument("--max-key", type=int, default=Limits.max_key)
     parser.add_argument("--max-value", type=int, default=Limits.max_value)
     parser.add_argument("--hints", type=on_off, default=True, metavar="on|off",
@@ -499,11 +583,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.sloppy and not args.hints:
         parser.error("--sloppy counts hints toward W: it needs --hints on")
+    if args.heartbeat_ms < 1:
+        parser.error("--heartbeat-ms must be at least 1")
+    names = [name for name, _ in args.node]
+    if len(set(names)) != len(names):
+        parser.error("a --node name is given twice")
     quorum = Quorum(args.replicas, args.read_quorum, args.write_quorum)
     proxy = Proxy(args.name, dict(args.node), quorum, args.vnodes, args.timeout_ms,
                   Limits(args.max_key, args.max_value), hints=args.hints, sloppy=args.sloppy,
                   max_ahead_ms=round(args.max_clock_ahead * 1000),
-                  clock_offset_ms=args.clock_offset_ms, state_dir=args.state)
+                  clock_offset_ms=args.clock_offset_ms, state_dir=args.state,
+                  heartbeat_ms=args.heartbeat_ms)
     restored = None
     if proxy.clock_state is not None:
         try:

@@ -130,9 +130,15 @@ def test_cluster_and_health_describe_the_cluster(cluster3):
     proxy = data["proxy"]
     assert proxy["served"]["ok"] >= 2  # statuses are StrEnums: they must serialize
     assert {"hints_sent", "restamped", "high_water_ms", "clock_offset_ms"} <= set(proxy)
+    membership = data["membership"]
+    assert membership["version"] >= 1 and membership["pending"] is None
+    assert membership["change"] is None and set(membership["nodes"]) == {"n1", "n2", "n3"}
+    assert membership["detector"]["heartbeat_ms"] == 100
     for node in data["nodes"]:
+        assert node["health"] == "up" and 0 <= node["phi"] < 3
+        assert (node["leaving"], node["joining"]) == (False, False)
         healing = node["healing"]
-        assert set(healing["repaired"]) == {"read_repair", "hint", "anti_entropy"}
+        assert set(healing["repaired"]) == {"read_repair", "hint", "anti_entropy", "stream"}
         assert {"hints_held", "hints_replayed", "ae_rounds", "repair_bytes"} <= set(healing)
         assert set(healing["exchanges"]) <= {"n1", "n2", "n3"} - {node["name"]}
     health = json.loads(http(f"{cluster3.url}/health")[2])

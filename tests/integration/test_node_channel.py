@@ -286,11 +286,22 @@ async def test_a_malformed_frame_closes_only_its_socket(make_cluster):
     assert "bad frame" in (await cluster["solo"].stats())["last_error"]
 
 
-async def test_an_unknown_peer_is_refused(make_cluster):
+async def test_what_a_node_outside_the_ring_pushes_is_ignored(make_cluster):
+    # Any node may connect (one that just joined is known to the others only once the
+    # proxy tells them), but the replica takes peer messages from its ring's peers only.
     cluster = make_cluster(["solo"])
     await cluster.start()
+    stranger = await cluster.channel("solo", "?from=stranger")
+    await stranger.send([Push(1, [rec("pushed", b"by a stranger")], Mechanism.ANTI_ENTROPY)])
+
+    async def ignored() -> bool:
+        return (await cluster["solo"].stats())["healing"]["ignored"] >= 1
+
+    await eventually(ignored, 10, "the stranger's push to be ignored")
+    assert await (await cluster.channel("solo")).read("pushed") is None
+    # A coordinator's connection name is never a node's: replies must not go astray.
     with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
-        await cluster.channel("solo", "?from=stranger")
+        await cluster.channel("solo", "?from=coordinator%231")
     assert caught.value.status == 403
 
 
