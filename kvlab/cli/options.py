@@ -72,6 +72,11 @@ def add_spec(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument("--durability", choices=("fsync", "none"), default=d.durability,
                         help="fsync: a write is acknowledged once on disk; none: skip fsync "
                              "(default: %(default)s)")
+    parser.add_argument("--stream-rate", type=non_negative_float, default=d.stream_rate_mb_s,
+                        metavar="MB/S",
+                        help="during add-node, remove-node and replace-node, each source "
+                             "node streams the ranges that move at most this fast, so a move "
+                             "leaves room for traffic; 0: unthrottled (default: %(default)g)")
     # A group of its own, unless the caller's options are a group already (argument
     # groups don't nest).
     heal = parser.add_argument_group(
@@ -120,6 +125,7 @@ def spec_from(args: argparse.Namespace) -> ClusterSpec:
                            anti_entropy_s=interval or ClusterSpec.anti_entropy_s,
                            tombstone_grace_s=args.tombstone_grace,
                            hint_window_s=args.hint_window,
-                           max_clock_ahead_s=args.max_clock_ahead)
+                           max_clock_ahead_s=args.max_clock_ahead,
+                           stream_rate_mb_s=args.stream_rate)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

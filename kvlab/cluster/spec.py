@@ -45,6 +45,9 @@ class ClusterSpec:
     # Versions further ahead of a node's (or the proxy's) clock are refused (or ignored). It
     # also delays tombstone purges (a hint could carry a version that far ahead).
     max_clock_ahead_s: float = 60.0
+    # A membership change streams each moving range at most this fast from each source
+    # node (MB/s); 0: as fast as the nodes go.
+    stream_rate_mb_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -67,6 +70,8 @@ class ClusterSpec:
         if self.tombstone_grace_s < 0 or self.hint_window_s < 0 or self.max_clock_ahead_s < 0:
             raise ValueError("the tombstone grace, the hint window and the clock bound can't "
                              "be negative")
+        if self.stream_rate_mb_s < 0:
+            raise ValueError("the stream rate can't be negative (0: unthrottled)")
 
     @property
     def dir(self) -> Path:

@@ -3,6 +3,17 @@
 A cluster lives in `$KVLAB_HOME/NAME/`: `cluster.json` (spec, ports, PIDs) and a folder per
 process with its database and log. Every command reads that file, so `kvlab kill n2` in one
 terminal acts on the cluster a dashboard started in another.
+
+Membership in cluster.json: `nodes` is the ring the proxy has committed to, written by the
+command that changed it (add-node, remove-node, replace-node) the moment the proxy accepted
+the change, never before and never by any other command. While a change runs, the data
+follows: a joining node is in `nodes` already (it is in the write set and receiving its
+ranges); a node on its way out is in `leaving`, still running and streaming its ranges to
+their new owners. It is stopped and forgotten once its move is over, by the command that
+removed it, or (after `--no-wait` or a Ctrl-C) by the next command that finds the move over
+(`status`, `add-node`, `remove-node`, `replace-node`); `kvlab down` stops it too, and `up`
+never starts it again. A node that took another's place records it as its `seat` (it holds
+that node's ranges, on that node's tokens).
 """
 
 from __future__ import annotations
@@ -11,11 +22,13 @@ import fcntl
 import json
 import os
 import signal
-import tempfile
 import sys
+import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +39,15 @@ from kvlab.cluster.spec import ClusterSpec, cluster_dir
 
 READY_TIMEOUT_S = 30.0
 PORT_WAIT_S = 3.0
+# How often a waiting membership command asks the proxy how far the move got, and how long
+# it goes on asking a proxy that does not answer before it gives up waiting.
+CHANGE_POLL_S = 0.2
+PROXY_LOST_S = 5.0
+
+# A membership change's view, as the proxy's /cluster/change gives it (see
+# kvlab.core.membership.Change.view): kind, node, phase, streams, keys, bytes, ...
+ChangeView = dict
+Progress = Callable[[ChangeView], None]
 
 
 class ClusterError(Exception):
@@ -36,6 +58,10 @@ class NoCluster(ClusterError):
     """No cluster of that name has been started here."""
 
 
+class ProxyUnreachable(ClusterError):
+    """The proxy, which carries out membership changes, did not answer."""
+
+
 @dataclass
 class Member:
     """The proxy or a node: where it listens and which process runs it."""
@@ -43,26 +69,31 @@ class Member:
     name: str
     port: int
     proc: Proc | None = None
+    seat: str | None = None  # the node whose ranges (tokens) it took over, if it replaced one
 
     def url(self, host: str) -> str:
         return f"http://{host}:{self.port}"
 
     def to_json(self) -> dict:
-        return {"name": self.name, "port": self.port,
+        data = {"name": self.name, "port": self.port,
                 "pid": self.proc.pid if self.proc else None,
                 "started": self.proc.started if self.proc else None}
+        if self.seat is not None:
+            data["seat"] = self.seat
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> Member:
         proc = Proc(data["pid"], data["started"]) if data.get("pid") else None
-        return cls(data["name"], data["port"], proc)
+        return cls(data["name"], data["port"], proc, data.get("seat"))
 
 
 @dataclass
 class Cluster:
     spec: ClusterSpec
     proxy: Member
-    nodes: list[Member] = field(default_factory=list)
+    nodes: list[Member] = field(default_factory=list)  # the ring the proxy committed to
+    leaving: list[Member] = field(default_factory=list)  # streaming their ranges out
 
     # -- persistence --------------------------------------------------------------------
 
@@ -94,7 +125,8 @@ class Cluster:
     @classmethod
     def _from_json(cls, data: dict) -> Cluster:
         return cls(ClusterSpec.from_json(data["spec"]), Member.from_json(data["proxy"]),
-                   [Member.from_json(n) for n in data["nodes"]])
+                   [Member.from_json(n) for n in data["nodes"]],
+                   [Member.from_json(n) for n in data.get("leaving", [])])
 
     def refresh(self) -> None:
         """Re-read cluster.json: another command may have restarted, added or removed a node."""
@@ -103,7 +135,8 @@ class Cluster:
             fresh = Cluster._from_json(json.loads(path.read_text()))
         except (FileNotFoundError, json.JSONDecodeError):
             return
-        self.spec, self.proxy, self.nodes = fresh.spec, fresh.proxy, fresh.nodes
+        self.spec, self.proxy = fresh.spec, fresh.proxy
+        self.nodes, self.leaving = fresh.nodes, fresh.leaving
 
     def save(self) -> None:
         with self._locked():
@@ -119,8 +152,9 @@ class Cluster:
             if member is self.proxy:
                 data["proxy"] = member.to_json()
             else:
-                data["nodes"] = [member.to_json() if n["name"] == member.name else n
-                                 for n in data["nodes"]]
+                for group in ("nodes", "leaving"):
+                    data[group] = [member.to_json() if n["name"] == member.name else n
+                                   for n in data.get(group, [])]
             self._write(data)
 
     @contextmanager
@@ -141,14 +175,23 @@ class Cluster:
     # -- queries ------------------------------------------------------------------------
 
     def members(self) -> list[Member]:
-        return [self.proxy, *self.nodes]
+        return [self.proxy, *self.nodes, *self.leaving]
 
     def node(self, name: str) -> Member:
-        for member in self.nodes:
+        """A node of the ring, or one leaving it (it can still be killed or paused)."""
+        for member in [*self.nodes, *self.leaving]:
             if member.name == name:
                 return member
         names = ", ".join(n.name for n in self.nodes)
         raise ClusterError(f"no node {name!r} in cluster {self.spec.name!r} (nodes: {names})")
+
+    def _ring_member(self, name: str) -> Member:
+        member = self.node(name)
+        if member in self.leaving:
+            raise ClusterError(f"{name} is already leaving the ring (its ranges are "
+                               f"streaming out; `kvlab status --name {self.spec.name}` shows "
+                               f"how far)")
+        return member
 
     def running(self) -> list[Member]:
         return [m for m in self.members() if m.proc and m.proc.alive()]
@@ -164,8 +207,19 @@ class Cluster:
 
     def status(self) -> dict:
         """Every process with its URL, PID and state; each node with its healing counters
-        (the node's own, from its /stats: None when it is not up or can't say)."""
+        (the node's own, from its /stats: None when it is not up or can't say) and the
+        proxy's failure detector's verdict on it (`health` up, suspect or down, and `phi`;
+        None when the proxy does not answer); the membership change in progress and the
+        last one finished, as the proxy reports them (None if none, or no proxy).
+
+        A node whose removal has finished streaming is stopped and forgotten first (see
+        the module's docstring): status is where a `--no-wait` removal is seen through.
+        """
+        self.settle()
         host = self.spec.host
+        membership = (_get_json(f"{self.url}/cluster", timeout=2.0) or {}).get("membership") \
+            if self.state(self.proxy) == UP else None
+        detector = (membership or {}).get("nodes", {})
 
         def view(m: Member) -> dict:
             return {"name": m.name, "url": m.url(host), "pid": m.proc.pid if m.proc else None,
@@ -175,10 +229,19 @@ class Cluster:
             out = view(m)
             stats = _get_json(f"{m.url(host)}/stats") if out["state"] == UP else None
             out["healing"] = (stats or {}).get("healing")
+            seen = detector.get(m.name) or {}
+            out["health"], out["phi"] = seen.get("health"), seen.get("phi")
+            out["leaving"] = m in self.leaving
+            if m.seat is not None:
+                out["seat"] = m.seat
             return out
 
         return {"name": self.spec.name, "proxy": view(self.proxy),
-                "nodes": [node_view(n) for n in self.nodes], "spec": self.spec.to_json()}
+                "nodes": [node_view(n) for n in [*self.nodes, *self.leaving]],
+                "ring_version": (membership or {}).get("version"),
+                "change": (membership or {}).get("change"),
+                "last_change": (membership or {}).get("last_change"),
+                "spec": self.spec.to_json()}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -194,6 +257,9 @@ class Cluster:
             ports = ", ".join(f"{m.port} ({m.name})" for m in busy)
             raise ClusterError(f"port {ports} is in use by another program; pick other ports "
                                f"with --port (nodes use the ports after the proxy's)")
+        # A node that was leaving when the cluster stopped has left: its move ended with
+        # the proxy that ran it, and the ring in the file is the one committed to.
+        self.leaving = []
         try:
             for member in self.nodes:
                 self._spawn_node(member)
@@ -230,7 +296,8 @@ class Cluster:
                 same = name in known and entry.get("pid") == known[name]["pid"]
                 return stopped[name] if same else entry
             data["proxy"] = update(data["proxy"])
-            data["nodes"] = [update(n) for n in data["nodes"]]
+            for group in ("nodes", "leaving"):
+                data[group] = [update(n) for n in data.get(group, [])]
             self._write(data)
 
     def kill(self, name: str) -> Member:
@@ -299,75 +366,216 @@ class Cluster:
             path.unlink(missing_ok=True)
         return self.restart(name)
 
-    def add_node(self) -> Member:
-        """Start a new node `n{k+1}` on the port after the highest in use and join it to the
-        proxy's ring. No data moves: its keys reach it by read repair."""
+    # -- membership changes ---------------------------------------------------------------
+    #
+    # Each one is carried out by the proxy (the core's Membership): new owners join the
+    # write set, the moving ranges stream, reads move, old owners drop what they no longer
+    # own. These commands start and stop the processes around it, write cluster.json once
+    # the proxy accepted the change (see the module's docstring), and with `wait` follow
+    # the move until it is over, giving `progress` each view of it (about every 0.2 s).
+
+    def add_node(self, wait: bool = True, progress: Progress | None = None) -> Member:
+        """Start a new, empty node `n{k+1}` on the port after the highest in use and join
+        it to the ring: the ranges it now owns stream to it from their current replicas.
+
+        With `wait`, return once they have all arrived (reads then go to it); else once
+        the proxy accepted the change. A refused change stops the new node again and leaves
+        cluster.json as it was.
+        """
         with self._locked():
             self.refresh()
-            member = self.next_member()
-            if not port_free(self.spec.host, member.port):
-                raise ClusterError(f"port {member.port} for {member.name} is in use by "
-                                   f"another program")
-            self._spawn_node(member)
+            self._settle()
+            member = self._start_next()
+            view = self._accepted(member, "POST", "/cluster/nodes",
+                                  {"name": member.name, "url": member.url(self.spec.host)})
             self.nodes.append(member)
-            self.spec = replace(self.spec, nodes=len(self.nodes))
-            self._write(self._data())
-        try:
-            self._await_node(member)
-            self._membership("POST", "/cluster/nodes",
-                             {"name": member.name, "url": member.url(self.spec.host)})
+            self._write_membership()
+        if wait:
             self._await_ready([member])
-        except BaseException:
-            self.remove_node(member.name)
-            raise
+            self._follow(view, progress)
         return member
+
+    def remove_node(self, name: str, wait: bool = True,
+                    progress: Progress | None = None) -> Member:
+        """Decommission `name`: its ranges stream to the nodes that take them over, then it
+        is stopped and forgotten (its data folder stays). Refused if fewer than N nodes
+        would remain.
+
+        With `wait`, return once it is stopped; else once the proxy accepted the change
+        (it keeps running, listed as leaving, until its ranges are out).
+        """
+        with self._locked():
+            self.refresh()
+            self._settle()
+            member = self._ring_member(name)
+            if len(self.nodes) - 1 < self.spec.replicas:
+                raise ClusterError(f"removing {name} would leave {len(self.nodes) - 1} nodes, "
+                                   f"fewer than N={self.spec.replicas} replicas")
+            self._check_proxy()
+            view = self._membership("DELETE", f"/cluster/nodes/{_quote(name)}", None)
+            self.nodes.remove(member)
+            self.leaving.append(member)
+            self._write_membership()
+        if wait:
+            self._follow(view, progress)
+            self._forget(member)
+        return member
+
+    def replace_node(self, name: str, wait: bool = True,
+                     progress: Progress | None = None) -> Member:
+        """A new, empty node takes `name`'s place in the ring, on its tokens: exactly its
+        ranges stream to the newcomer, from the other replicas of each (or from `name`
+        itself while it still runs). Meant for a dead node; then `name` is stopped if it
+        still runs and forgotten. Returns the new node.
+
+        With `wait`, return once the ranges have arrived; else once the proxy accepted.
+        """
+        with self._locked():
+            self.refresh()
+            self._settle()
+            old = self._ring_member(name)
+            new = self._start_next()
+            new.seat = old.seat or old.name
+            view = self._accepted(new, "POST", f"/cluster/nodes/{_quote(name)}/replace",
+                                  {"name": new.name, "url": new.url(self.spec.host)})
+            self.nodes[self.nodes.index(old)] = new
+            self.leaving.append(old)
+            self._write_membership()
+        if wait:
+            self._await_ready([new])
+            self._follow(view, progress)
+            self._forget(old)
+        return new
 
     def next_member(self) -> Member:
         """The node `add_node` would start: the port after the highest in use, and a name
         never used here before (a removed node's folder, and data, stays: a new node must
         start empty, not with what an old one of that name held)."""
-        index = max(int(n.name[1:]) for n in self.nodes) + 1
+        index = max(int(n.name[1:]) for n in [*self.nodes, *self.leaving]) + 1
         while (self.dir / f"n{index}").exists():
             index += 1
         return Member(f"n{index}", max(m.port for m in self.members()) + 1)
 
-    def remove_node(self, name: str) -> Member:
-        """Take a node out of the proxy's ring, stop it, and forget it (its data folder stays)."""
+    def settle(self) -> None:
+        """Stop and forget every leaving node whose move is over (see the module's
+        docstring); `status` and the membership commands call it."""
+        if not self.leaving:
+            return
         with self._locked():
             self.refresh()
-            member = self.node(name)
-            if len(self.nodes) - 1 < self.spec.replicas:
-                raise ClusterError(f"removing {name} would leave {len(self.nodes) - 1} nodes, "
-                                   f"fewer than N={self.spec.replicas} replicas")
-            if self.proxy.proc is not None and self.proxy.proc.alive():
-                self._membership("DELETE", f"/cluster/nodes/{name}", None, missing_ok=True)
+            self._settle()
+
+    def _settle(self) -> None:
+        """`settle`, with the lock held and the file just read."""
+        if not self.leaving:
+            return
+        # No answer, no verdict: a proxy restarted on its kept state may resume the move,
+        # and need what only the leaving node holds.
+        answer = (_get_json(f"{self.url}/cluster/change", timeout=2.0)
+                  if self.state(self.proxy) == UP else None)
+        if answer is None:
+            return
+        current = answer.get("change")
+        moving = set(current["nodes_before"]) if current else set()
+        over = [m for m in self.leaving if m.name not in moving]
+        for member in over:
             if member.proc is not None:
                 member.proc.stop()
-            self.nodes.remove(member)
-            self.spec = replace(self.spec, nodes=len(self.nodes))
-            self._write(self._data())
+            self.leaving.remove(member)
+        if over:
+            self._write_membership()
+
+    def _start_next(self) -> Member:
+        """Start the next member (lock held), and return once it answers /health."""
+        member = self.next_member()
+        if not port_free(self.spec.host, member.port):
+            raise ClusterError(f"port {member.port} for {member.name} is in use by "
+                               f"another program")
+        self._check_proxy()
+        self._spawn_node(member)
+        try:
+            self._await_node(member)
+        except BaseException:
+            member.proc.stop()
+            raise
         return member
+
+    def _accepted(self, member: Member, method: str, path: str, body: dict) -> ChangeView:
+        """Ask the proxy for a change that brings in `member` (already running); stop it
+        again if the proxy refuses or does not answer."""
+        try:
+            return self._membership(method, path, body)
+        except BaseException:
+            member.proc.stop()
+            raise
+
+    def _forget(self, member: Member) -> None:
+        """A leaving node whose move is over: stop it, and take it out of cluster.json."""
+        if member.proc is not None:
+            member.proc.stop()
+        with self._locked():
+            self.refresh()
+            self.leaving = [m for m in self.leaving if m.name != member.name]
+            self._write_membership()
+
+    def _write_membership(self) -> None:
+        self.spec = replace(self.spec, nodes=len(self.nodes))
+        self._write(self._data())
+
+    def _check_proxy(self) -> None:
+        if self.proxy.proc is None or not self.proxy.proc.alive():
+            raise ProxyUnreachable(
+                f"the proxy of cluster {self.spec.name!r} is not running: it carries out "
+                f"membership changes (start the cluster with `kvlab up --name "
+                f"{self.spec.name}`)")
+
+    def _follow(self, accepted: ChangeView, progress: Progress | None) -> ChangeView:
+        """Poll the proxy until the change it `accepted` is over; its final view."""
+        ours = (accepted["kind"], accepted["node"])
+        if progress:
+            progress(accepted)
+        lost_since = None
+        while True:
+            time.sleep(CHANGE_POLL_S)
+            answer = _get_json(f"{self.url}/cluster/change", timeout=2.0)
+            if answer is None:
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > PROXY_LOST_S:
+                    raise ProxyUnreachable(
+                        f"the proxy at {self.url} stopped answering while {ours[1]} was "
+                        f"{_VERBS[ours[0]]}; the move may not have finished")
+                continue
+            lost_since = None
+            for view in (answer.get("change"), answer.get("last_change")):
+                if view is not None and (view["kind"], view["node"]) == ours:
+                    if progress:
+                        progress(view)
+                    if view is answer.get("last_change"):
+                        return view
+                    break
+            else:  # neither: a later change has finished since ours
+                return accepted
 
     # -- internals ----------------------------------------------------------------------
 
     def _data(self) -> dict:
         return {"spec": self.spec.to_json(), "proxy": self.proxy.to_json(),
-                "nodes": [n.to_json() for n in self.nodes]}
+                "nodes": [n.to_json() for n in self.nodes],
+                "leaving": [n.to_json() for n in self.leaving]}
 
-    def _membership(self, method: str, path: str, body: dict | None,
-                    missing_ok: bool = False) -> None:
-        """Tell the proxy about a ring change."""
+    def _membership(self, method: str, path: str, body: dict | None) -> ChangeView:
+        """Ask the proxy for a ring change; the view of the change it accepted."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method,
                                          headers={"Content-Type": "application/json"})
         try:
-            urllib.request.urlopen(request, timeout=5).close()
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read())["change"]
         except urllib.error.HTTPError as exc:
-            if not (missing_ok and exc.code == 404):
-                raise ClusterError(f"the proxy refused the change: {exc.read().decode()}") \
-                    from None
+            raise ClusterError(f"the proxy refused the change: {_error_message(exc)}") \
+                from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ClusterError(f"the proxy at {self.url} is unreachable: {exc}") from None
+            raise ProxyUnreachable(f"the proxy at {self.url} is unreachable: {exc}") from None
 
     def _await_node(self, member: Member) -> None:
         if not wait_until(lambda: _healthy(member.url(self.spec.host)), READY_TIMEOUT_S, 0.05):
@@ -388,6 +596,8 @@ class Cluster:
                 "--hints", _on_off(spec.hints), "--anti-entropy", _on_off(spec.anti_entropy),
                 "--anti-entropy-interval", f"{spec.anti_entropy_s:g}",
                 "--max-clock-ahead", f"{spec.max_clock_ahead_s:g}"]
+        if spec.stream_rate_mb_s:  # the node's own default is unthrottled
+            argv += ["--stream-rate", f"{spec.stream_rate_mb_s:g}"]
         for peer in self.nodes:
             if peer.name != member.name:
                 argv += ["--peer", f"{peer.name}={peer.url(spec.host)}"]
@@ -441,8 +651,24 @@ class Cluster:
         return "\n".join(text.splitlines()[-lines:])
 
 
+_VERBS = {"add": "joining", "remove": "leaving", "replace": "taking its place"}
+
+
 def _on_off(flag: bool) -> str:
     return "on" if flag else "off"
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    """The `message` of the proxy's JSON error body, or the body itself."""
+    text = exc.read().decode(errors="replace")
+    try:
+        return json.loads(text)["message"]
+    except (ValueError, KeyError, TypeError):
+        return text or f"HTTP {exc.code}"
 
 
 def _get_json(url: str, timeout: float = 0.5) -> dict | None:
