@@ -13,7 +13,10 @@ bootstraps and decommissions a node:
    placed before step 2 could still land on a source after it streamed that key.
 4. *Stream* every moving arc (`StreamOrder`; progress comes back as `StreamProgress`). A
    stream that stops is ordered again from where it got to; one whose source is down is
-   taken over by the arc's other current replicas, together.
+   taken over by the arc's other current replicas, together: every write acknowledged by
+   W of the arc's replicas is on the source or on one of them. If one of those is down
+   too, its part waits for it: the rest alone may lack a write only it and the source
+   took (a replacement with two replicas of a range down waits for one to return).
 5. *Move reads*: once every arc has arrived, the next version has the new ring alone.
 6. *Drain* again, then tell every node to drop what it no longer owns (`Cleanup`).
 
@@ -77,6 +80,7 @@ class Transfer:
     attempts: int = 0
     error: str = ""
     retry_ms: int = 0  # not re-ordered before
+    covering: str | None = None  # the down source whose part it streams, with the others
 
 
 @dataclass
@@ -295,9 +299,9 @@ class Membership:
                 if t is None:
                     self._xid += 1
                     t = groups[other] = Transfer(self._xid, other, transfer.target, [], 0.0,
-                                                 cursor=transfer.cursor)
+                                                 cursor=transfer.cursor,
+                                                 covering=transfer.source)
                 t.arcs.append(arc)
-                t.others[arc] = tuple(x for x in transfer.others[arc] if x != other)
         # Shares are the arcs', counted once across the replicas that take them over.
         for t in groups.values():
             t.share = transfer.share / max(1, len(groups))
@@ -408,7 +412,15 @@ class Membership:
             if transfer.done:
                 continue
             if transfer.source in down:
-                self._take_over(change, transfer, now_ms)
+                if transfer.covering is None:
+                    self._take_over(change, transfer, now_ms)
+                else:
+                    # Only all the other replicas together are sure to hold every write
+                    # acknowledged with the first source: one of them alone may lack a
+                    # write only it and that source took. So its part waits for it.
+                    transfer.error = (f"{transfer.source} is down too: its part of "
+                                      f"{transfer.covering}'s ranges waits for it")
+                    transfer.ordered_ms = None  # ordered again as soon as it is back
                 continue
             stalled = (transfer.ordered_ms is not None
                        and now_ms - max(transfer.heard_ms, transfer.ordered_ms)

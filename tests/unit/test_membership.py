@@ -246,3 +246,30 @@ def test_the_view_carries_the_read_ring_whole_with_a_replacement_s_seat():
     assert seen == {"nodes": ["n1", "n2", "n5", "n4"], "vnodes": 16, "seats": [["n5", "n3"]]}
     rebuilt = Ring(tuple(seen["nodes"]), seen["vnodes"], tuple(map(tuple, seen["seats"])))
     assert rebuilt.tokens == c.coord.ring.tokens
+
+
+def test_a_replacement_with_a_second_replica_down_waits_for_it_rather_than_lose_its_writes():
+    c = CoreCluster(Quorum(3, 2, 2), nodes=("n1", "n2", "n3", "n4"), hints=False,
+                    config=ReplicaConfig(n=3, anti_entropy=False, stream_batch=50))
+    c.tick(200)
+    x, y, z = c.prefs("k1")
+    c.silent.add(y)  # y misses the write: x and z acknowledge it
+    assert c.write("k1", b"on x and z").status == OK
+    c.held.clear()
+    c.silent.discard(y)
+    c.crash(x)  # dead for good: replaced
+    c.crash(z)  # down for a while
+    c.tick(3_000)
+    c.join("n5")
+    c.apply("p", c.membership.replace(x, "n5", c.now))
+    c.tick(5_000)
+    # y alone can't stand in for x: n5 would own k1 without it, and a read of n5 and y
+    # would say "not found" to an acknowledged write.
+    assert c.membership.change is not None and c.coord.topology.pending is not None
+    c.restart(z)
+    _until_done(c)
+    assert c.stores["n5"].get("k1") is not None
+    c.crash(z)
+    c.tick(3_000)
+    out = c.read("k1")
+    assert out.status == OK and out.record.value == b"on x and z"
