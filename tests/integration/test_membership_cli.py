@@ -1,11 +1,17 @@
 """`kvlab add-node`, `remove-node` and `replace-node` on a real cluster: the data moves
 first, so every key written before reads back at R=2 after each change; `--no-wait`
-returns while it moves, and `kvlab status` shows the move."""
+returns while it moves, and `kvlab status` shows the move. And a smaller run of
+scripts/membership_acceptance.py: changes under traffic, checked for lost writes and
+linearizability."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
+
+import pytest
 
 from kvlab.client import KV
 from kvlab.cluster.ports import free_port_block
@@ -161,3 +167,25 @@ def test_no_wait_returns_while_the_data_moves_and_status_shows_it(kvlab_home):
         assert _misses(url, values) == []
     finally:
         _down(kvlab_home, "nw", started)
+
+
+ACCEPTANCE = Path(__file__).resolve().parents[2] / "scripts" / "membership_acceptance.py"
+
+
+def _acceptance():
+    spec = importlib.util.spec_from_file_location("membership_acceptance", ACCEPTANCE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_an_add_and_a_removal_under_traffic_lose_no_acknowledged_write(kvlab_home):
+    outcome = _acceptance().run(keys=600, adds=1, removes=1, clients=6,
+                                durability="none", say=lambda line: None)
+    assert [(m.kind, m.node) for m in outcome.moves] == [("add", "n4"), ("remove", "n1")]
+    assert all(m.keys > 0 and m.bytes > 0 for m in outcome.moves)
+    assert outcome.keys >= 600
+    assert outcome.misses == []
+    assert outcome.linearizable is True, outcome.violations
