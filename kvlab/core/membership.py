@@ -171,9 +171,12 @@ class Membership:
         return nodes
 
     def connected(self, node: str, now_ms: int) -> list[Send]:
-        """A channel to `node` opened: tell it the membership first."""
-        return [Send(node, self.topology.update(self.addresses))] if node in self.watched \
-            else []
+        """A channel to `node` opened: tell it the membership first, and ping it at once
+        (a node back from a restart is then taken back within a round trip, rather than
+        at the heartbeat after next)."""
+        if node not in self.watched:
+            return []
+        return [Send(node, self.topology.update(self.addresses)), Send(node, Ping(self._seq))]
 
     def health(self, node: str, now_ms: int) -> Health:
         return self.detector.health(node, now_ms)
@@ -326,6 +329,9 @@ class Membership:
         match report:
             case Pong():
                 self.detector.heartbeat(node, now_ms)
+                for coordinator in self.coordinators:  # heard: one heartbeat makes it up
+                    if node in coordinator.down:
+                        coordinator.down = coordinator.down - {node}
                 self.ring_versions[node] = report.ring_version
                 if report.ring_version > self.topology.version and self.change is None:
                     # A node heard a later version from a committer before us (this proxy
