@@ -13,7 +13,16 @@ from typing import assert_never
 
 from kvlab.core.coordinator import Coordinator
 from kvlab.core.membership import Membership
-from kvlab.core.messages import CoordinatorEffect, Done, Outcome, Reply, Report, Send, SetTimer
+from kvlab.core.messages import (
+    CoordinatorEffect,
+    Done,
+    Outcome,
+    Reply,
+    Report,
+    RingUpdate,
+    Send,
+    SetTimer,
+)
 from kvlab.net.link import ReplicaLink
 
 logger = logging.getLogger(__name__)
@@ -38,12 +47,17 @@ class Engine:
     The membership has one loop timer of its own, at `get_timer()` (every heartbeat): its
     pings, the detector's verdicts and the steps of a change run there. The links of nodes
     it no longer watches (a change that took them out is over) are closed on that tick.
+    `keep`, if given, is handed each topology the membership publishes before any node
+    is sent it (so a restarted proxy goes on from it: `kvlab.net.ring_state`).
     """
 
     def __init__(self, coordinator: Coordinator, membership: Membership,
-                 clock: Callable[[], int] = now_ms) -> None:
+                 clock: Callable[[], int] = now_ms,
+                 keep: Callable[[RingUpdate], None] | None = None) -> None:
         self.coordinator = coordinator
         self.membership = membership
+        self._keep = keep
+        self._kept = membership.topology.version
         self.now_ms = clock
         self.links: dict[str, ReplicaLink] = {}
         self._closing: set[asyncio.Task] = set()  # links being stopped
@@ -114,6 +128,10 @@ class Engine:
         """Carry out the membership's effects: messages nothing waits a reply to. One that
         can't go (its link is down) is dropped: the detector notices a silent node, and a
         stream order that never arrived times out and is given again."""
+        topology = self.membership.topology
+        if self._keep is not None and topology.version != self._kept:
+            self._keep(topology.update(self.membership.addresses))
+            self._kept = topology.version
         for effect in effects:
             match effect:
                 case Send():

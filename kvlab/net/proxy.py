@@ -12,7 +12,9 @@ committer (`kvlab.core.membership`): `POST /cluster/nodes` (add), `DELETE
 the replicas that acknowledged and the hints that stood in for replicas in `X-Kvlab-*`
 headers (and in the JSON of REST writes).
 
-With `--state DIR` the coordinator's clock survives restarts (see `kvlab.net.clock_state`).
+With `--state DIR` the coordinator's clock survives restarts (see `kvlab.net.clock_state`),
+and so does the ring it committed to (`kvlab.net.ring_state`): a restarted proxy goes on
+from that ring, whatever `--node` says, and a move it was in the middle of starts over.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ import aiohttp
 import orjson
 
 from kvlab.core.coordinator import Coordinator, Quorum
+from kvlab.core.detector import Health
 from kvlab.core.membership import Membership, MembershipError
 from kvlab.core.messages import NOT_FOUND, OK, Outcome
 from kvlab.core.record import Record
 from kvlab.core.ring import DEFAULT_VNODES, Ring
+from kvlab.core.topology import Topology
 from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net.api_errors import quorum_error
 from kvlab.net.args import name_url, on_off
@@ -49,6 +53,7 @@ from kvlab.net.http import (
     json_response,
 )
 from kvlab.net.link import UP, ReplicaLink
+from kvlab.net.ring_state import RingState, RingStateError
 from kvlab.net.runner import run
 
 # /cluster asks every node for its healing counters; one that can't answer this fast is
@@ -87,7 +92,9 @@ class Proxy:
         self.membership = Membership(coordinator, heartbeat_ms=heartbeat_ms)
         # Where each node listens: the nodes are told it with every ring, to reach each other.
         self.membership.addresses.update(nodes)
-        self.engine = Engine(coordinator, self.membership, wall_clock(clock_offset_ms))
+        self.ring_state = None if state_dir is None else RingState(state_dir)
+        self.engine = Engine(coordinator, self.membership, wall_clock(clock_offset_ms),
+                             keep=None if self.ring_state is None else self.ring_state.save)
         self.clock_state = (None if state_dir is None
                             else ClockState(state_dir, coordinator.clock, self.engine.now_ms))
         self.session: aiohttp.ClientSession | None = None
@@ -95,6 +102,27 @@ class Proxy:
     @property
     def coordinator(self) -> Coordinator:
         return self.engine.coordinator
+
+    def restore_ring(self) -> Topology | None:
+        """Go on from the ring saved by an earlier run, if any (and newer than `--node`'s).
+
+        Addresses from `--node` win over saved ones (they are the newer word). Raises
+        `RingStateError` if the saved ring is unreadable, or names a node with no address.
+        """
+        update = None if self.ring_state is None else self.ring_state.load()
+        if update is None:
+            return None
+        membership = self.membership
+        if update.version <= membership.topology.version:
+            return None
+        membership.addresses.update({**update.addresses, **membership.addresses})
+        # No link is open yet: what this sends, each node hears when its link opens.
+        self.engine.control(membership.restore(Topology.of(update), self.engine.now_ms()))
+        missing = [n for n in membership.watched if n not in membership.addresses]
+        if missing:
+            raise RingStateError(f"the saved ring has {', '.join(missing)}, with no address "
+                                 f"known: give --node NAME=URL for each")
+        return membership.topology
 
     def add_link(self, name: str, url: str) -> None:
         assert self.session is not None
@@ -304,8 +332,9 @@ async def health(proxy: Proxy, request: Request) -> Response:
 
 async def _healing(proxy: Proxy, link: ReplicaLink) -> dict | None:
     """The node's own healing counters (its `/stats`), or None if it can't say now."""
-    if link.state != UP or proxy.session is None:
-        return None  # its socket is down: so is it, most likely; don't wait to find out
+    if link.state != UP or proxy.session is None \
+            or proxy.membership.health(link.name, proxy.engine.now_ms()) != Health.UP:
+        return None  # down, or suspect (heartbeats late): don't wait to find out
     try:
         async with proxy.session.get(f"{link.url}/stats", timeout=STATS_TIMEOUT) as response:
             if response.status != 200:
@@ -350,6 +379,8 @@ async def cluster(proxy: Proxy, request: Request) -> Response:
                   "served": {str(k): v for k, v in proxy.engine.served.items()},
                   "pending_ops": coord.pending_ops(), "hints_sent": coord.hints_sent,
                   "restamped": coord.restamped, "high_water_ms": coord.clock.high_water_ms,
+                  # the nodes it does not ask (held down at the last heartbeat tick)
+                  "down": sorted(coord.down),
                   "clock_offset_ms": proxy.clock_offset_ms},
         "n": q.n, "r": q.r, "w": q.w, "vnodes": coord.ring.vnodes,
         "timeout_ms": coord.timeout_ms, "hints": coord.hints, "sloppy": proxy.sloppy,
@@ -521,8 +552,9 @@ def make_router(proxy: Proxy) -> Router:
 async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event) -> None:
     """Open the links to the nodes, serve the API until `stopped`, then close everything."""
     proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    for name, url in proxy.membership.addresses.items():
-        proxy.add_link(name, url)
+    membership = proxy.membership
+    for name in membership.watched:  # a --node the ring no longer has is not linked
+        proxy.add_link(name, membership.addresses[name])
     proxy.engine.start()
     # Room for the largest value plus the JSON around it; larger bodies get 413.
     server = HttpServer(make_router(proxy),
@@ -594,13 +626,18 @@ def main(argv: list[str] | None = None) -> None:
                   max_ahead_ms=round(args.max_clock_ahead * 1000),
                   clock_offset_ms=args.clock_offset_ms, state_dir=args.state,
                   heartbeat_ms=args.heartbeat_ms)
-    restored = None
+    restored = ring = None
     if proxy.clock_state is not None:
         try:
             restored = proxy.clock_state.restore()
-        except ClockStateError as exc:
+            ring = proxy.restore_ring()
+        except (ClockStateError, RingStateError) as exc:
             parser.exit(2, f"proxy: {exc}\n")
     clock = "" if restored is None else f", clock restored to {restored}"
+    if ring is not None:
+        moving = "" if ring.pending is None else \
+            f", moving to {', '.join(ring.pending.nodes)} (started over)"
+        clock += f"; ring version {ring.version} restored: {', '.join(ring.ring.nodes)}{moving}"
     print(f"proxy {args.name} pid {os.getpid()} on {args.host}:{args.port}{clock}", flush=True)
     run(partial(serve_proxy, proxy, args.host, args.port))
 

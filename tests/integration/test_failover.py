@@ -26,7 +26,19 @@ def cluster(cluster5: Cluster) -> Iterator[Cluster]:
     yield cluster5
     for node in cluster5.nodes:
         if cluster5.state(node) != "up":
-            cluster5.restart(node.name)
+            restart(cluster5, node.name)
+
+
+def held_down(cluster: Cluster) -> list[str]:
+    """The nodes the proxy does not ask (its failure detector holds them down)."""
+    with urllib.request.urlopen(f"{cluster.url}/cluster", timeout=10) as response:
+        return json.loads(response.read())["proxy"]["down"]
+
+
+def restart(cluster: Cluster, name: str) -> None:
+    """Restart `name` and wait until the proxy asks it again (its first heartbeat)."""
+    cluster.restart(name)
+    eventually(lambda: name not in held_down(cluster), 5, f"the proxy to take {name} back")
 
 
 def replicas_of(kv: KV, key: str) -> list[dict]:
@@ -43,7 +55,7 @@ def test_killing_any_one_node_keeps_every_read_and_write_working(cluster):
             for key in KEYS:
                 assert kv.get(key) == f"{key}={round_ - 1}", (node.name, key)
                 kv.set(key, f"{key}={round_}")
-            cluster.restart(node.name)
+            restart(cluster, node.name)
 
 
 def test_a_restarted_replica_never_serves_the_old_value_and_is_repaired(cluster):
@@ -52,7 +64,7 @@ def test_a_restarted_replica_never_serves_the_old_value_and_is_repaired(cluster)
         victim = replicas_of(kv, "doc")[0]["node"]
         cluster.kill(victim)
         new = kv.set("doc", "v2")
-        cluster.restart(victim)
+        restart(cluster, victim)
         before = {r["node"]: r for r in replicas_of(kv, "doc")}
         assert before[victim]["value"] == "v1", "the restarted replica should start stale"
         for _ in range(20):
@@ -69,7 +81,7 @@ def test_deletes_survive_restarts_of_every_node(cluster):
         for key in KEYS[:10]:
             kv.delete(key)
         for node in cluster.nodes:
-            cluster.restart(node.name)
+            restart(cluster, node.name)
         for key in KEYS[:10]:
             assert kv.get(key) is None, f"{key} came back from the dead"
             assert all(r["state"] == "ok" and r["deleted"] for r in replicas_of(kv, key)
@@ -133,7 +145,7 @@ async def test_acknowledged_writes_survive_a_sigkill_mid_burst(module_home):
             await asyncio.to_thread(cluster.kill, victim.name)
             killed_at = len(acked)
             await asyncio.gather(*writers)
-            await asyncio.to_thread(cluster.restart, victim.name)
+            await asyncio.to_thread(restart, cluster, victim.name)
             assert killed_at < len(acked) <= 3200
 
             by_victim = 0

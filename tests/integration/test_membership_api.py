@@ -224,3 +224,19 @@ def test_a_dead_node_is_replaced_by_an_empty_one_and_no_key_is_lost(cluster):
     assert sorted(members(cluster)) == ["n3", "n4", "n5"]
     n5 = json.loads(http(f"{url}/stats")[2])["healing"]
     assert n5["repaired"]["stream"] > 0
+
+
+def test_a_restarted_proxy_goes_on_from_the_ring_it_committed_to(cluster):
+    # Its command line still names n1, n2 and n3 (cluster.json knows nothing of the nodes
+    # started here), and n5 holds n2's tokens: only the ring it saved places keys right.
+    cluster, _ = cluster
+    before = get_json(f"{cluster.url}/cluster")["membership"]
+    assert ["n5", "n2"] in before["ring"]["seats"]
+    cluster.restart_proxy()
+    eventually(lambda: all(n["state"] == "up" for n in
+                           get_json(f"{cluster.url}/cluster")["nodes"]), 10,
+               "the proxy's links to every node")
+    after = get_json(f"{cluster.url}/cluster")["membership"]
+    assert after["version"] == before["version"] and after["ring"] == before["ring"]
+    assert sorted(members(cluster)) == ["n3", "n4", "n5"]
+    assert misses(cluster) == []
