@@ -15,12 +15,17 @@ Kinds:
   the machine that replaces a failed one does once provisioned, and refills from the
   other replicas (hinted handoff, anti-entropy, read repair). While it is away it is just
   a dead node, so its data goes when the replacement starts.
+
+Membership changes are not faults of this schedule: they take as long as their data
+takes to move, so they run on a track of their own (`MembershipNemesis`), one change at a
+time, while the faults above go on. Each joins a new node, removes one (never below N
+nodes), or kills one for good and replaces it with a new, empty node.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 KILL = "kill"
@@ -29,7 +34,13 @@ PARTITION = "partition"
 SKEW = "skew"
 LOSS = "loss"
 WIPE = "wipe"
-KINDS = (KILL, PAUSE, PARTITION, SKEW, LOSS, WIPE)
+MEMBERSHIP = "membership"
+FAULTS = (KILL, PAUSE, PARTITION, SKEW, LOSS, WIPE)  # the kinds `schedule` draws
+KINDS = (*FAULTS, MEMBERSHIP)
+
+ADD = "add"  # membership changes
+REMOVE = "remove"
+REPLACE = "replace"
 
 BOTH = "both"  # partition directions, seen from the coordinator
 TO_NODES = "to"  # requests are lost, replies would get through
@@ -46,6 +57,7 @@ class Fault:
     direction: str = BOTH  # partitions only
     skew_ms: int = 0  # skew only
     loss: float = 0.0  # loss only
+    change: str = ""  # membership only: add, remove or replace (of `nodes[0]`)
 
     @property
     def end_ms(self) -> int:
@@ -59,6 +71,7 @@ class Fault:
             SKEW: f"skew {self.coordinator} {self.skew_ms:+d}ms",
             LOSS: f"loss {self.loss:.0%}",
             WIPE: f"wipe {','.join(self.nodes)}",
+            MEMBERSHIP: f"{self.change} {' by '.join(self.nodes)}",
         }[self.kind]
         return f"{self.at_ms}ms +{self.duration_ms}ms {what}"
 
@@ -72,31 +85,36 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(kinds))
 
 
-def schedule(kinds: Sequence[str], nodes: Sequence[str], coordinators: Sequence[str],
-             seed: int, first_ms: int = 100, gap_ms: tuple[int, int] = (100, 500),
+def schedule(kinds: Sequence[str], nodes: Sequence[str] | Callable[[], Sequence[str]],
+             coordinators: Sequence[str], seed: int, first_ms: int = 100, gap_ms: tuple[int, int] = (100, 500),
              duration_ms: tuple[int, int] = (200, 1000), max_skew_ms: int = 2000,
              max_loss: float = 0.3, nodes_per_fault: int = 1) -> Iterator[Fault]:
-    """An endless schedule of non-overlapping faults drawn from `kinds` (none if empty).
+    """An endless schedule of non-overlapping faults drawn from `kinds` (none if empty;
+    `membership` is left out, see `MembershipNemesis`).
 
-    A kill, pause or wipe takes `nodes_per_fault` nodes at once (two of a key's three
-    replicas down is what a sloppy quorum is for).
+    `nodes` are the nodes to break, or a function giving them as each fault is drawn (the
+    membership nemesis changes them). A kill, pause or wipe takes `nodes_per_fault` nodes
+    at once (two of a key's three replicas down is what a sloppy quorum is for).
     """
+    kinds = [k for k in kinds if k != MEMBERSHIP]
     if not kinds:
         return
-    if not nodes or not coordinators:
+    members = nodes if callable(nodes) else lambda: nodes
+    if not members() or not coordinators:
         raise ValueError("the nemesis needs nodes and coordinators to break")
-    if not 1 <= nodes_per_fault <= len(nodes):
-        raise ValueError(f"a fault can take 1 to {len(nodes)} nodes, not {nodes_per_fault}")
+    if not 1 <= nodes_per_fault <= len(members()):
+        raise ValueError(f"a fault can take 1 to {len(members())} nodes, not {nodes_per_fault}")
     rng = random.Random(f"{seed}:nemesis")
     at = first_ms
     while True:
+        nodes = members()
         kind = rng.choice(kinds)
         duration = rng.randint(*duration_ms)
         coordinator = rng.choice(coordinators)
         if kind in (KILL, PAUSE, WIPE):
             # One node is drawn as it always was, so that earlier seeds replay the same.
             picked = ((rng.choice(nodes),) if nodes_per_fault == 1 else
-                      tuple(sorted(rng.sample(list(nodes), nodes_per_fault))))
+                      tuple(sorted(rng.sample(list(nodes), min(nodes_per_fault, len(nodes))))))
             yield Fault(at, kind, duration, nodes=picked)
         elif kind == PARTITION:
             cut = tuple(sorted(rng.sample(list(nodes), rng.randint(1, max(1, len(nodes) - 1)))))
@@ -109,3 +127,41 @@ def schedule(kinds: Sequence[str], nodes: Sequence[str], coordinators: Sequence[
         else:
             yield Fault(at, kind, duration, loss=round(rng.uniform(0.01, max_loss), 3))
         at += duration + rng.randint(*gap_ms)
+
+
+class MembershipNemesis:
+    """Draws the membership changes of a run, one at a time, from its own seeded stream
+    (so the fault schedule of a seed is the same with or without it).
+
+    The cluster keeps between N and `start + 2` nodes: a change is drawn among those
+    that stay within bounds (an add, a removal, or a replacement, which keeps the size).
+    """
+
+    def __init__(self, seed: int, replicas: int, start: int,
+                 gap_ms: tuple[int, int] = (200, 1500)) -> None:
+        self.rng = random.Random(f"{seed}:membership")
+        self.replicas = replicas
+        self.most = max(start, replicas) + 2
+        self.gap_ms = gap_ms
+
+    def gap(self) -> int:
+        """How long to wait before the next change (ms)."""
+        return self.rng.randint(*self.gap_ms)
+
+    def next(self, members: Sequence[str], spared: Sequence[str] = ()
+             ) -> tuple[str, str | None]:
+        """The next change, as (kind, node): ("add", None), ("remove", node), or
+        ("replace", node) for a node to kill and replace. Nodes in `spared` (under
+        another fault) are not killed for a replacement."""
+        kinds = []
+        if len(members) < self.most:
+            kinds.append(ADD)
+        if len(members) > self.replicas:
+            kinds.append(REMOVE)
+        victims = [n for n in members if n not in spared]
+        if victims:
+            kinds.append(REPLACE)
+        kind = self.rng.choice(kinds)
+        if kind == ADD:
+            return kind, None
+        return kind, self.rng.choice(victims if kind == REPLACE else list(members))

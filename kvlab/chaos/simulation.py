@@ -14,7 +14,7 @@ the virtual clock from one seed, so the same options give the same history, byte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -22,7 +22,8 @@ from kvlab.chaos.history import Event, Recorder
 from kvlab.chaos.outcomes import history_type
 from kvlab.chaos.summary import EXAMPLE_KEYS, sum_healing
 from kvlab.chaos.nemesis import (
-    BOTH, FROM_NODES, KILL, LOSS, PARTITION, PAUSE, SKEW, WIPE, Fault, schedule,
+    ADD, BOTH, FROM_NODES, KILL, LOSS, MEMBERSHIP, PARTITION, PAUSE, REMOVE, SKEW, WIPE,
+    Fault, MembershipNemesis, schedule,
 )
 from kvlab.chaos.workload import READ, Mix
 from kvlab.core.messages import OK, Outcome
@@ -42,8 +43,11 @@ class SimOptions:
     nemesis_gap_ms: tuple[int, int] = (100, 500)
     fault_ms: tuple[int, int] = (200, 1000)
     nemesis_nodes: int = 1  # nodes a kill, pause or wipe takes at once
+    membership_gap_ms: tuple[int, int] = (200, 1500)  # between membership changes
     # After the clients finish: faults healed, no traffic, for this long (virtual).
     quiesce_ms: int = 10_000
+    # A membership change still running then is waited for first, at most this long.
+    change_limit_ms: int = 120_000
     # A run whose clients are stuck past this much virtual time is cut short (a guard).
     max_virtual_ms: int = 24 * 3600 * 1000
 
@@ -76,11 +80,21 @@ class Simulation:
         clock = world.clock
         for process in range(clients):
             clock.after(self._think_us(process), self._invoke, process)
-        self._schedule = schedule(options.nemesis, world.node_names, self._coordinators,
+        self._dead: set[str] = set()  # killed for good, to be replaced: no fault revives it
+        self._schedule = schedule(options.nemesis, self._targets, self._coordinators,
                                   options.seed, gap_ms=options.nemesis_gap_ms,
                                   duration_ms=options.fault_ms,
                                   nodes_per_fault=options.nemesis_nodes)
         self._next_fault()
+        self._changes: MembershipNemesis | None = None
+        if MEMBERSHIP in options.nemesis:
+            self._changes = MembershipNemesis(options.seed, options.world.replicas,
+                                              options.world.nodes, options.membership_gap_ms)
+            self._next_change()
+
+    def _targets(self) -> list[str]:
+        """The nodes faults may hit now: the cluster's, but for one killed for good."""
+        return [n for n in self.world.node_names if n not in self._dead]
 
     # -- stepping ------------------------------------------------------------------------
 
@@ -98,14 +112,20 @@ class Simulation:
         return self.result()
 
     def quiesce(self) -> None:
-        """End the fault in progress and run `quiesce_ms` with no clients and no faults."""
+        """End the fault in progress, let a membership change in progress finish, and run
+        `quiesce_ms` with no clients and no faults."""
         if self.quiesced:
             return
         self.quiesced = True
-        self.finished = True  # no more faults start, no client goes again
+        self.finished = True  # no more faults or changes start, no client goes again
         if self._fault is not None:
             self._end_fault(self._fault)
-        self.world.advance(self.options.quiesce_ms)
+        world = self.world
+        waited = 0
+        while world.membership.change is not None and waited < self.options.change_limit_ms:
+            world.advance(100)
+            waited += 100
+        world.advance(self.options.quiesce_ms)
 
     def result(self) -> SimResult:
         events = self.recorder.events
@@ -127,6 +147,8 @@ class Simulation:
             "quiesce_s": self.options.quiesce_ms / 1000 if self.quiesced else None,
             "under_replicated": len(short),
             "under_replicated_keys": short[:EXAMPLE_KEYS],
+            "ring": list(world.ring.nodes),
+            "changing": world.membership.change is not None,  # a change never finished
             "healing": sum_healing(n.healing for n in world.nodes()),
         }
         return SimResult(list(events), summary, list(self.faults))
@@ -172,6 +194,14 @@ class Simulation:
     def _start_fault(self, fault: Fault) -> None:
         if self.finished:
             return
+        if fault.nodes:
+            # Drawn a while ago: a node the membership nemesis took out since is spared.
+            targets = self._targets()
+            nodes = tuple(n for n in fault.nodes if n in targets)
+            if not nodes:
+                self._next_fault()
+                return
+            fault = replace(fault, nodes=nodes)
         self.faults.append(fault)
         self._fault = fault
         start_fault(self.world, fault)
@@ -181,8 +211,51 @@ class Simulation:
         if fault is not self._fault:
             return  # already ended, by the quiescence phase
         self._fault = None
-        end_fault(self.world, fault)
+        # A node removed or replaced meanwhile is stopped for good: nothing to restart.
+        live = self._targets()
+        end_fault(self.world, replace(fault, nodes=tuple(n for n in fault.nodes if n in live)))
         self._next_fault()
+
+    # -- membership nemesis --------------------------------------------------------------
+
+    def _next_change(self) -> None:
+        assert self._changes is not None
+        self.world.clock.after(self._changes.gap() * US_PER_MS, self._start_change)
+
+    def _start_change(self) -> None:
+        assert self._changes is not None
+        if self.finished:
+            return
+        world = self.world
+        spared = self._fault.nodes if self._fault is not None else ()
+        kind, node = self._changes.next(world.ring.nodes, spared)
+        # The nemesis keeps to the rules (one change at a time, never below N), so a
+        # `MembershipError` here is a bug, and is raised.
+        if kind == ADD:
+            nodes = (world.add_node(),)
+        elif kind == REMOVE:
+            assert node is not None
+            world.remove_node(node)
+            nodes = (node,)
+        else:
+            assert node is not None
+            self._dead.add(node)
+            world.crash(node)
+            nodes = (node, world.replace_node(node))
+        change = Fault(world.clock.now // US_PER_MS, MEMBERSHIP, 0, nodes=nodes, change=kind)
+        self.faults.append(change)
+        world.clock.after(100 * US_PER_MS, self._watch_change, change)
+
+    def _watch_change(self, change: Fault) -> None:
+        world = self.world
+        if world.membership.change is not None:
+            world.clock.after(100 * US_PER_MS, self._watch_change, change)
+            return
+        # Done: its entry says how long it took.
+        took = world.clock.now // US_PER_MS - change.at_ms
+        self.faults[self.faults.index(change)] = replace(change, duration_ms=took)
+        self._dead &= set(world.node_names)  # a replaced node has left the cluster
+        self._next_change()
 
 
 def start_fault(world: World, fault: Fault) -> None:

@@ -28,7 +28,9 @@ check the history for lost writes, stale reads and linearizability. If no cluste
 name is running, a fresh one is started (with --nodes, --replicas, --hints,
 --anti-entropy, ...) and stopped after. The same workload and fault schedule as `kvlab
 sim`, in real time on real processes; wipe kills a node and starts it again with an empty
-disk at the end of the fault.
+disk at the end of the fault. The membership nemesis runs only in the simulator (`kvlab
+sim --nemesis membership`); on a real cluster, change it with `kvlab add-node`,
+`remove-node` and `replace-node` while this runs.
 
 After the clients finish, every fault is healed and the cluster runs --quiesce seconds
 with no traffic; then every key the workload wrote is inspected through the proxy, and

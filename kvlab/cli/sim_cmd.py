@@ -28,10 +28,15 @@ always give the same history and summary, so a failing seed replays exactly.
 Nemesis kinds: kill (crash a node, restart it later), pause (SIGSTOP a node, resume it),
 partition (cut a coordinator from some nodes, one- or two-way), skew (offset a
 coordinator's clock; pair with --coordinators 2), loss (drop a fraction of all messages),
-wipe (kill a node and lose its disk: it comes back empty at the end of the fault).
+wipe (kill a node and lose its disk: it comes back empty at the end of the fault),
+membership (ring changes during traffic, one at a time on a track of their own while the
+other faults go on: join a new node, remove one (never below N; it is stopped once its
+ranges have moved), or kill one for good and replace it with a new, empty node).
+The first coordinator runs the failure detector (heartbeats every 100 ms; nodes it holds
+down are not asked) and commits the ring changes, as the real proxy does.
 
-After the clients finish, the fault in progress ends and the cluster runs --quiesce more
-seconds with no traffic; the summary then counts the keys with fewer than N current
+After the clients finish, the fault in progress ends, a ring change in progress is let
+finish, and the cluster runs --quiesce more seconds with no traffic; the summary then counts the keys with fewer than N current
 copies (under-replicated). --hints off and --anti-entropy off switch the healing
 mechanisms off, to compare.
 
@@ -169,6 +174,9 @@ def render(summary: dict[str, Any], options: SimOptions) -> str:
     faults = summary["faults"]
     lines.append(f"faults ({', '.join(c['nemesis']) or 'none'}): {len(faults)}")
     lines += [f"  {fault}" for fault in faults]
+    if "membership" in c["nemesis"]:
+        lines.append(f"ring at the end: {', '.join(summary['ring'])}"
+                     + (" (a change never finished)" if summary["changing"] else ""))
     lines.append(f"healing: hints {'on' if c['hints'] else 'off'}"
                  f"{' (sloppy quorum)' if c['sloppy'] else ''}, anti-entropy "
                  + (f"every {c['anti_entropy_s']:g} s" if c["anti_entropy"] else "off"))

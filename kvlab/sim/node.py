@@ -16,7 +16,7 @@ Lifecycle faults:
   reset. Messages still on the wire meet a dead port (refused) or, after a restart, a new
   connection (reset): either way the sender hears of it one network hop later.
 - restart: the process comes back with its durable store: a fresh replica is built from
-  it (`Replica.load`).
+  it (`Replica.load`), on the ring version it last kept (`Replica.restore`).
 - wipe: the disk is lost too (the store is emptied): a replaced machine.
 - pause (SIGSTOP): the process stops but its sockets stay open, so incoming messages queue
   up; an fsync already in the kernel completes (the batch is durable) but is acknowledged
@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import assert_never
 
 from kvlab.core.messages import (
+    Connect,
     HintRequest,
     Message,
     Persist,
@@ -139,6 +140,8 @@ class SimNode(LocalClock):
                     self._waiting.append(effect)
                     if self._committing is None and self.state is UP:
                         self._start_commit()
+                case Connect():
+                    pass  # every simulated node reaches every other: no links to keep
                 case _:
                     assert_never(effect)
 
@@ -198,6 +201,9 @@ class SimNode(LocalClock):
         store = self.store
         self.replica = replica = Replica(self.name, self.ring, self.config, store.get_many)
         replica.load(store.entries(), store.hints())
+        kept = store.ring()
+        if kept is not None:  # the membership it last heard, until the committer's next word
+            self._perform(replica.restore(kept), None)
         # A new replica asks for no timer until its first `handle_timer` starts its rounds.
         self._perform(replica.handle_timer(self.now_ms()), None)
         self._arm()

@@ -14,15 +14,19 @@ from typing import assert_never
 from kvlab.core.coordinator import Coordinator
 from kvlab.core.messages import (
     TIMEOUT,
+    Control,
     CoordinatorEffect,
     Done,
     Message,
     OpKind,
     Outcome,
+    Pong,
     Reply,
+    Report,
     Request,
     Send,
     SetTimer,
+    StreamProgress,
 )
 from kvlab.sim.clock import US_PER_MS, EventQueue, LocalClock
 from kvlab.sim.network import RESET, Network
@@ -33,6 +37,8 @@ DELETE = "delete"
 INSPECT = "inspect"
 
 Callback = Callable[[Outcome], object]
+# Where the membership reports that reach this proxy go (the committer's `receive`).
+Reports = Callable[[str, Report], object]
 
 
 class SimCoordinator(LocalClock):
@@ -47,8 +53,10 @@ class SimCoordinator(LocalClock):
         self.sloppy = sloppy  # writes ask for a sloppy quorum unless told otherwise
         self._callbacks: dict[int, tuple[Callback, str, str]] = {}  # op -> (callback, kind, key)
         self.closed = False
+        # Set on the proxy the committer runs on: nodes send it heartbeats and stream
+        # progress besides replies.
+        self.reports: Reports | None = None
         network.register(self.name, self)
-
 
     def start(self, f: str, key: str, value: bytes | None, callback: Callback,
               quorum: int | None = None, sloppy: bool | None = None) -> int:
@@ -79,14 +87,24 @@ class SimCoordinator(LocalClock):
     # -- events (from the network and the clock) -----------------------------------------
 
     def on_message(self, src: str, message: Message, incarnation: int) -> None:
-        """A replica's reply arrived (a coordinator is sent nothing else)."""
+        """A replica's reply arrived, or a report for the committer (`Pong`,
+        `StreamProgress`)."""
         # The busiest handler: now_ms() inlined, and most late replies have no effects.
+        cls = message.__class__
+        if cls is Pong or cls is StreamProgress:
+            if self.reports is not None:
+                self.reports(src, message)  # type: ignore[arg-type]
+            return
         reply: Reply = message  # type: ignore[assignment]
         effects = self.core.receive(src, reply, (self.clock.now + self._offset_us) // US_PER_MS)
         if effects:
             self._perform(effects)
 
     def on_unreachable(self, dst: str, message: Message, reason: str) -> None:
+        if isinstance(message, Control):
+            # The committer's Ping, RingUpdate, StreamOrder or Cleanup: the detector hears
+            # the silence, and a stream that never started is ordered again.
+            return
         request: Request = message  # type: ignore[assignment]
         self._perform(self.core.unreachable(dst, request.req, reason, self.now_ms()))
 

@@ -7,6 +7,13 @@ dashboard can drive it at a watchable pace.
 Every process is an endpoint of one `Network`, known by its name: coordinators talk to
 nodes, and nodes to each other (anti-entropy, hint replay, purges). Each process keeps its
 own clock: virtual time plus the world's epoch, plus its own skew.
+
+Membership comes from the core: the first coordinator runs the committer (`Membership`,
+driven by `kvlab.sim.committer`), which heartbeats every node, holds the failure
+detector's verdicts (`health(node)`) and carries out ring changes in steps:
+`add_node()`, `remove_node(name)`, `replace_node(old)` (each raises `MembershipError` when
+refused). A node a change took out of the ring is stopped once it is done; names are never
+reused.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvlab.core.coordinator import Coordinator, Quorum
+from kvlab.core.membership import Change, Membership, MembershipError
 from kvlab.core.messages import Outcome
 from kvlab.core.record import Record
 from kvlab.core.replica import HOUR_MS, ReplicaConfig
 from kvlab.core.ring import DEFAULT_VNODES, Ring
 from kvlab.core.version import MAX_AHEAD_MS, Version
 from kvlab.sim.clock import US_PER_MS, EventQueue
+from kvlab.sim.committer import SimCommitter
 from kvlab.sim.network import Latency, Network
 from kvlab.sim.node import SimNode
 from kvlab.sim.proxy import DELETE, INSPECT, WRITE, SimCoordinator
@@ -89,6 +98,7 @@ class NodeView:
     # hints stored, replayed and expired, anti-entropy rounds, repairs by mechanism,
     # writes superseded and refused, tombstones purged and held.
     healing: dict = field(default_factory=dict)
+    health: str = "up"  # the failure detector's verdict: "up" | "suspect" | "down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,25 +134,43 @@ class World:
                                config.loss)
         fsync = config.fsync.sampler(random.Random(f"{seed}:disk"))
         names = tuple(f"n{i}" for i in range(1, config.nodes + 1))
-        self.ring = Ring(names, config.vnodes)
+        ring = Ring(names, config.vnodes)
         self._quorum = Quorum(config.replicas, config.r, config.w)
-        replica_config = config.replica_config()
+        self._replica_config = config.replica_config()
+        self._fsync = fsync
         self._nodes: dict[str, SimNode] = {}
+        self._retired: dict[str, SimNode] = {}  # removed or replaced: stopped, never reused
         self._proxies: dict[str, SimCoordinator] = {}
         for name in names:
-            self._nodes[name] = SimNode(name, self.clock, self.network, self.ring,
-                                        replica_config, fsync, config.epoch_ms)
+            self._nodes[name] = self._node(name, ring)
         for i in range(1, config.coordinators + 1):
-            self._proxies[f"c{i}"] = self._coordinator(f"c{i}", 0)
+            self._proxies[f"c{i}"] = self._coordinator(f"c{i}", 0, ring)
+        # The first coordinator is the committer of ring changes; the others follow it.
+        first = self.coordinator(0)
+        self.membership = Membership(first.core)
+        for proxy in list(self._proxies.values())[1:]:
+            self.membership.attach(proxy.core)
+        self._committer = SimCommitter(self.membership, first, self.clock, config.epoch_ms,
+                                       self._change_done)
+        self._committer.perform([])  # its first heartbeat, now
         self._recent: deque[tuple] = deque(maxlen=recent)
         self._written: dict[str, None] = {}  # every key ever written or deleted, in order
 
-    def _coordinator(self, name: str, skew_us: int) -> SimCoordinator:
+    def _node(self, name: str, ring: Ring) -> SimNode:
+        return SimNode(name, self.clock, self.network, ring, self._replica_config,
+                       self._fsync, self.config.epoch_ms)
+
+    def _coordinator(self, name: str, skew_us: int, ring: Ring) -> SimCoordinator:
         config = self.config
-        core = Coordinator(name, self.ring, self._quorum, config.timeout_ms, hints=config.hints,
+        core = Coordinator(name, ring, self._quorum, config.timeout_ms, hints=config.hints,
                            max_ahead_ms=config.max_ahead_ms)
         return SimCoordinator(core, self.clock, self.network, config.epoch_ms, skew_us,
                               sloppy=config.sloppy)
+
+    @property
+    def ring(self) -> Ring:
+        """The ring reads are placed by (the one being left, during a change)."""
+        return self.membership.topology.ring
 
     # -- time ----------------------------------------------------------------------------
 
@@ -215,6 +243,75 @@ class World:
         return {n: self._nodes[n].store.get(key)
                 for n in self.ring.preference_list(key, self.config.replicas)}
 
+    # -- membership ----------------------------------------------------------------------
+
+    def add_node(self, name: str | None = None) -> str:
+        """Start a new, empty node and begin its join; returns its name (by default the
+        next never used `n{k}`). Raises `MembershipError` if the change is refused."""
+        name = self._new_name(name)
+        self._check_change()
+        ring = self.ring.with_node(name)
+        self._nodes[name] = self._node(name, ring)
+        try:
+            self._committer.perform(self.membership.add(name, self._committer.now_ms()))
+        except MembershipError:
+            self._discard(name)
+            raise
+        return name
+
+    def remove_node(self, name: str) -> None:
+        """Decommission `name`: its ranges stream to their new owners, then it is stopped.
+        Raises `MembershipError` if refused (unknown node, below N, a change running)."""
+        self._committer.perform(self.membership.remove(name, self._committer.now_ms()))
+
+    def replace_node(self, old: str, new: str | None = None) -> str:
+        """A new, empty node takes `old`'s place and ranges, streamed from the other
+        replicas (`old` is taken as dead: it is stopped once the change is done)."""
+        if old not in self.ring.nodes:
+            raise MembershipError(f"no node {old} in the ring")
+        new = self._new_name(new)
+        self._check_change()
+        self._nodes[new] = self._node(new, self.ring.replacing(old, new))
+        try:
+            self._committer.perform(self.membership.replace(old, new,
+                                                            self._committer.now_ms()))
+        except MembershipError:
+            self._discard(new)
+            raise
+        return new
+
+    def health(self, node: str) -> str:
+        """The failure detector's verdict on `node`: "up", "suspect" or "down"."""
+        return str(self.membership.health(node, self._committer.now_ms()))
+
+    def _new_name(self, name: str | None) -> str:
+        if name is None:
+            k = len(self._nodes) + len(self._retired) + 1
+            while f"n{k}" in self._nodes or f"n{k}" in self._retired:
+                k += 1
+            return f"n{k}"
+        if name in self._nodes or name in self._retired or name in self._proxies:
+            raise MembershipError(f"the name {name} is taken (names are never reused)")
+        return name
+
+    def _check_change(self) -> None:
+        """Refuse before a node is started for a change that can't begin."""
+        change = self.membership.change
+        if change is not None:
+            raise MembershipError(f"a change is in progress ({change.kind} {change.node}, "
+                                  f"{change.phase}): wait for it")
+
+    def _discard(self, name: str) -> None:
+        node = self._nodes.pop(name)
+        node.crash()
+        self._retired[name] = node
+
+    def _change_done(self, change: Change) -> None:
+        """A node the finished change took out of the ring is stopped (decommissioned)."""
+        for name in change.leaving:
+            if name in self._nodes and name not in self.ring.nodes:
+                self._discard(name)
+
     # -- faults --------------------------------------------------------------------------
 
     def crash(self, node: str) -> int:
@@ -246,10 +343,16 @@ class World:
         Returns the new proxy."""
         old = self.coordinator(name)
         old.close()
-        proxy = self._coordinator(old.name, old.skew_us + round(skew_ms * US_PER_MS))
+        proxy = self._coordinator(old.name, old.skew_us + round(skew_ms * US_PER_MS),
+                                  self.ring)
         if keep_clock:
             proxy.core.clock.restore(old.core.clock.high_water_ms)
         self._proxies[old.name] = proxy
+        # It places keys by the membership in force (`attach` hands it the topology).
+        self.membership.detach(old.core)
+        self.membership.attach(proxy.core)
+        if self._committer.proxy is old:
+            self._committer.move_to(proxy)
         return proxy
 
     def pause(self, node: str) -> None:
@@ -287,7 +390,8 @@ class World:
             healing = n.healing()
             views.append(NodeView(n.name, n.state, n.store.count(), n.pending_writes,
                                   n.queued, n.lost_writes,
-                                  sum(healing["hints_held"].values()), healing))
+                                  sum(healing["hints_held"].values()), healing,
+                                  self.health(n.name)))
         return views
 
     def written_keys(self) -> list[str]:
@@ -297,31 +401,37 @@ class World:
     def under_replicated(self) -> list[str]:
         """Keys ever written with fewer than N current copies on their preference list.
 
-        A key's current version is the newest one any node's store holds, as a record or
-        as a hint for another node; a copy is current when a preference-list node's store
-        holds a record of exactly that version (tombstones count: a delete must reach all
-        N too). A key no store holds at all (its tombstone purged everywhere) needs no
-        copies. Read from the stores directly: no message is sent, no time passes.
+        Placed by the ring in force (during a change, by both rings: a key must have N
+        current copies in each). A key's current version is the newest one its replicas'
+        stores hold, or any node's store holds as a hint; a copy is current when a
+        replica's store holds a record of exactly that version (tombstones count: a delete
+        must reach all N too). A copy a node keeps outside its ranges (a stray, awaiting
+        cleanup) is no replica's. A key no replica holds at all (its tombstone purged
+        everywhere) needs no copies. Read from the stores directly: no message is sent,
+        no time passes.
         """
         newest: dict[str, Version] = {}
         for node in self._nodes.values():
-            for key, version, _ in node.store.entries():
-                if key not in newest or version > newest[key]:
-                    newest[key] = version
             for hint in node.store.hints():
                 key, version = hint.record.key, hint.record.version
                 if key not in newest or version > newest[key]:
                     newest[key] = version
         n = self.config.replicas
+        topology = self.membership.topology
+        rings = [topology.ring] + ([topology.pending] if topology.pending is not None else [])
         short = []
         for key in self._written:
+            lists = {ring.preference_list(key, n) for ring in rings}
+            held = {node: self._nodes[node].store.get(key)
+                    for listed in lists for node in listed}
             current = newest.get(key)
+            for record in held.values():
+                if record is not None and (current is None or record.version > current):
+                    current = record.version
             if current is None:
                 continue
-            copies = sum(1 for node in self.ring.preference_list(key, n)
-                         if (r := self._nodes[node].store.get(key)) is not None
-                         and r.version == current)
-            if copies < n:
+            if any(sum(1 for node in listed if (r := held[node]) is not None
+                       and r.version == current) < n for listed in lists):
                 short.append(key)
         return short
 

@@ -87,7 +87,9 @@ def test_a_sloppy_quorum_with_two_of_three_replicas_down_is_caught_reading_stale
     # The README's sloppy-quorum scenario: strict, writes fail while two replicas are down
     # and the history stays linearizable; sloppy, they succeed, and reads after the
     # replicas return (before the hints are handed over) see old values.
-    base = ["sim", "--seed", "7", "--ops", "1500", "--nemesis", "kill", "--nemesis-nodes", "2",
+    # (Seed 2: the seed's kills land where they show it, with the failure detector's
+    # heartbeats in the run.)
+    base = ["sim", "--seed", "2", "--ops", "1500", "--nemesis", "kill", "--nemesis-nodes", "2",
             "--json"]
     assert main(base) == 0
     strict = json.loads(capsys.readouterr().out)

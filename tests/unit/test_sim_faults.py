@@ -67,8 +67,10 @@ def test_two_way_partition_makes_r1_reads_stale():
     assert read.status == NOT_FOUND  # the acknowledged write is invisible to c2
     verdict = check(ops.recorder.events)
     assert verdict.stale_reads == 1 and verdict.linearizable is False
-    # Healing lets read repair (or the next quorum read) see it again.
+    # Healing lets read repair (or the next quorum read) see it again, once c1's failure
+    # detector (which held b and c down for every coordinator) hears them again.
     w.heal()
+    w.advance(300)
     assert ops.run("read", "k", coordinator=1, quorum=3).record.value == b"v1"
 
 
@@ -136,7 +138,8 @@ def test_pause_delays_replies_until_resume():
     process = ops.start("write", "k", "v1")
     w.advance(300)
     assert process not in ops.outcomes
-    assert [n.queued for n in w.nodes() if n.name == slow] == [1]
+    # The write waits in its queue (with the committer's heartbeats).
+    assert [n.queued >= 1 for n in w.nodes() if n.name == slow] == [True]
     assert [n.state for n in w.nodes() if n.name == slow] == [PAUSED]
     w.resume(slow)
     w.advance(5)
@@ -178,4 +181,4 @@ def test_message_loss_leaves_operations_unknown():
     w = world(loss=1.0)
     ops = Ops(w)
     assert ops.run("write", "k", "v1").status == TIMEOUT
-    assert w.network.dropped == 3
+    assert w.network.dropped >= 3  # the write's three requests, and heartbeats
