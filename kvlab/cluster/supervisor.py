@@ -11,9 +11,10 @@ follows: a joining node is in `nodes` already (it is in the write set and receiv
 ranges); a node on its way out is in `leaving`, still running and streaming its ranges to
 their new owners. It is stopped and forgotten once its move is over, by the command that
 removed it, or (after `--no-wait` or a Ctrl-C) by the next command that finds the move over
-(`status`, `add-node`, `remove-node`, `replace-node`); `kvlab down` stops it too, and `up`
-never starts it again. A node that took another's place records it as its `seat` (it holds
-that node's ranges, on that node's tokens).
+(`status`, `add-node`, `remove-node`, `replace-node`, `up`). `kvlab down` stops it too; `up`
+starts it again, and stops it at once unless the proxy, going on from the topology it kept,
+is still moving its ranges. A node that took another's place records it as its `seat` (it
+holds that node's ranges, on that node's tokens).
 """
 
 from __future__ import annotations
@@ -215,10 +216,10 @@ class Cluster:
         A node whose removal has finished streaming is stopped and forgotten first (see
         the module's docstring): status is where a `--no-wait` removal is seen through.
         """
-        self.settle()
         host = self.spec.host
         membership = (_get_json(f"{self.url}/cluster", timeout=2.0) or {}).get("membership") \
             if self.state(self.proxy) == UP else None
+        self.settle(membership)  # by the same answer as the change shown below
         detector = (membership or {}).get("nodes", {})
 
         def view(m: Member) -> dict:
@@ -257,18 +258,18 @@ class Cluster:
             ports = ", ".join(f"{m.port} ({m.name})" for m in busy)
             raise ClusterError(f"port {ports} is in use by another program; pick other ports "
                                f"with --port (nodes use the ports after the proxy's)")
-        # A node that was leaving when the cluster stopped has left: its move ended with
-        # the proxy that ran it, and the ring in the file is the one committed to.
-        self.leaving = []
         try:
-            for member in self.nodes:
+            # A node still leaving when the cluster stopped starts too: the proxy resumes
+            # the move from the topology it kept, and the node is a source of it.
+            for member in [*self.nodes, *self.leaving]:
                 self._spawn_node(member)
             self._spawn_proxy()
             self.save()
-            self._await_ready(self.members())
+            self._await_ready([self.proxy, *self.nodes])
         except BaseException:
             self.stop()
             raise
+        self.settle()  # and stops at once if its move was over
 
     def stop(self) -> None:
         """Stop every process this object knows of, and record that they stopped.
@@ -456,23 +457,25 @@ class Cluster:
             index += 1
         return Member(f"n{index}", max(m.port for m in self.members()) + 1)
 
-    def settle(self) -> None:
+    def settle(self, answer: dict | None = None) -> None:
         """Stop and forget every leaving node whose move is over (see the module's
-        docstring); `status` and the membership commands call it."""
+        docstring); `status`, `start` and the membership commands call it. `answer`: the
+        proxy's word on the change in progress (`/cluster/change`, or the membership in
+        `/cluster`), if the caller has just asked."""
         if not self.leaving:
             return
         with self._locked():
             self.refresh()
-            self._settle()
+            self._settle(answer)
 
-    def _settle(self) -> None:
+    def _settle(self, answer: dict | None = None) -> None:
         """`settle`, with the lock held and the file just read."""
         if not self.leaving:
             return
+        if answer is None and self.state(self.proxy) == UP:
+            answer = _get_json(f"{self.url}/cluster/change", timeout=2.0)
         # No answer, no verdict: a proxy restarted on its kept state may resume the move,
         # and need what only the leaving node holds.
-        answer = (_get_json(f"{self.url}/cluster/change", timeout=2.0)
-                  if self.state(self.proxy) == UP else None)
         if answer is None:
             return
         current = answer.get("change")

@@ -170,6 +170,36 @@ def test_down_then_up_with_the_original_arguments_keeps_a_removal(kvlab_home):
                 cluster.refresh()
 
 
+def test_down_during_a_removal_then_up_finishes_it_and_stops_the_leaving_node(kvlab_home):
+    # Throttled streams and 2 kB values: the removal is still moving when the cluster stops.
+    with real_cluster(nodes=4, stream_rate_mb_s=0.05) as cluster:
+        spec = cluster.spec
+        with KV(cluster.url) as kv:
+            for i in range(200):
+                kv.set(f"k{i}", f"{i}" + "x" * 2000)
+            cluster.remove_node("n1", wait=False)
+            assert cluster.status()["change"] is not None
+            cluster.stop()
+            again = supervisor.up(spec)
+            try:
+                # The proxy goes on with the move from the topology it kept; n1 runs again
+                # as its source until it is over, and the status that finds it over stops it.
+                assert [n.name for n in again.nodes] == ["n2", "n3", "n4"]
+                n1 = again.node("n1")
+                assert n1 in again.leaving and n1.proc.alive()
+
+                def over() -> bool:
+                    return Cluster.load(spec.name).status()["change"] is None
+
+                eventually(over, 60, "the resumed removal to end")
+                assert not n1.proc.alive()
+                recorded = json.loads((cluster.dir / "cluster.json").read_text())
+                assert recorded["leaving"] == []
+                assert all(kv.get(f"k{i}") == f"{i}" + "x" * 2000 for i in range(200))
+            finally:
+                cluster.refresh()
+
+
 def test_a_stale_copy_stopping_never_writes_its_old_membership_back(kvlab_home):
     # As a dashboard that started the cluster and then quits: its Cluster object was read
     # before a node was added from the dashboard (or another terminal).
