@@ -435,8 +435,12 @@ class Membership:
                 transfer.error = f"no progress from {transfer.source} in " \
                                  f"{self.stream_timeout_ms} ms"
                 transfer.ordered_ms = None
+            # Ordered only once the source has said (in a Pong) that it holds this
+            # version: then it has the pending ring, and its channel is open. An order sent
+            # earlier (a proxy just started, links still connecting) could be lost unseen.
             if transfer.ordered_ms is None and now_ms >= transfer.retry_ms \
-                    and transfer.target not in down:
+                    and transfer.target not in down \
+                    and self.ring_versions.get(transfer.source, 0) >= self.topology.version:
                 transfer.ordered_ms = now_ms
                 transfer.attempts += 1
                 effects.append(Send(transfer.source, StreamOrder(
