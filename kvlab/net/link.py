@@ -108,14 +108,14 @@ class Link:
             delay = RETRY_MIN_S
             self._ws, self._writer, self.state = ws, FrameWriter(ws, codec.encode), UP
             self.connects += 1
-            self._up()  # synchronously: nothing else can be queued on the socket before
             try:
+                self._up()  # synchronously: nothing else can be queued on the socket before
                 async for msg in ws:
                     if msg.type == aiohttp.WSMsgType.BINARY and \
                             self.partitioned not in ("both", "from"):
                         self._frame(msg.data)
                 self._note_error(f"closed: {ws.close_code}" if ws.close_code else "closed")
-            except Exception as exc:  # a bad frame must not end the link for good
+            except Exception as exc:  # a bad frame (or hook) must not end the link for good
                 logger.exception("link to %s failed", self.name)
                 self._note_error(f"bad frame: {exc.__class__.__name__}")
             finally:

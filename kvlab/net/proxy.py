@@ -7,10 +7,12 @@ Go-compatible routes (`POST /set`, `GET /get?key=`, `DELETE /delete?key=`), the 
 `/cluster/change`, `/health`), and membership changes, carried out in steps by the core's
 committer (`kvlab.core.membership`): `POST /cluster/nodes` (add), `DELETE
 /cluster/nodes/{name}` (decommission), `POST /cluster/nodes/{name}/replace`; each answers
-202 at once with the change, which `/cluster/change` follows to its end. Every read and write route takes `r=` / `w=` overrides, every write route
-`sloppy=1|0` (hints on fallback nodes count toward W, or not), and each reports the version,
-the replicas that acknowledged and the hints that stood in for replicas in `X-Kvlab-*`
-headers (and in the JSON of REST writes).
+202 at once with the change, which `/cluster/change` follows to its end.
+
+Every read and write route takes `r=` / `w=` overrides, every write route `sloppy=1|0`
+(hints on fallback nodes count toward W, or not), and each reports the version, the
+replicas that acknowledged and the hints that stood in for replicas in `X-Kvlab-*` headers
+(and in the JSON of REST writes).
 
 With `--state DIR` the coordinator's clock survives restarts (see `kvlab.net.clock_state`),
 and so does the ring it committed to (`kvlab.net.ring_state`): a restarted proxy goes on
@@ -576,17 +578,26 @@ async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kvlab.net.proxy",
-                                     description="Run the kvlab proxy (the coordinator).")
+    parser = argparse.ArgumentParser(
+        prog="python -m kvlab.net.proxy",
+        description="Run the kvlab proxy: the coordinator of every read and write, the "
+                    "committer of membership changes (POST/DELETE /cluster/nodes), and the "
+                    "failure detector.")
     parser.add_argument("--name", default="proxy", help="coordinator id stamped on versions")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--node", type=name_url, action="append", required=True,
-                        metavar="NAME=URL", help="a data node (repeat for each)")
-    parser.add_argument("--replicas", type=int, default=3)
-    parser.add_argument("--read-quorum", type=int, default=2)
-    parser.add_argument("--write-quorum", type=int, default=2)
-    parser.add_argument("--vnodes", type=int, default=DEFAULT_VNODES)
+                        metavar="NAME=URL",
+                        help="a data node (repeat for each): the ring on a first start; "
+                             "with --state, a ring saved by an earlier run wins")
+    parser.add_argument("--replicas", type=int, default=3, metavar="N",
+                        help="replicas per key (default: %(default)s)")
+    parser.add_argument("--read-quorum", type=int, default=2, metavar="R",
+                        help="replies a read waits for (default: %(default)s)")
+    parser.add_argument("--write-quorum", type=int, default=2, metavar="W",
+                        help="acknowledgements a write waits for (default: %(default)s)")
+    parser.add_argument("--vnodes", type=int, default=DEFAULT_VNODES,
+                        help="virtual nodes per node, as the nodes' (default: %(default)s)")
     parser.add_argument("--timeout-ms", type=int, default=1000,
                         help="how long an operation waits for its replicas (default: "
                              "%(default)s)")
@@ -608,7 +619,8 @@ def main(argv: list[str] | None = None) -> None:
                              "broken clock elsewhere); as the nodes' (default: %(default)g)")
     parser.add_argument("--state", type=Path, metavar="DIR",
                         help="folder for the clock's high water, so that versions never go "
-                             "back across restarts")
+                             "back across restarts, and for the ring last committed, so "
+                             "that a restart goes on from it")
     parser.add_argument("--clock-offset-ms", type=int, default=0, metavar="N",
                         help="run the coordinator's clock N ms off the wall clock (negative: "
                              "behind); for tests and demos of clock skew")

@@ -240,3 +240,20 @@ def test_a_restarted_proxy_goes_on_from_the_ring_it_committed_to(cluster):
     assert after["version"] == before["version"] and after["ring"] == before["ring"]
     assert sorted(members(cluster)) == ["n3", "n4", "n5"]
     assert misses(cluster) == []
+
+
+def test_a_restarted_node_goes_on_from_the_ring_it_was_told(cluster):
+    # Its command line names n1 and n2 as its peers (one left, one died); the ring it
+    # keeps in its database says n4 and n5, and where they listen.
+    cluster, extra = cluster
+    version = get_json(f"{cluster.url}/cluster")["membership"]["version"]
+    cluster.restart("n3")
+    stats = node_stats(cluster, "n3")
+    assert stats is not None
+    assert stats["ring"]["version"] == version and stats["ring"]["pending"] is None
+    assert sorted(stats["ring"]["nodes"]) == ["n3", "n4", "n5"]
+    assert {name: peer["url"] for name, peer in stats["peers"].items()} == \
+        {"n4": extra.urls["n4"], "n5": extra.urls["n5"]}
+    eventually(lambda: all(p["state"] == "up" for p in node_stats(cluster, "n3")["peers"]
+                           .values()), 10, "n3's links to n4 and n5")
+    assert misses(cluster) == []
