@@ -284,6 +284,11 @@ class World:
         """The failure detector's verdict on `node`: "up", "suspect" or "down"."""
         return str(self.membership.health(node, self._committer.now_ms()))
 
+    def membership_view(self) -> dict:
+        """`Membership.view` now, on the committer's clock: what a real proxy's `/cluster`
+        has as "membership" (each node's health and phi, the change in progress)."""
+        return self.membership.view(self._committer.now_ms())
+
     def _new_name(self, name: str | None) -> str:
         if name is None:
             k = len(self._nodes) + len(self._retired) + 1

@@ -148,6 +148,21 @@ def test_the_detector_marks_a_paused_node_suspect_then_down_and_up_after_resume(
     assert world.health("n2") == "up" and "n2" not in world.coordinator(0).core.down
 
 
+def test_the_membership_view_is_the_committer_s_as_of_now():
+    # What the dashboard shows of a simulated cluster: the same view as a proxy's /cluster.
+    world = World(WorldConfig(nodes=3), seed=2)
+    world.advance(1_000)
+    view = world.membership_view()
+    assert {n: v["health"] for n, v in view["nodes"].items()} == dict.fromkeys(
+        world.node_names, "up")
+    assert all(v["phi"] < 3 for v in view["nodes"].values()) and view["change"] is None
+    world.pause("n2")
+    world.advance(2_000)
+    n2 = world.membership_view()["nodes"]["n2"]
+    assert n2["health"] == world.health("n2") == "down" and n2["phi"] >= 8
+    assert 1_900 <= n2["silent_ms"] <= 2_100  # timed now, not at some earlier moment
+
+
 def test_a_restarted_node_comes_back_on_the_ring_version_it_kept():
     world, traffic = loaded()
     world.add_node()
