@@ -22,6 +22,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Input
 
 from kvlab.tui.changes import changes
+from kvlab.tui.progress import caption
 from kvlab.tui.screens.help import HelpScreen
 from kvlab.tui.source import (
     PAUSED,
@@ -207,6 +208,7 @@ class KvlabApp(App[None]):
         nodes.view = view
         self._keep_selection(previous, view)
         self._title_nodes()
+        self._title_ring(view)
 
     def _keep_selection(self, previous: ClusterView | None, view: ClusterView) -> None:
         """Select the first node at the start, a node just added once it shows, and the
@@ -241,6 +243,12 @@ class KvlabApp(App[None]):
             held = selected.healing.hints_held
             title += " · hints for " + ", ".join(f"{t} {held[t]:,}" for t in sorted(held))
         panel.border_subtitle = title
+
+    def _title_ring(self, view: ClusterView) -> None:
+        """The change in progress in the ring panel's border, where it shows even while a
+        key takes the middle of the ring: what it does, how far it got, the time left."""
+        self.query_one("#ring-panel").border_subtitle = \
+            caption(view.change) if view.change else ""
 
     @on(NodesPanel.Selected)
     def _on_selected(self, message: NodesPanel.Selected) -> None:

@@ -4,6 +4,9 @@ The dashboard calls `changes(before, after)` on every poll and logs what it retu
 here touches Textual or IO, so every line can be checked in a plain unit test.
 
 Each line stands for something that happened: a poll in which nothing changed yields no line.
+A node's health is the coordinator's failure detector's verdict, logged as it changes; a
+membership change is logged as it starts (its flows, and each node's share before and
+after), as it enters each phase, when a stream fails, and with its totals when it is done.
 Repairs are counted from each node's own counters (`Healing`), which are exact however many
 anti-entropy rounds or hint batches ran between two polls; the exchanges and the hints held
 say who the keys came from or went to, as far as the two snapshots show it.
@@ -15,16 +18,20 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
+from kvlab.tui.progress import flow_text, flows, headline, shares_text, summary
 from kvlab.tui.source import (
     ANTI_ENTROPY,
     DOWN,
     READ_REPAIR,
+    SUSPECT,
+    UP,
+    ChangeView,
     ClusterView,
     Exchange,
     Healing,
     NodeView,
 )
-from kvlab.tui.theme import node_label, state_text
+from kvlab.tui.theme import health_text, node_label, phi_text, state_text
 
 # Counters that only grow while a process lives: one that went down means a restart.
 _MONOTONIC = ("hints_stored", "hints_replayed", "hints_expired", "ae_rounds", "ae_in_sync",
@@ -45,7 +52,8 @@ class Event:
 
 def changes(before: ClusterView, after: ClusterView) -> list[Event]:
     """Everything worth a line between two consecutive snapshots, in the order to log it."""
-    return [*state_changes(before, after), *repair_events(before, after)]
+    return [*state_changes(before, after), *health_changes(before, after),
+            *membership_events(before, after), *repair_events(before, after)]
 
 
 def state_changes(before: ClusterView, after: ClusterView) -> list[Event]:
@@ -73,6 +81,76 @@ def state_changes(before: ClusterView, after: ClusterView) -> list[Event]:
         events.append(Event(f"proxy {before.proxy_state} → {after.proxy_state}",
                             "error" if after.proxy_state == DOWN else "info"))
     return events
+
+
+# health -> (what it means for requests, level)
+_HEALTH_NEWS = {
+    SUSPECT: ("no heartbeat for a while", "warn"),
+    DOWN: ("the coordinator stops asking it: its part of a request fails at once", "error"),
+    UP: ("heartbeats are back, it is asked again", "ok"),
+}
+
+
+def health_changes(before: ClusterView, after: ClusterView) -> list[Event]:
+    """The failure detector's verdicts: a node turning suspect, down, or up again."""
+    events: list[Event] = []
+    for node in after.nodes:
+        previous = before.node(node.name)
+        if previous is None or previous.health is None or node.health is None \
+                or previous.health == node.health:
+            continue  # unknown on either side is no change of verdict
+        news, level = _HEALTH_NEWS.get(node.health, ("", "info"))
+        text = Text.assemble(node_label(node.name), " ", health_text(previous.health), " → ",
+                             health_text(node.health))
+        if node.phi is not None and node.health != UP:
+            text.append(f" (φ {phi_text(node.phi)})")
+        if news:
+            text.append(f": {news}")
+        events.append(Event(text, level))
+    return events
+
+
+_PHASE_NEWS = {
+    "streaming": "nothing placed by the old ring is in flight any more: streaming the "
+                 "moving ranges",
+    "settling": "every range arrived: reads go to the new owners",
+}
+
+
+def membership_events(before: ClusterView, after: ClusterView) -> list[Event]:
+    """A membership change starting, moving to its next phase, a stream failing, and the
+    change done."""
+    was, now = before.change, after.change
+    events: list[Event] = []
+    same = was is not None and now is not None and was.identity == now.identity
+    if now is not None and not same:
+        events += _started(now, after)
+    elif same and was.phase != now.phase and now.phase in _PHASE_NEWS:
+        events.append(Event(Text.assemble(headline(now), f": {_PHASE_NEWS[now.phase]}")))
+    if now is not None:
+        failed_before = {(f.source, f.target): f.error for f in flows(was)} if same else {}
+        for flow in flows(now):
+            if flow.error and failed_before.get((flow.source, flow.target)) != flow.error:
+                events.append(Event(Text.assemble("stream ", flow_text(flow),
+                                                  f": {flow.error}"), "warn"))
+    done = after.last_change
+    if done is not None and (before.last_change is None
+                             or before.last_change.identity != done.identity):
+        events.append(Event(summary(done), "ok"))
+    return events
+
+
+def _started(change: ChangeView, view: ClusterView) -> list[Event]:
+    text = Text.assemble(headline(change), ": ")
+    for i, flow in enumerate(flows(change)):
+        if i:
+            text.append(", ")
+        text.append_text(flow_text(flow))
+    if not change.moving:
+        text.append("no range changes replicas")
+    return [Event(text, "info"),
+            Event(Text.assemble("shares of the keys ", shares_text(change, view.ring,
+                                                                     view.n)))]
 
 
 def repair_events(before: ClusterView, after: ClusterView) -> list[Event]:

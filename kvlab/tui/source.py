@@ -16,6 +16,9 @@ Contract for implementers:
 - `traffic_stats()` is synchronous and cheap (it reads counters, no IO).
 - A node's `healing` is what its replica core reports (`Replica.snapshot(now)`), parsed with
   `Healing.from_snapshot`; None when the node is not answering or does not report it.
+- A node's `health` and `phi` are the coordinator's failure detector's verdict on it, and the
+  cluster's `change` the membership change in progress, both from `Membership.view(now)`
+  (`/cluster`'s "membership"), the change parsed with `ChangeView.from_view`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from kvlab.core.ring import Ring
 UP, DOWN, PAUSED, STARTING = "up", "down", "paused", "starting"
 # Replica states in a `KeyView`, as `GET /cluster/keys/{key}` names them.
 OK, MISSING, UNREACHABLE = "ok", "missing", "unreachable"
+# Node health, as the failure detector names it (kvlab.core.detector.Health): UP and DOWN
+# are spelt as the process states are, but say what the coordinator believes, not /proc.
+SUSPECT = "suspect"
+HEALTHS = (UP, SUSPECT, DOWN)
 
 ACTIONS = ("kill", "pause", "resume", "restart")
 # What repaired a key, as `Replica.snapshot` counts them (kvlab.core.messages.Mechanism).
@@ -126,6 +133,138 @@ class Healing:
                    exchanges={p: e for p, e in parsed.items() if e is not None}, **counters)
 
 
+def _share(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else 0.0
+
+
+def _names(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """One stream of a membership change: `arcs` of the ring, each `(start, end]`, sent
+    from `source` to `target` (a "moving" entry of `Membership.view`)."""
+
+    source: str
+    target: str
+    arcs: tuple[tuple[int, int], ...] = ()
+    share: float = 0.0  # of the key space
+    keys: int = 0
+    bytes: int = 0
+    done: bool = False
+    error: str = ""
+
+    @classmethod
+    def from_view(cls, data: object) -> StreamView | None:
+        if not isinstance(data, Mapping) or not isinstance(data.get("source"), str) \
+                or not isinstance(data.get("target"), str):
+            return None
+        arcs = data.get("arcs")
+        return cls(data["source"], data["target"],
+                   tuple((a[0], a[1]) for a in arcs if isinstance(a, (list, tuple))
+                         and len(a) == 2 and all(isinstance(x, int) for x in a))
+                   if isinstance(arcs, list) else (),
+                   share=_share(data.get("share")), keys=_count(data.get("keys")),
+                   bytes=_count(data.get("bytes")), done=data.get("done") is True,
+                   error=str(data.get("error") or ""))
+
+
+@dataclass(frozen=True)
+class ChangeView:
+    """A membership change and how far it got (a "change" of `Membership.view`)."""
+
+    kind: str  # "add", "remove", "replace" (or "resume": one a restarted committer found)
+    node: str  # the node joining (add, replace) or leaving (remove)
+    phase: str  # joining, streaming, settling, done
+    replaced: str | None = None  # replace: the node whose place `node` takes
+    nodes_before: tuple[str, ...] = ()
+    nodes_after: tuple[str, ...] = ()
+    started_ms: int = 0  # on the committer's clock: with kind and node, which change it is
+    elapsed_ms: int = 0
+    keys: int = 0
+    bytes: int = 0
+    fraction: float = 0.0  # of the moving ranges arrived
+    rate_bytes_s: int = 0
+    eta_ms: int | None = None
+    moving: tuple[StreamView, ...] = ()
+
+    @property
+    def joining(self) -> tuple[str, ...]:
+        return tuple(n for n in self.nodes_after if n not in self.nodes_before)
+
+    @property
+    def leaving(self) -> tuple[str, ...]:
+        return tuple(n for n in self.nodes_before if n not in self.nodes_after)
+
+    @property
+    def identity(self) -> tuple[str, str, int]:
+        """Tells one change from another (a view of the same change, later, has the same)."""
+        return self.kind, self.node, self.started_ms
+
+    @classmethod
+    def from_view(cls, data: object) -> ChangeView | None:
+        """Parse a change as JSON has it; None for none (or one without its kind and node).
+        Missing or malformed figures read as 0 (the ETA as unknown)."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("kind"), str) \
+                or not isinstance(data.get("node"), str):
+            return None
+        moving = data.get("moving")
+        streams = [StreamView.from_view(m) for m in moving] if isinstance(moving, list) else []
+        replaced, eta = data.get("replaced"), data.get("eta_ms")
+        return cls(kind=data["kind"], node=data["node"], phase=str(data.get("phase", "")),
+                   replaced=replaced if isinstance(replaced, str) else None,
+                   nodes_before=_names(data.get("nodes_before")),
+                   nodes_after=_names(data.get("nodes_after")),
+                   started_ms=_count(data.get("started_ms")),
+                   elapsed_ms=_count(data.get("elapsed_ms")), keys=_count(data.get("keys")),
+                   bytes=_count(data.get("bytes")),
+                   fraction=min(1.0, max(0.0, _share(data.get("fraction")))),
+                   rate_bytes_s=_count(data.get("rate_bytes_s")),
+                   eta_ms=eta if isinstance(eta, int) and not isinstance(eta, bool) else None,
+                   moving=tuple(s for s in streams if s is not None))
+
+
+@dataclass(frozen=True)
+class MembershipView:
+    """`Membership.view(now)` parsed: the read ring, the change in progress and the last
+    one, and per node the detector's verdict (health, phi)."""
+
+    ring: Ring | None = None  # None: not reported (an older coordinator)
+    change: ChangeView | None = None
+    last_change: ChangeView | None = None
+    health: dict[str, tuple[str, float | None]] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def from_view(cls, data: object) -> MembershipView:
+        """Whatever is missing or malformed is unknown; nothing raises."""
+        if not isinstance(data, Mapping):
+            return cls()
+        health: dict[str, tuple[str, float | None]] = {}
+        nodes = data.get("nodes")
+        for name, node in (nodes.items() if isinstance(nodes, Mapping) else ()):
+            if isinstance(node, Mapping) and node.get("health") in HEALTHS:
+                phi = node.get("phi")
+                health[str(name)] = (node["health"], float(phi) if isinstance(
+                    phi, (int, float)) and not isinstance(phi, bool) else None)
+        return cls(_ring(data.get("ring")), ChangeView.from_view(data.get("change")),
+                   ChangeView.from_view(data.get("last_change")), health)
+
+
+def _ring(data: object) -> Ring | None:
+    """The ring as `Membership.view` spells it: nodes, vnodes and seats."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("vnodes"), int):
+        return None
+    nodes, seats = _names(data.get("nodes")), data.get("seats")
+    pairs = tuple((str(s[0]), str(s[1])) for s in seats if isinstance(s, list) and len(s) == 2) \
+        if isinstance(seats, list) else ()
+    try:
+        return Ring(nodes, data["vnodes"], pairs)
+    except ValueError:  # duplicates, seats of nodes it does not have: not a ring
+        return None
+
+
 @dataclass(frozen=True)
 class NodeView:
     """One data node as the dashboard shows it. None means unknown (the node is not answering)."""
@@ -142,6 +281,10 @@ class NodeView:
     # coordinator can't reach it, so its replicas time out.
     partitioned: bool = False
     healing: Healing | None = None
+    # The coordinator's failure detector: UP, SUSPECT or DOWN, and its suspicion level phi
+    # (None: unknown, a source or a coordinator that has no detector).
+    health: str | None = None
+    phi: float | None = None
 
     @property
     def hints(self) -> int | None:
@@ -166,6 +309,9 @@ class ClusterView:
     # as a hint, and writes it stamped again above a newer version a replica held.
     hints_sent: int | None = None
     restamped: int | None = None
+    # The membership change in progress, and the last one finished (None: none, or unknown).
+    change: ChangeView | None = None
+    last_change: ChangeView | None = None
 
     def node(self, name: str) -> NodeView | None:
         return next((n for n in self.nodes if n.name == name), None)
@@ -178,6 +324,16 @@ class ClusterView:
     def partitioned(self) -> frozenset[str]:
         """The nodes cut off from the coordinator."""
         return frozenset(n.name for n in self.nodes if n.partitioned)
+
+    @property
+    def joining(self) -> tuple[str, ...]:
+        """Nodes the change in progress brings in."""
+        return self.change.joining if self.change else ()
+
+    @property
+    def leaving(self) -> tuple[str, ...]:
+        """Nodes the change in progress takes out (a removed or a replaced one)."""
+        return self.change.leaving if self.change else ()
 
 
 @dataclass(frozen=True)
@@ -278,11 +434,13 @@ class ClusterSource(Protocol):
         ...
 
     async def add_node(self) -> str:
-        """Start one more node and join it to the ring; returns its name."""
+        """Start one more node and join it to the ring, its ranges streamed to it; returns
+        its name once the move is done (snapshots show the move meanwhile)."""
         ...
 
     async def remove_node(self, node: str) -> None:
-        """Take the node out of the ring and stop it."""
+        """Stream the node's ranges to the others, take it out of the ring and stop it;
+        returns once that is done."""
         ...
 
     async def start_traffic(self, settings: TrafficSettings) -> None:

@@ -8,7 +8,7 @@ import zlib
 
 from rich.text import Text
 
-from kvlab.tui.source import DOWN, PAUSED, STARTING, UP
+from kvlab.tui.source import DOWN, PAUSED, STARTING, SUSPECT, UP
 
 # Distinct on a dark background and none of them red: red means "down".
 PALETTE = (
@@ -38,6 +38,18 @@ CUT_GLYPH = "⌁"
 CUT_STYLE = "bold #ff4dff"
 
 
+# The failure detector's verdict, apart from the process state: outlined glyphs, so `○ down`
+# (the coordinator no longer asks it) never reads as `✗ down` (the process is gone).
+HEALTH_STYLE = {
+    UP: ("♥", "#66bb6a"),
+    SUSPECT: ("◔", "bold #fdd835"),
+    DOWN: ("○", "bold #ef5350"),
+}
+
+# Ranges in motion during a membership change: still streaming, and arrived.
+MOVING_GLYPH, ARRIVED_GLYPH = "▒", "▓"
+
+
 def node_color(name: str) -> str:
     """A colour stable per node name: n1..n9 in palette order, anything else by hash."""
     match = re.fullmatch(r"n(\d+)", name)
@@ -59,6 +71,23 @@ def state_text(state: str, partitioned: bool = False) -> Text:
     if partitioned:
         text.append(f" {CUT_GLYPH} cut", CUT_STYLE)
     return text
+
+
+def health_text(health: str | None, phi: float | None = None) -> Text:
+    """The detector's verdict as `♥ up 0.4` (phi after it, dim); `-` when unknown."""
+    if health is None:
+        return Text("-", style=DIM)
+    glyph, style = HEALTH_STYLE.get(health, ("?", DIM))
+    text = Text(f"{glyph} {health}", style=style)
+    if phi is not None:
+        text.append(f" {phi_text(phi)}", DIM)
+    return text
+
+
+def phi_text(phi: float) -> str:
+    """Suspicion to one decimal while it is small, whole numbers once it is huge (a node
+    silent for a minute has a phi in the hundreds)."""
+    return f"{phi:.1f}" if phi < 100 else f"{phi:.0f}"
 
 
 _HLC = re.compile(r"(\d+)\.(\d+)@(.+)")

@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
+from kvlab.core.plan import plan
 from kvlab.core.ring import Ring
 from kvlab.tui.source import (
     ActionsByName,
     DOWN,
     MISSING,
+    SUSPECT,
+    ChangeView,
+    StreamView,
     Exchange,
     Healing,
     OK,
@@ -44,19 +48,49 @@ def healing(hints: dict[str, int] | None = None, read_repair: int = 0, hint: int
 
 
 def nodes() -> tuple[NodeView, ...]:
-    """n2 and n5 hold hints for n3 (down); n3 and n4 (paused) report nothing."""
+    """n2 and n5 hold hints for n3 (down); n3 and n4 (paused) report nothing. The detector
+    holds n1 (cut off, so no heartbeat comes) and n3 down, and n4 (paused) suspect."""
     return (
         NodeView("n1", 8001, 4101, UP, 1204, 212.0, 1.8, None, partitioned=True,
                  healing=healing(read_repair=3, ae_rounds=40, ae_in_sync=38,
                                  exchanges={"n2": Exchange(1_700_000_000_000, "n1,n2,n5",
-                                                           12, 0, 800)})),
+                                                           12, 0, 800)}),
+                 health=DOWN, phi=12.4),
         NodeView("n2", 8002, 4102, UP, 1187, 198.0, 2.1, None,
-                 healing=healing({"n3": 40}, hints_stored=40, ae_rounds=41, ae_in_sync=41)),
-        NodeView("n3", 8003, None, DOWN, None, None, 2.0, "connect: ClientConnectorError"),
-        NodeView("n4", 8004, 4104, PAUSED, None, None, 950.4, None),
+                 healing=healing({"n3": 40}, hints_stored=40, ae_rounds=41, ae_in_sync=41),
+                 health=UP, phi=0.4),
+        NodeView("n3", 8003, None, DOWN, None, None, 2.0, "connect: ClientConnectorError",
+                 health=DOWN, phi=143.0),
+        NodeView("n4", 8004, 4104, PAUSED, None, None, 950.4, None, health=SUSPECT, phi=5.1),
         NodeView("n5", 8005, 4105, UP, 1230, 205.0, 1.9, None,
-                 healing=healing({"n3": 1_312}, hints_stored=1_400, hints_replayed=88)),
+                 healing=healing({"n3": 1_312}, hints_stored=1_400, hints_replayed=88),
+                 health=UP, phi=0.2),
     )
+
+
+def adding(ring: Ring, node: str, n: int, arrived: int = 0, phase: str = "streaming",
+           started_ms: int = 1_000) -> ChangeView:
+    """`node` joining `ring`, its moves as the core plans them; the first `arrived` of its
+    streams done, and the figures of a move 2.4 s in that is that far along."""
+    new = ring.with_node(node)
+    streams: dict[tuple[str, str], list] = {}
+    for move in plan(ring, new, n).moves:
+        streams.setdefault((move.source, move.target), []).append(move)
+    moving = tuple(StreamView(source, target, tuple((m.start, m.end) for m in moves),
+                              sum(m.fraction for m in moves), keys=400 * (i < arrived),
+                              bytes=51_200 * (i < arrived), done=i < arrived)
+                   for i, ((source, target), moves) in enumerate(streams.items()))
+    total = sum(s.share for s in moving)
+    fraction = sum(s.share for s in moving if s.done) / total if total else 0.0
+    elapsed = 2_400
+    return ChangeView("add", node, phase, nodes_before=ring.nodes, nodes_after=new.nodes,
+                      started_ms=started_ms, elapsed_ms=elapsed,
+                      keys=sum(s.keys for s in moving), bytes=sum(s.bytes for s in moving),
+                      fraction=fraction,
+                      rate_bytes_s=sum(s.bytes for s in moving) * 1000 // elapsed,
+                      eta_ms=round(elapsed * (1 - fraction) / fraction)
+                      if 0 < fraction < 1 else None,
+                      moving=moving)
 
 
 class FakeSource(ActionsByName):
@@ -112,6 +146,16 @@ class FakeSource(ActionsByName):
         self._nodes((*self.view.nodes, NodeView(name, 8000 + len(self.view.nodes) + 1, 4200,
                                                 UP, 0)))
         return name
+
+    def set_change(self, change: ChangeView | None, last: ChangeView | None = None) -> None:
+        """The membership change in progress (and the last one done) from the next
+        snapshot on; a node the change brings in gets a row, up and healthy."""
+        rows = self.view.nodes
+        for name in change.joining if change else ():
+            if self.view.node(name) is None:
+                rows += (NodeView(name, 8000 + len(rows) + 1, 4200 + len(rows), UP, 0,
+                                  health=UP, phi=0.1),)
+        self.view = replace(self.view, nodes=rows, change=change, last_change=last)
 
     def set_healing(self, node: str, healing: Healing | None) -> None:
         """What `node` reports from the next snapshot on (a repair happened)."""

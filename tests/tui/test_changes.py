@@ -6,7 +6,17 @@ from dataclasses import replace
 
 from kvlab.core.ring import Ring
 from kvlab.tui.changes import changes, repair_events
-from kvlab.tui.source import DOWN, UP, ClusterView, Exchange, Healing, NodeView
+from kvlab.tui.source import (
+    DOWN,
+    SUSPECT,
+    UP,
+    ChangeView,
+    ClusterView,
+    Exchange,
+    Healing,
+    NodeView,
+    StreamView,
+)
 from tests.tui.fake_source import healing
 
 NAMES = ("n1", "n2", "n3")
@@ -145,3 +155,66 @@ def test_healing_parses_the_replica_snapshot_and_tolerates_junk() -> None:
                                  "exchanges": {"n2": {"range": "no at_ms"}, "n3": None}})
     assert odd == Healing()
     hash(NodeView("n1", None, None, UP, healing=parsed))  # views stay hashable
+
+
+def with_health(view: ClusterView, **health: str | None) -> ClusterView:
+    phi = {UP: 0.4, SUSPECT: 3.6, DOWN: 8.3}
+    return replace(view, nodes=tuple(
+        replace(n, health=health.get(n.name, UP), phi=phi.get(health.get(n.name, UP)))
+        for n in view.nodes))
+
+
+def test_the_detector_s_verdicts_are_logged_as_they_change() -> None:
+    up, base = with_health(view()), view()
+    suspect = with_health(view(), n2=SUSPECT)
+    down = with_health(view(), n2=DOWN)
+    assert [e.plain for e in changes(up, suspect)] == [
+        "n2 ♥ up → ◔ suspect (φ 3.6): no heartbeat for a while"]
+    assert [(e.plain, e.level) for e in changes(suspect, down)] == [
+        ("n2 ◔ suspect → ○ down (φ 8.3): the coordinator stops asking it: its part of a "
+         "request fails at once", "error")]
+    assert [(e.plain, e.level) for e in changes(down, up)] == [
+        ("n2 ○ down → ♥ up: heartbeats are back, it is asked again", "ok")]
+    # Unknown on either side (a source without a detector, the proxy not answering) is
+    # not a verdict that changed.
+    assert changes(base, down) == [] and changes(down, base) == []
+
+
+def moving(phase: str = "streaming", started_ms: int = 5, error: str = "",
+           done: bool = False) -> ChangeView:
+    return ChangeView("add", "n4", phase, nodes_before=NAMES, nodes_after=NAMES + ("n4",),
+                      started_ms=started_ms, elapsed_ms=3_200, keys=1_234, bytes=2_100_000,
+                      moving=(StreamView("n1", "n4", ((1, 2),), 0.25, done=done),
+                              StreamView("n2", "n4", ((3, 4),), 0.5, error=error)))
+
+
+def test_a_membership_change_is_logged_from_start_to_end() -> None:
+    idle = view()
+    joining = replace(idle, change=moving("joining"))
+    streaming = replace(idle, change=moving("streaming"))
+    failing = replace(idle, change=moving("streaming", error="no progress from n2 in 10 s"))
+    settling = replace(idle, change=moving("settling", done=True))
+    over = replace(idle, ring=Ring(NAMES + ("n4",), 8),
+                   last_change=moving("done", done=True))
+
+    started = [e.plain for e in changes(idle, joining)]
+    assert started[0] == "adding n4: ▒n1→n4 25%, ▒n2→n4 50%"
+    assert started[1].startswith("shares of the keys n1 100%→") and "n4 0%→" in started[1]
+    assert [e.plain for e in changes(joining, streaming)] == [
+        "adding n4: nothing placed by the old ring is in flight any more: streaming the "
+        "moving ranges"]
+    assert changes(streaming, streaming) == []
+    assert [(e.plain, e.level) for e in changes(streaming, failing)] == [
+        ("stream !n2→n4 50%: no progress from n2 in 10 s", "warn")]
+    assert changes(failing, failing) == []  # the same error is said once
+    assert [e.plain for e in changes(failing, settling)] == [
+        "adding n4: every range arrived: reads go to the new owners"]
+    assert [(e.plain, e.level) for e in changes(settling, over)] == [
+        ("n4 joined the ring", "ok"),
+        ("added n4 in 3.2 s: 1,234 keys, 2.1 MB streamed", "ok")]
+    assert changes(over, over) == []
+    # A change that began and ended between two polls: only its totals.
+    assert [e.plain for e in changes(idle, over)][-1].startswith("added n4 in 3.2 s")
+    # The next change, though it names the same node, is a new one.
+    again = replace(over, change=moving("joining", started_ms=9_000))
+    assert [e.plain for e in changes(over, again)][0].startswith("adding n4: ")

@@ -85,15 +85,18 @@ async def test_hints_pile_up_while_a_node_is_down_and_the_replay_is_logged() -> 
         assert len(app.events.entries) == count
 
 
-async def test_the_nodes_panel_fits_80_columns_with_its_hints_column() -> None:
+async def test_the_nodes_panel_fits_80_columns_with_its_hints_and_health_columns() -> None:
     app = make_app(FakeSource(), clock=lambda: NOON, poll_s=60, inspect_s=60)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view is not None, 5, "the first snapshot")
         await pilot.pause()
         panel = app.query_one(NodesPanel)
         lines = region_text(app, panel).splitlines()
-        assert lines[0].split() == ["node", "state", "keys", "ops/s", "p99", "hints", "error"]
+        # phi, p99 and ops/s give way to the detector's verdict (the traffic panel sums up
+        # the throughput and latency).
+        assert lines[0].split() == ["node", "state", "health", "keys", "hints", "error"]
         assert [line.split()[0].lstrip("▸") for line in lines[1:6]] == [
             "n1", "n2", "n3", "n4", "n5"]
         assert "1,312" in lines[5] and "conn" in lines[3]  # n5's hints, n3's error, cut short
+        assert "◔ suspect" in lines[4] and "○ down" in lines[1]  # paused n4, cut-off n1
         assert all(len(line) <= 80 for line in screen_text(app).splitlines())

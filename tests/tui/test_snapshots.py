@@ -17,8 +17,8 @@ from kvlab.tui.app import make_app
 from kvlab.tui.source import ClusterSource, Exchange
 from kvlab.tui.widgets.inspector import KeyInspector
 from kvlab.tui.widgets.ring import RingView
-from tests.tui.fake_source import FakeSource
-from tests.tui.helpers import screen_text, wait_for
+from tests.tui.fake_source import FakeSource, adding
+from tests.tui.helpers import region_text, screen_text, wait_for
 
 SNAPSHOTS = Path(__file__).with_name("snapshots")
 SIZE = (100, 30)
@@ -112,3 +112,45 @@ async def test_cut_add_and_remove_keys_on_fixed_data() -> None:
                      "n6 joined the ring", "remove n6 from the ring and stop it",
                      "n6 removed", "n6 left the ring"):
             assert line in logged, line
+
+
+async def render_move(size: tuple[int, int]) -> tuple[str, str, list[str]]:
+    """n6 joining the fixed cluster: two of its five streams arrived, the others moving."""
+    source = FakeSource()
+    app = make_app(source, clock=lambda: NOON, poll_s=60, inspect_s=60)
+    async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: app.view is not None, 5, "the first snapshot")
+        source.set_change(adding(source.view.ring, "n6", 3, arrived=2))
+        app.poll_now()
+        await wait_for(pilot, lambda: app.view.change is not None, 5, "the move")
+        await pilot.pause()
+        ring = region_text(app, app.query_one(RingView))
+        nodes = region_text(app, app.nodes)
+        return screen_text(app), app.export_screenshot(title="kvlab"), [ring, nodes]
+
+
+async def test_a_move_in_progress_matches_snapshot(utc) -> None:
+    text, svg, (ring, nodes) = await render_move(SIZE)
+    check("moving_100x30.txt", text + "\n")
+    check("moving_100x30.svg", svg)
+    # Arcs still streaming and arcs arrived, each flow source → target, how far it got.
+    assert "▒" in ring and "▓" in ring
+    assert "▓n1→n6" in ring and "▒n2→n6" in ring
+    assert "adding n6" in ring and "streaming" in ring
+    assert "+n6 streaming" in text  # the ring panel's caption
+    row = next(line for line in nodes.splitlines() if "n6" in line)
+    assert "+joining" in row and "♥ up" in row
+    assert "◔ suspect" in nodes and "○ down" in nodes  # paused n4, cut-off n1
+
+
+async def test_a_move_fits_80x24() -> None:
+    text, _, (ring, nodes) = await render_move((80, 24))
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "▒" in ring and "→n6" in ring and "+joining" in nodes
+
+
+async def test_a_wide_nodes_panel_shows_phi_too() -> None:
+    _, _, (_, nodes) = await render_move((140, 30))
+    assert "health φ" in nodes
+    assert "◔ suspect 5.1" in nodes and "○ down 12.4" in nodes and "○ down 143" in nodes
+    assert "♥ up 0.4" in nodes and "p99" in nodes

@@ -20,19 +20,48 @@ TOPICS = (
     ("Quorums", "A write is sent to all N replicas and succeeds after W acknowledge; a read "
                 "asks all N and answers after R reply, with the newest version among them."),
     ("Failover", "With a replica down, reads and writes still succeed while R (or W) of the N "
-                 "answer. Kill more and clients get 503 unavailable; a paused node is worse: "
-                 "it says nothing, so requests wait for the timeout (504)."),
+                 "answer. Kill more and clients get 503 unavailable. A paused node is worse "
+                 "at first: it says nothing, so requests wait for the 1 s timeout (504), "
+                 "until the failure detector holds it down (see Node health) and they fail "
+                 "fast (503) instead."),
     ("Partition", "x cuts the network link between the proxy and the selected node, both "
                   "ways. The node keeps running and its data stays, but the proxy can't reach "
                   "it: requests to its replicas get no answer and time out, as with a paused "
-                  "node. A read still succeeds while R replicas answer, a write while W do. x "
+                  "node, until the failure detector holds it down. A read still succeeds while R replicas answer, a write while W do. x "
                   "again heals the link; what was written meanwhile is missing or stale there "
                   "until the cluster repairs it (see How kvlab heals)."),
-    ("Membership", "a starts one more node and joins it to the ring: it takes over arcs from "
-                   "the others, so some keys' preference lists now include it, though it has "
-                   "none of their data until writes and repairs bring it. X takes the "
-                   "selected node out of the ring and stops it: its arcs pass to the next "
-                   "nodes clockwise. There are never fewer nodes than N."),
+)
+
+# Node health: (state, what it means). Figures are the detector's defaults.
+HEALTH = (
+    ("♥ up", "heartbeats arrive (one every 100 ms on the replica channel)."),
+    ("◔ suspect", "about 0.7 s without one (phi 3). Only shown: requests still go to it, "
+                  "and wait for its answer up to the 1 s timeout."),
+    ("○ down", "about 1.85 s without one (phi 8, as in Cassandra and Akka). The coordinator "
+               "no longer asks it: its part of each request fails at once, and the request "
+               "succeeds if the other replicas make the quorum. A write's part becomes a "
+               "hint on a fallback node."),
+    ("back up", "with its first heartbeat, a resumed, healed or restarted node is asked "
+                "again at once."),
+)
+
+# How membership changes: the steps the coordinator takes, in order.
+MEMBERSHIP = (
+    "a adds a node and X removes the selected one, without losing a key. The coordinator "
+    "plans the change: which ranges change replicas, and from which current replica each "
+    "is sent to its new owner (the event log gives each node's share of the keys before "
+    "and after).",
+    "Joining: the new owners join the write set, so every write goes to old and new "
+    "replicas alike while the ranges move.",
+    "Streaming: each range is sent from its source to its target in batches (▒ on the ring, "
+    "in the target's colour over the source's; ▓ once it arrived). A stream that stops "
+    "starts again where it got to; one whose source is down is taken over by the range's "
+    "other replicas.",
+    "Settling: once every range arrived, reads go to the new owners; then the old owners "
+    "drop what they no longer hold, and a removed node is stopped.",
+    "The nodes panel marks the node +joining or −leaving meanwhile; the ring panel's "
+    "border gives the phase, the share arrived and the time left. One change at a time, "
+    "and never fewer nodes than N.",
 )
 
 # How kvlab heals: (mechanism, what it does, what it covers)
@@ -110,6 +139,20 @@ def help_text(n: int, r: int, w: int, traffic_r: int | None, traffic_w: int | No
         text.append(f"• {name}: ", "bold")
         text.append(what + " ")
         text.append(covers[0].upper() + covers[1:] + ".\n", "italic")
+    text.append("\n")
+    text.append("Node health\n", "bold #4fc3f7")
+    text.append("The state column is the process; health is what the coordinator believes "
+                "from heartbeats, its suspicion growing with the silence (phi, shown in a "
+                "wide nodes panel):\n")
+    for state, meaning in HEALTH:
+        text.append(f"• {state}: ", "bold")
+        text.append(meaning + "\n")
+    text.append("A paused, cut off and killed node all go this way; a killed one's requests "
+                "fail at once (503) even before, as its connection is gone.\n\n")
+    text.append("How membership changes\n", "bold #4fc3f7")
+    for step in MEMBERSHIP:
+        text.append("• ")
+        text.append(step + "\n")
     text.append("\n")
     text.append("Keys\n", "bold #4fc3f7")
     for key, what in KEYS:

@@ -1,4 +1,11 @@
-"""The nodes panel: one row per data node, and which node the chaos keys act on."""
+"""The nodes panel: one row per data node, and which node the chaos keys act on.
+
+Two columns say whether a node is alive, from two places: `state` is the process (what the
+supervisor sees in /proc), `health` the coordinator's failure detector (heartbeats, phi).
+A paused process is `‖ paused` at once, and turns `◔ suspect` then `○ down` as its
+heartbeats stay away; the coordinator stops asking a down node. A node a membership change
+brings in or takes out says so after its state.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,10 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from kvlab.tui.source import DOWN, ClusterView, NodeView
-from kvlab.tui.theme import DIM, node_label, state_text
+from kvlab.tui.theme import DIM, health_text, node_label, state_text
 
 HEADER_ROWS = 1
+JOINING_STYLE, LEAVING_STYLE = "bold #4dd0e1", "bold #ffa726"
 
 
 def _number(value: float | int | None, fmt: str) -> Text:
@@ -63,12 +71,19 @@ class NodesPanel(Widget, can_focus=True):
     def render(self) -> Table | Text:
         if self.view is None:
             return Text("waiting for the cluster…", style=DIM)
-        rows = [(node, self._cells(node)) for node in self.view.nodes]
-        columns, long = _fit([cells for _, cells in rows], self.size.width)
+        # Narrow (80 columns): phi goes first, then the figures the traffic panel has too.
+        for phi, optional in ((True, OPTIONAL), (False, OPTIONAL + NARROW)):
+            rows = [(node, self._cells(node, phi)) for node in self.view.nodes]
+            columns, long, fits = _fit([cells for _, cells in rows], self.size.width,
+                                       optional)
+            if fits:
+                break
         table = Table(box=None, padding=(0, 1, 0, 0), expand=True, show_edge=False,
                       header_style=f"bold {DIM}")
         for column in columns:
             header, wide_header, justify = COLUMNS[column]
+            if column == "health" and phi:
+                header = wide_header = "health φ"
             if column == "error":
                 table.add_column(wide_header if long else header, ratio=1, no_wrap=True,
                                  overflow="ellipsis", min_width=ERROR_MIN)
@@ -84,16 +99,22 @@ class NodesPanel(Widget, can_focus=True):
             return "on #263238" if not self.has_focus else "on #37474f"
         return ""
 
-    def _cells(self, node: NodeView) -> dict[str, Text]:
+    def _cells(self, node: NodeView, phi: bool = True) -> dict[str, Text]:
         marker = "▸" if node.name == self.selected else " "
         name = Text(marker, style="bold")
         name.append_text(node_label(node.name, node.state))
         error = Text(node.last_error or "", style="#ef9a9a" if node.last_error else DIM)
+        state = state_text(node.state, node.partitioned)
+        if self.view is not None and node.name in self.view.joining:
+            state.append(" +joining", JOINING_STYLE)
+        elif self.view is not None and node.name in self.view.leaving:
+            state.append(" −leaving", LEAVING_STYLE)
         return {
             "node": name,
             "port": _number(node.port, "d"),
             "pid": _number(node.pid, "d") if node.state != DOWN else Text("-", style=DIM),
-            "state": state_text(node.state, node.partitioned),
+            "state": state,
+            "health": health_text(node.health, node.phi if phi else None),
             "keys": _number(node.keys, ",d"),
             "ops/s": _number(node.ops_per_s, ".0f"),
             "p99": _number(node.p99_ms, ".1f"),
@@ -108,23 +129,30 @@ COLUMNS = {
     "port": ("port", "port", "right"),
     "pid": ("pid", "pid", "right"),
     "state": ("state", "state", "left"),
+    "health": ("health", "health", "left"),  # with " φ" when the cells show phi
     "keys": ("keys", "keys", "right"),
     "ops/s": ("ops/s", "ops/s", "right"),
     "p99": ("p99", "p99 ms", "right"),
     "hints": ("hints", "hints", "right"),
     "error": ("error", "last error", "left"),
 }
-# Dropped in this order when the panel is too narrow (80 columns): the port is fixed and
-# known, the pid is only for killing a node by hand; the hints pending are what heals next.
+# Dropped in this order when the panel is too narrow: the port is fixed and known, the pid
+# is only for killing a node by hand; the hints pending are what heals next. Narrower still
+# (100 columns and less) phi goes (the verdict stays, and the event log gives phi when it
+# changes), then the replica round trips and the ops per second, which the traffic panel
+# sums up: whether a node is alive and believed alive matters more.
 OPTIONAL = ("port", "pid")
+NARROW = ("p99", "ops/s")
 ERROR_MIN = 5
 ERROR_WANT = 12  # an optional column goes before the error column gets narrower than this
 ROOMY = 14  # the long headers only when the error column keeps this much
 
 
-def _fit(rows: list[dict[str, Text]], width: int) -> tuple[list[str], bool]:
-    """The columns that fit `width` (dropping OPTIONAL ones first), and whether the long
-    headers fit too. Widths are measured from the cells, so a 7-digit pid counts as such."""
+def _fit(rows: list[dict[str, Text]], width: int,
+         optional: tuple[str, ...]) -> tuple[list[str], bool, bool]:
+    """The columns that fit `width` (dropping `optional` ones first, in order), whether the
+    long headers fit too, and whether the error column keeps its width. Widths are measured
+    from the cells, so a 7-digit pid counts as such."""
 
     def need(columns: list[str], long: bool) -> int:
         total = 0
@@ -136,11 +164,12 @@ def _fit(rows: list[dict[str, Text]], width: int) -> tuple[list[str], bool]:
         return total
 
     columns = list(COLUMNS)
-    for optional in OPTIONAL:
+    for column in optional:
         if need(columns, False) + ERROR_WANT <= width:
             break
-        columns.remove(optional)
-    return columns, need(columns, True) + ROOMY <= width
+        columns.remove(column)
+    return (columns, need(columns, True) + ROOMY <= width,
+            need(columns, False) + ERROR_WANT <= width)
 
 
 def _hints(count: int | None) -> Text:

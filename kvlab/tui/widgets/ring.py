@@ -5,12 +5,17 @@ position 0, positions grow clockwise), so the virtual nodes show as each node's 
 scattered all around. Down nodes' arcs turn into grey `✗`, paused ones into `‖`, and those of
 a node cut off from the coordinator into `⌁`. A key typed in the inspector is marked with `◆`
 at its hash, and the middle lists its preference list.
+
+During a membership change the ranges in motion are drawn over that: `▒` in the target's
+colour on the source's (darker) while a range streams, `▓` in the target's once it arrived.
+The legend lists each flow (source → target, its share of the keys), and the middle, when
+no key is placed, how far the change got.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -19,8 +24,17 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from kvlab.core.ring import RING_SIZE, Ring, hash_key
-from kvlab.tui.source import DOWN, PAUSED, ClusterView
-from kvlab.tui.theme import CUT_GLYPH, CUT_STYLE, DIM, node_color, node_label
+from kvlab.tui.progress import figures, flow_text, flows, headline, how_far, moving_style
+from kvlab.tui.source import DOWN, PAUSED, ChangeView, ClusterView, StreamView
+from kvlab.tui.theme import (
+    ARRIVED_GLYPH,
+    CUT_GLYPH,
+    CUT_STYLE,
+    DIM,
+    MOVING_GLYPH,
+    node_color,
+    node_label,
+)
 
 THICKNESS_ROWS = 1.6
 MARK = "◆"
@@ -31,6 +45,7 @@ class Cell:
     x: int
     y: int
     owner: str
+    point: int  # the ring position at the cell's middle, which it stands for
 
 
 @dataclass(frozen=True)
@@ -76,7 +91,7 @@ def layout(ring: Ring, width: int, height: int) -> Layout:
             point = int(angle / (2 * math.pi) * RING_SIZE) % RING_SIZE
             owner = ring.preference_list_at(point, 1)
             if owner:
-                cells.append(Cell(x, y, owner[0]))
+                cells.append(Cell(x, y, owner[0], point))
     # The largest box inside the inner ellipse, for the key and its replicas.
     half_w = int(rx * inner_r * 0.7)
     half_h = int(ry * inner_r * 0.7)
@@ -104,6 +119,35 @@ def walk(ring: Ring, key: str, n: int) -> list[tuple[str, bool]]:
     return steps
 
 
+class Motion:
+    """Which stream of a change carries a ring position, if any.
+
+    A change's arcs come from one plan, so any two are either the same arc (streamed to two
+    targets, or by two replicas standing in for a down source) or do not overlap; of the
+    same arc, one still streaming is shown before one that arrived.
+    """
+
+    def __init__(self, change: ChangeView) -> None:
+        spans: list[tuple[int, bool, int, StreamView]] = []  # (end, done, start, stream)
+        for stream in change.moving:
+            for start, end in stream.arcs:
+                if start < end:
+                    spans.append((end, stream.done, start, stream))
+                else:  # the arc wrapping past 0 (the whole ring when start == end)
+                    spans.append((RING_SIZE - 1, stream.done, start, stream))
+                    spans.append((end, stream.done, -1, stream))
+        spans.sort(key=lambda span: span[:2])
+        self._ends = [span[0] for span in spans]
+        self._spans = spans
+
+    def at(self, point: int) -> StreamView | None:
+        """The stream whose arc (start, end] holds `point`."""
+        i = bisect_left(self._ends, point)
+        if i < len(self._spans) and self._spans[i][2] < point:
+            return self._spans[i][3]
+        return None
+
+
 class RingView(Widget):
     """The ring; set `view` (the cluster) and `key` (the key to place) from outside."""
 
@@ -124,9 +168,15 @@ class RingView(Widget):
         grid: list[list[tuple[str, str]]] = [[(" ", "")] * width for _ in range(ring_rows)]
         states, cut = view.states, view.partitioned
         box = layout(view.ring, width, ring_rows)
+        motion = Motion(view.change) if view.change else None
         for cell in box.cells:
             state = states.get(cell.owner)
-            if state == DOWN:
+            stream = motion.at(cell.point) if motion else None
+            if stream is not None:  # what moves matters more than who holds it now
+                grid[cell.y][cell.x] = (ARRIVED_GLYPH if stream.done else MOVING_GLYPH,
+                                        moving_style(stream.source, stream.target,
+                                                     stream.done))
+            elif state == DOWN:
                 grid[cell.y][cell.x] = ("✗", DIM)
             elif cell.owner in cut:
                 grid[cell.y][cell.x] = (CUT_GLYPH, f"bold {node_color(cell.owner)}")
@@ -139,6 +189,9 @@ class RingView(Widget):
             # On the band itself, where the key hashes to: its walk starts here.
             x, y = box.position(hash_key(self.key), -THICKNESS_ROWS / 2)
             grid[y][x] = (MARK, "bold #000000 on #ffffff")
+        elif view.change:
+            lines = _progress_lines(view.change)
+            _centre(grid, box, lines, lines)
         text = Text(no_wrap=True, overflow="crop")
         for row in grid:
             for char, style in row:
@@ -153,7 +206,7 @@ class RingView(Widget):
     def _write_middle(self, grid: list[list[tuple[str, str]]], box: Layout,
                       view: ClusterView) -> None:
         """The key and its preference list, centred inside the ring."""
-        x0, y0, w, h = box.inner
+        w = box.inner[2]
         prefs = view.ring.preference_list(self.key, view.n)
         key = Text(MARK + " " + self.key, style="bold #ffffff")
         where = Text(f"at {hash_key(self.key) / RING_SIZE:.1%}", style=DIM)
@@ -163,17 +216,7 @@ class RingView(Widget):
             if i:
                 replicas.append(" → " if w >= 14 else " ", DIM)
             replicas.append_text(_label(view, node))
-        # Most important first; shown in reading order, as many as fit.
-        ranked = [replicas, key, where, title]
-        chosen = [line for line in ranked if line.cell_len <= w][:h]
-        lines = [line for line in (key, where, title, replicas) if any(
-            line is c for c in chosen)]
-        top = y0 + max(0, (h - len(lines)) // 2)
-        for dy, line in enumerate(lines):
-            left = x0 + max(0, (w - line.cell_len) // 2)
-            for dx, (char, style) in enumerate(_chars(line)):
-                if 0 <= top + dy < len(grid) and 0 <= left + dx < len(grid[0]):
-                    grid[top + dy][left + dx] = (char, style)
+        _centre(grid, box, [replicas, key, where, title], [key, where, title, replicas])
 
     def _legend(self, view: ClusterView, width: int) -> list[Text]:
         """Node names in their colours with their share of the ring (as primary), wrapped;
@@ -198,6 +241,8 @@ class RingView(Widget):
                 lines[-1].append_text(item)
             if len(lines) <= 2:
                 break
+        if view.change:
+            lines += _flow_lines(view.change, width)
         if self.key:
             lines.append(self._walk_line(view, width))
         for line in lines:
@@ -214,6 +259,45 @@ class RingView(Widget):
             else:
                 line.append(owner, f"{DIM} strike")
         return line
+
+
+def _centre(grid: list[list[tuple[str, str]]], box: Layout, ranked: list[Text],
+            order: list[Text]) -> None:
+    """Lines centred inside the ring: as many of `ranked` (most important first) as fit,
+    shown in reading `order`."""
+    x0, y0, w, h = box.inner
+    chosen = [line for line in ranked if line.cell_len <= w][:h]
+    lines = [line for line in order if any(line is c for c in chosen)]
+    top = y0 + max(0, (h - len(lines)) // 2)
+    for dy, line in enumerate(lines):
+        left = x0 + max(0, (w - line.cell_len) // 2)
+        for dx, (char, style) in enumerate(_chars(line)):
+            if 0 <= top + dy < len(grid) and 0 <= left + dx < len(grid[0]):
+                grid[top + dy][left + dx] = (char, style)
+
+
+def _progress_lines(change: ChangeView) -> list[Text]:
+    """The change in the middle of the ring, most important (and first to read) first:
+    what it does, how far it got, what moved, how fast and how long it still takes."""
+    _, moved, size, *speed = figures(change)
+    return [headline(change), Text(how_far(change), style="bold"),
+            Text(f"{moved} · {size}", style=DIM), Text(" · ".join(speed), style=DIM)]
+
+
+def _flow_lines(change: ChangeView, width: int) -> list[Text]:
+    """Each flow of the change, wrapped onto at most two lines."""
+    lines: list[Text] = [Text()]
+    for flow in flows(change):
+        item = flow_text(flow)
+        if lines[-1].cell_len and lines[-1].cell_len + 2 + item.cell_len > width:
+            if len(lines) == 2:
+                lines[-1].append(" …", DIM)
+                break
+            lines.append(Text())
+        if lines[-1].cell_len:
+            lines[-1].append("  ")
+        lines[-1].append_text(item)
+    return [line for line in lines if line.cell_len]
 
 
 def _label(view: ClusterView, node: str) -> Text:
