@@ -10,9 +10,15 @@ null for a node it can't reach), or failing that from the node's own `/stats`; a
 node too old to report them leaves them unknown.
 
 Membership has two records that can briefly disagree while a node is added or removed:
-cluster.json (the processes) and the coordinator's ring (who gets replicas). The ring is drawn
-from the coordinator's list, since that is where keys go; the rows are cluster.json's nodes
-plus any node the ring has that cluster.json does not record (joined through the API by hand).
+cluster.json (the processes) and the coordinator's membership (who gets replicas). The ring
+is drawn from the coordinator's (`/cluster`'s "membership": the ring reads are placed by,
+with its seats), since that is where keys go; the rows are cluster.json's nodes plus any
+node the coordinator watches that cluster.json does not record (joined through the API by
+hand). Each node's health and phi, and the change in progress, come from there too.
+
+Adding and removing a node block until its ranges have moved (the supervisor follows the
+move), so they run in a thread under a lock of their own: the chaos keys still work during
+a move, and the snapshots show it as it goes.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import aiohttp
 
@@ -33,6 +40,7 @@ from kvlab.tui.source import (
     ActionsByName,
     DOWN,
     Healing,
+    MembershipView,
     STARTING,
     UP,
     ClusterView,
@@ -59,6 +67,7 @@ class LiveSource(ActionsByName):
         self._session: aiohttp.ClientSession | None = None
         self._kv: AsyncKV | None = None
         self._acting = asyncio.Lock()
+        self._changing = asyncio.Lock()  # membership changes: one at a time, long
         self._traffic: TrafficGenerator | None = None
         self._ring: Ring | None = None
         # node -> (pid, reads + writes, when): the previous /stats, for ops per second
@@ -107,25 +116,34 @@ class LiveSource(ActionsByName):
         procs = await asyncio.to_thread(
             lambda: {m.name: m.proc.state() if m.proc else DOWN for m in members})
         polls = [self._get_json(f"{cluster.url}/cluster") if procs["proxy"] == UP else _none()]
+        # A node being removed runs on (its ranges stream out) until the move is over.
+        rows = [*cluster.nodes, *cluster.leaving]
         polls += [self._get_json(f"{m.url(host)}/stats") if procs[m.name] == UP else _none()
-                  for m in cluster.nodes]
+                  for m in rows]
         coordinator, *stats = await asyncio.gather(*polls)
         links = {n["name"]: n for n in (coordinator or {}).get("nodes", [])}
         if coordinator is not None:
-            self._forget(set(links) | {m.name for m in cluster.nodes})
+            self._forget(set(links) | {m.name for m in rows})
         now = self._clock()
         nodes = tuple(self._node_view(m, procs[m.name], s, links.get(m.name), now)
-                      for m, s in zip(cluster.nodes, stats))
-        recorded = {m.name for m in cluster.nodes}
-        # In the ring but not in cluster.json: joined through the proxy's API by hand.
+                      for m, s in zip(rows, stats))
+        recorded = {m.name for m in rows}
+        # Watched by the coordinator but not in cluster.json: joined through its API by hand.
         nodes += tuple(NodeView(name, None, None, STARTING,
                                 partitioned=link.get("partitioned") is not None)
                        for name, link in links.items() if name not in recorded)
         spec = cluster.spec
-        names = tuple(links) or tuple(m.name for m in cluster.nodes)
+        membership = MembershipView.from_view((coordinator or {}).get("membership"))
+        if membership.health:
+            nodes = tuple(replace(n, health=membership.health[n.name][0],
+                                  phi=membership.health[n.name][1])
+                          if n.name in membership.health else n for n in nodes)
         vnodes = (coordinator or {}).get("vnodes", spec.vnodes)
-        if self._ring is None or self._ring.nodes != names or self._ring.vnodes != vnodes:
-            self._ring = Ring(names, vnodes)
+        ring = membership.ring
+        if ring is None:  # a coordinator that does not report it: its nodes, by name
+            ring = Ring(tuple(links) or tuple(m.name for m in cluster.nodes), vnodes)
+        if ring != self._ring:  # the same ring object while it lasts: its drawing is cached
+            self._ring = ring
         proxy_state = procs["proxy"]
         if proxy_state == UP and coordinator is None:
             proxy_state = STARTING
@@ -139,6 +157,7 @@ class LiveSource(ActionsByName):
             vnodes=vnodes, nodes=nodes, ring=self._ring,
             proxy_state=proxy_state, proxy_url=cluster.url,
             hints_sent=_int(proxy.get("hints_sent")), restamped=_int(proxy.get("restamped")),
+            change=membership.change, last_change=membership.last_change,
         )
 
     def _node_view(self, member: Member, proc_state: str, stats: dict | None,
@@ -222,18 +241,21 @@ class LiveSource(ActionsByName):
         await self._supervise(lambda cluster: getattr(cluster, action)(node))
 
     async def add_node(self) -> str:
-        # The supervisor spawns n{k+1}, records it in cluster.json, joins it to the
-        # coordinator's ring and returns once it is ready.
-        member = await self._supervise(lambda cluster: cluster.add_node())
+        # The supervisor spawns n{k+1}, records it in cluster.json, has the coordinator
+        # begin its join and follows the move until its ranges have arrived.
+        member = await self._supervise(lambda cluster: cluster.add_node(), self._changing)
         return member.name
 
     async def remove_node(self, node: str) -> None:
-        await self._supervise(lambda cluster: cluster.remove_node(node))
+        # Its ranges stream out first; the supervisor stops it once they have.
+        await self._supervise(lambda cluster: cluster.remove_node(node), self._changing)
 
-    async def _supervise(self, call: Callable[[Cluster], Member]) -> Member:
-        """Run a blocking supervisor call on a fresh `Cluster.load` in a thread."""
+    async def _supervise(self, call: Callable[[Cluster], Member],
+                         lock: asyncio.Lock | None = None) -> Member:
+        """Run a blocking supervisor call on a fresh `Cluster.load` in a thread, under
+        `lock` (by default the chaos actions', one at a time in key-press order)."""
         try:
-            async with self._acting:  # one chaos action at a time, in key-press order
+            async with lock or self._acting:
                 return await asyncio.to_thread(lambda: call(Cluster.load(self.name)))
         except ClusterError as exc:
             raise SourceError(str(exc)) from None

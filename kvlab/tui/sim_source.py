@@ -20,8 +20,12 @@ runs no virtual time, so watching a key leaves the run exactly as it would have 
 replica on a node that is down, paused or cut off from the coordinator is shown unreachable,
 as a real inspection sees it.
 
-A partition cuts the link between the dashboard's coordinator (c1) and a node both ways;
-membership is fixed, so adding and removing nodes is refused.
+A partition cuts the link between the dashboard's coordinator (c1) and a node both ways.
+
+Membership is the core's too: `a` and `X` are the world's `add_node` and `remove_node`,
+carried out in steps by the committer on c1 (`World.membership`); they return once the
+change is over in virtual time, and every snapshot shows the change as it goes, with each
+node's health as c1's failure detector sees it, just as `/cluster` has them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from kvlab.core.membership import Change, MembershipError
 from kvlab.core.messages import NOT_FOUND, Outcome
 from kvlab.core.messages import OK as SUCCESS
 from kvlab.sim.clock import US_PER_MS
@@ -48,6 +53,7 @@ from kvlab.tui.source import (
     ClusterView,
     Healing,
     KeyView,
+    MembershipView,
     NodeView,
     OpResult,
     ReplicaView,
@@ -165,6 +171,8 @@ class SimSource(ActionsByName):
         self._closed = False
         self._failure: str | None = None
         self._waiting: set[asyncio.Future] = set()
+        # (condition, future): set once a catch-up finds the condition true
+        self._watching: list[tuple[Callable[[], bool], asyncio.Future]] = []
         self._traffic = SimTraffic(self.world)
         # node -> (requests served, virtual µs) when last measured, and the rate measured
         self._served: dict[str, tuple[int, int]] = {}
@@ -191,6 +199,28 @@ class SimSource(ActionsByName):
             self._failure = f"the simulation stopped: {exc!r}"
             self._abandon(self._failure)
             raise SourceError(self._failure) from exc
+        self._check_watches()
+
+    def _check_watches(self) -> None:
+        still = []
+        for condition, future in self._watching:
+            if future.done():
+                continue
+            if condition():
+                future.set_result(None)
+            else:
+                still.append((condition, future))
+        self._watching = still
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        """Wait (as the pacer runs virtual time) until `condition()` holds."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.add(future)
+        self._watching.append((condition, future))
+        try:
+            await future
+        finally:
+            self._waiting.discard(future)
 
     def _abandon(self, why: str) -> None:
         """Fail every operation still waiting for virtual time that will not come."""
@@ -223,10 +253,13 @@ class SimSource(ActionsByName):
         self._sync()
         world, config = self.world, self.world.config
         now = world.clock.now
+        membership = MembershipView.from_view(world.membership_view())
         nodes = []
         for node in world.nodes():
             up = node.state == UP
+            health, phi = membership.health.get(node.name, (None, None))
             nodes.append(NodeView(
+                health=health, phi=phi,
                 partitioned=self._cut(node.name),
                 name=node.name, port=None, pid=None, state=node.state,
                 keys=node.keys if up else None,  # as live: only a running node is asked
@@ -238,7 +271,8 @@ class SimSource(ActionsByName):
                 healing=Healing.from_snapshot(world.node(node.name).snapshot()) if up
                 else None))
         return ClusterView(name=self.title(), n=config.replicas, r=config.r, w=config.w,
-                           vnodes=config.vnodes, nodes=tuple(nodes), ring=world.ring)
+                           vnodes=config.vnodes, nodes=tuple(nodes), ring=world.ring,
+                           change=membership.change, last_change=membership.last_change)
 
     def title(self) -> str:
         """The cluster's name in the header: a simulation, its seed and its virtual time."""
@@ -331,10 +365,26 @@ class SimSource(ActionsByName):
             self.world.heal(self._coordinator, node)
 
     async def add_node(self) -> str:
-        raise SourceError("adding and removing nodes is not simulated")
+        self._sync()
+        try:
+            name = self.world.add_node()
+        except MembershipError as exc:
+            raise SourceError(str(exc)) from None
+        await self._through(self.world.membership.change)
+        return name
 
     async def remove_node(self, node: str) -> None:
-        raise SourceError("adding and removing nodes is not simulated")
+        self._sync()
+        try:
+            self.world.remove_node(node)
+        except MembershipError as exc:
+            raise SourceError(str(exc)) from None
+        await self._through(self.world.membership.change)
+
+    async def _through(self, change: Change | None) -> None:
+        """Until the change just begun is over (the committer moved on from it)."""
+        membership = self.world.membership
+        await self._until(lambda: membership.change is not change)
 
     async def act(self, action: str, node: str) -> None:
         self._sync()

@@ -146,9 +146,10 @@ async def test_add_a_node_then_remove_it(cluster: Cluster) -> None:
         await wait_for(pilot, lambda: all_up(app), 10, "every node up")
         await pilot.press("a")
         await wait_for(pilot, lambda: state(app, "n4") == "up", 30, "n4 up")
-        await wait_for(pilot, lambda: logged(app, "n4 added to the ring"), 5, "the add logged")
+        await wait_for(pilot, lambda: logged(app, "n4 added to the ring"), 30, "the add logged")
         await wait_for(pilot, lambda: app.view.ring.nodes == ("n1", "n2", "n3", "n4"), 5,
                        "n4 on the ring")
+        await wait_for(pilot, lambda: logged(app, "added n4 in"), 5, "the move's totals")
         assert logged(app, "n4 joined the ring")
         assert "n4" in region_text(app, app.query_one(RingView))
         assert "n4" in region_text(app, app.nodes)
@@ -157,8 +158,9 @@ async def test_add_a_node_then_remove_it(cluster: Cluster) -> None:
         await wait_for(pilot, lambda: app.selected == "n4", 5, "the new node selected")
 
         await pilot.press("X")
-        await wait_for(pilot, lambda: app.view.node("n4") is None, 15, "n4 gone")
+        await wait_for(pilot, lambda: app.view.node("n4") is None, 30, "n4 gone")
         await wait_for(pilot, lambda: logged(app, "n4 removed"), 5, "the removal logged")
+        await wait_for(pilot, lambda: logged(app, "removed n4 in"), 5, "the move's totals")
         assert logged(app, "n4 left the ring")
         assert app.view.ring.nodes == ("n1", "n2", "n3")
         assert "n4" not in region_text(app, app.query_one(RingView))
@@ -347,3 +349,73 @@ async def test_quit_stops_the_cluster_it_started(kvlab_home: Path) -> None:
             await pilot.press("q")
             await wait_for(pilot, lambda: app.return_code is not None, 5, "the app to exit")
     assert not [pid for pid in pids if _alive(pid)], "a cluster process outlived the app"
+
+
+def nodes_text(app: KvlabApp) -> str:
+    return region_text(app, app.nodes)
+
+
+def ring_text(app: KvlabApp) -> str:
+    return region_text(app, app.query_one(RingView))
+
+
+def health(app: KvlabApp, node: str) -> str | None:
+    view = app.view and app.view.node(node)
+    return view.health if view else None
+
+
+async def test_a_move_in_progress_and_node_health_on_a_real_cluster(kvlab_home: Path) -> None:
+    # Throttled to 20 kB/s per source, the ~100 kB that move to n4 take a few seconds.
+    with real_cluster(nodes=3, port=free_port_block(5), stream_rate_mb_s=0.02) as running:
+        async with AsyncKV(running.url) as kv:
+            for i in range(1000):
+                await kv.set(f"move:{i}", "x" * 100)
+        app = live_app(running)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: all_up(app) and all(
+                n.health == "up" for n in app.view.nodes), 10, "every node up and heard")
+            assert "♥ up" in nodes_text(app)
+
+            await pilot.press("a")
+            await wait_for(pilot, lambda: app.view.change is not None
+                           and app.view.change.phase == "streaming", 20, "n4 streaming")
+            assert logged(app, "adding n4: ")
+            assert "n4" in app.view.joining and "+joining" in nodes_text(app)
+            ring = ring_text(app)
+            assert "▒" in ring and "→n4" in ring  # ranges in motion, and where they go
+            assert "+n4 streaming" in screen_text(app)  # the ring panel's caption
+            await wait_for(pilot, lambda: logged(app, "added n4 in"), 60, "the move done")
+            assert "▒" not in ring_text(app) and "+joining" not in nodes_text(app)
+            # Selected once the add is done: only then may a key pick another node.
+            await wait_for(pilot, lambda: app.selected == "n4", 5, "the new node selected")
+
+            # The detector's verdicts on a paused node, apart from its process state.
+            await pilot.press("2", "p")
+            await wait_for(pilot, lambda: health(app, "n2") == "suspect", 5, "n2 suspect")
+            await wait_for(pilot, lambda: health(app, "n2") == "down", 5, "n2 down")
+            assert state(app, "n2") == "paused" and "○ down" in nodes_text(app)
+            await pilot.press("p")
+            await wait_for(pilot, lambda: health(app, "n2") == "up", 3, "n2 up again")
+            assert logged(app, "n2 ◔ suspect → ○ down")
+            assert logged(app, "n2 ○ down → ♥ up: heartbeats are back")
+
+
+async def test_quit_after_adding_a_node_keeps_it_in_cluster_json(kvlab_home: Path) -> None:
+    # Quitting once wrote the membership the dashboard started with back to cluster.json,
+    # orphaning the added node and its data.
+    spec = ClusterSpec(name="grown", nodes=3, port=free_port_block(5), durability="none")
+    with attach_or_start(spec, announce=lambda _: None) as (_, started):
+        assert started
+        app = make_app(LiveSource(spec.name), poll_s=0.2)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: all_up(app), 10, "every node up")
+            await pilot.press("a")
+            await wait_for(pilot, lambda: logged(app, "n4 added to the ring"), 30,
+                           "n4 added")
+            pids = [m.proc.pid for m in Cluster.load(spec.name).members()]
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app.return_code is not None, 5, "the app to exit")
+    assert not [pid for pid in pids if _alive(pid)], "a cluster process outlived the app"
+    after = Cluster.load(spec.name)
+    assert [m.name for m in after.nodes] == ["n1", "n2", "n3", "n4"]
+    assert after.leaving == []

@@ -15,13 +15,15 @@ import pytest
 
 from kvlab.cli import EXIT_USAGE, build_parser, main
 from kvlab.cli.ui_cmd import sim_app
+from kvlab.sim.proxy import WRITE
 from kvlab.sim.world import WorldConfig
 from kvlab.tui.app import KvlabApp
 from kvlab.tui.sim_source import MAX_STEP_S, SimSource
 from kvlab.tui.source import (
     DOWN, MISSING, OK, PAUSED, UNREACHABLE, UP, ClusterSource, SourceError, TrafficSettings,
 )
-from tests.tui.helpers import screen_text, wait_for
+from kvlab.tui.widgets.ring import RingView
+from tests.tui.helpers import region_text, screen_text, wait_for
 
 T = TypeVar("T")
 STEP_S = 0.05
@@ -195,14 +197,79 @@ async def test_a_partition_cuts_a_replica_off_from_the_coordinator(source: SimSo
         await source.partition("n9", on=True)
 
 
-async def test_membership_is_not_simulated(source: SimSource) -> None:
-    with pytest.raises(SourceError, match="adding and removing nodes is not simulated"):
-        await source.add_node()
-    with pytest.raises(SourceError, match="adding and removing nodes is not simulated"):
-        await source.remove_node("n1")
-    assert len((await source.snapshot()).nodes) == 5
+async def load(source: SimSource, clock: Clock, keys: int) -> None:
+    """`keys` keys written (one after another), so a move has something to stream."""
+    for i in range(keys):
+        result = await settle(source, clock, source.write(f"load-{i}", f"v{i}"))
+        assert result.ok, result.text
 
 
+async def test_a_node_added_and_removed_through_the_core_with_its_move_in_view(
+        source: SimSource, clock: Clock) -> None:
+    await load(source, clock, 60)
+    await run(source, clock, 0.5)  # every node heard: the detector has a verdict on each
+    assert all(n.health == UP and n.phi is not None for n in (await source.snapshot()).nodes)
+
+    adding = asyncio.ensure_future(source.add_node())
+    await asyncio.sleep(0)  # the change begins
+    view = await source.snapshot()
+    change = view.change
+    assert change is not None and (change.kind, change.node) == ("add", "n6")
+    assert change.phase in ("joining", "streaming") and change.moving
+    assert all(s.target == "n6" and s.arcs for s in change.moving)
+    assert view.joining == ("n6",) and view.node("n6") is not None  # its row, before reads
+    assert "n6" not in view.ring.nodes  # reads still go by the ring being left
+
+    assert await settle(source, clock, adding) == "n6"
+    view = await source.snapshot()
+    assert view.change is None and "n6" in view.ring.nodes
+    done = view.last_change
+    assert (done.kind, done.node, done.phase) == ("add", "n6", "done")
+    assert done.keys > 0 and done.bytes > 0 and done.fraction == 1.0
+    # The keys it owns now arrived by streaming: the new node answers for them.
+    assert view.node("n6").keys > 0
+
+    await settle(source, clock, source.remove_node("n6"))
+    view = await source.snapshot()
+    assert view.node("n6") is None and "n6" not in view.ring.nodes
+    assert (view.last_change.kind, view.last_change.node) == ("remove", "n6")
+    for i in range(0, 60, 7):  # what was written before both moves reads back
+        result = await settle(source, clock, source.read(f"load-{i}"))
+        assert result.text.startswith(f"read load-{i} = 'v{i}'"), result.text
+
+
+async def test_membership_changes_the_core_refuses_are_source_errors(clock: Clock) -> None:
+    three = SimSource(WorldConfig(nodes=3), seed=7, clock=clock, budget_s=None)
+    try:
+        with pytest.raises(SourceError, match="fewer than N=3"):
+            await three.remove_node("n1")
+        with pytest.raises(SourceError, match="no node n9"):
+            await three.remove_node("n9")
+        adding = asyncio.ensure_future(three.add_node())
+        await asyncio.sleep(0)
+        with pytest.raises(SourceError, match="a change is in progress"):
+            await three.add_node()
+        assert await settle(three, clock, adding) == "n4"
+        assert [n.name for n in (await three.snapshot()).nodes] == ["n1", "n2", "n3", "n4"]
+    finally:
+        await three.close()
+
+
+async def test_a_paused_node_turns_suspect_then_down_and_up_at_its_first_heartbeat(
+        source: SimSource, clock: Clock) -> None:
+    await run(source, clock, 0.5)
+    await source.pause("n2")
+    seen: list[str | None] = []
+    for _ in range(50):  # 2.5 s: past the ~1.85 s to `down`
+        clock.now += STEP_S
+        n2 = (await source.snapshot()).node("n2")
+        if not seen or seen[-1] != n2.health:
+            seen.append(n2.health)
+    assert seen == [UP, "suspect", DOWN]
+    assert n2.phi >= 8 and n2.state == PAUSED  # past the threshold; the process is apart
+    await source.resume("n2")
+    await run(source, clock, 0.3)
+    assert (await source.snapshot()).node("n2").health == UP
 async def script(clock: Clock) -> tuple:
     """A fixed run: traffic, a crash, a pause, writes, inspections; everything it shows."""
     source = SimSource(seed=11, clock=clock, budget_s=None)
@@ -258,10 +325,44 @@ async def test_kvlab_ui_sim_kill_a_node_from_the_keyboard(kvlab_home) -> None:
 
         await pilot.press("2", "x")
         await wait_for(pilot, lambda: "n2" in app.view.partitioned, 5, "n2 cut")
-        await pilot.press("a")
-        await wait_for(pilot, lambda: any("add a node failed: adding and removing nodes is "
-                                          "not simulated" in e for e in app.events.entries),
-                       5, "the refusal logged")
         await pilot.press("q")
         await wait_for(pilot, lambda: app.return_code is not None, 5, "the app to exit")
     assert not kvlab_home.exists(), "--sim must not create a cluster folder"
+
+
+async def test_kvlab_ui_sim_add_and_remove_a_node_from_the_keyboard(kvlab_home) -> None:
+    # A tenth of real speed: the move (about 200 ms of virtual time for these keys) stays
+    # on screen for a couple of seconds.
+    app = ui_sim("--seed", "7", "--nodes", "4", "--speed", "0.1")
+    source = app.source
+    assert isinstance(source, SimSource)
+    for i in range(300):
+        source.world.submit(WRITE, f"k{i}", b"x" * 100)
+    source.world.advance(2000)
+
+    def logged(text: str) -> bool:
+        return any(text in e for e in app.events.entries)
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and all(
+            n.health == UP for n in app.view.nodes), 5, "every node up and heard")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: app.view.change is not None, 5, "the move in view")
+        assert logged("add a node")
+        ring = region_text(app, app.query_one(RingView))
+        assert ("▒" in ring or "▓" in ring) and "→n5" in ring  # its arcs, and its flows
+        assert "+joining" in region_text(app, app.nodes)
+        assert "+n5 " in screen_text(app)  # the ring panel's caption
+        await wait_for(pilot, lambda: logged("n5 added to the ring"), 20, "the add done")
+        await wait_for(pilot, lambda: logged("added n5 in"), 5, "its totals logged")
+        assert logged("n5 joined the ring")
+        await wait_for(pilot, lambda: app.selected == "n5", 5, "the new node selected")
+        assert app.view.node("n5").keys > 0  # its ranges arrived by streaming
+
+        await pilot.press("X")
+        await wait_for(pilot, lambda: logged("n5 removed"), 20, "the removal done")
+        await wait_for(pilot, lambda: logged("removed n5 in"), 5, "its totals logged")
+        assert logged("n5 left the ring")
+        await wait_for(pilot, lambda: app.view.node("n5") is None, 5, "n5 gone")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: app.return_code is not None, 5, "the app to exit")
