@@ -104,3 +104,10 @@ def test_a_sloppy_quorum_with_two_of_three_replicas_down_is_caught_reading_stale
 def test_nemesis_nodes_beyond_the_cluster_is_a_usage_error(capsys):
     assert main(["sim", "--nemesis", "kill", "--nemesis-nodes", "9", "--ops", "10"]) == 2
     assert "--nemesis-nodes 9" in capsys.readouterr().err
+
+
+def test_the_membership_nemesis_is_the_simulators_only(capsys):
+    # `kvlab chaos` runs on real processes: ring changes there are `kvlab add-node` and
+    # `remove-node`, which it does not drive; it says so before starting anything.
+    assert exit_code(["chaos", "--nemesis", "membership", "--duration", "1"]) == 2
+    assert "membership not available here" in capsys.readouterr().err
