@@ -309,10 +309,16 @@ class Replica:
         """Membership changed: re-place every key in the new ring's ranges."""
         held = [(k, v) for tree in self._trees.values() for e in tree.entries for k, v in
                 e.items()] + list(self._strays.items())
+        before = set(self._trees)
         self.ring = ring
         self._layout(ring)
         for key, version in held:
             self._set(key, version, key in self._tombs)
+        # Ranges this node just took on (a move's target) are compared with their other
+        # replicas first, at once: what the stream brought is checked tree against tree.
+        self._urgent.extend(pair for pair in self._pairs if pair[0] not in before)
+        if self._urgent and self._next_ae is not None:
+            self._next_ae = 0
 
     def _layout(self, ring: Ring) -> None:
         self._trees, self._ranges, self._strays, self._arcs = {}, {}, {}, {}

@@ -289,3 +289,17 @@ def test_a_replacement_with_a_second_replica_down_waits_for_it_rather_than_lose_
     c.tick(3_000)
     out = c.read("k1")
     assert out.status == OK and out.record.value == b"on x and z"
+
+
+def test_a_new_owner_compares_its_new_ranges_with_anti_entropy_at_once():
+    c = CoreCluster(Quorum(3, 2, 2), nodes=("n1", "n2", "n3"),
+                    config=ReplicaConfig(n=3, anti_entropy_ms=60_000))
+    c.tick(200)
+    acked = _load(c, KEYS[:100])
+    c.join("n4")
+    c.apply("p", c.membership.add("n4", c.now))
+    _until_done(c)
+    c.tick(500)  # far less than the 60 s period: only the urgent first round can run
+    stats = c.replicas["n4"].stats
+    assert stats.ae_rounds >= 1 and stats.ae_in_sync >= 1
+    _all_readable(c, acked)
