@@ -70,11 +70,14 @@ def tag(change: ChangeView) -> Text:
 
 
 def caption(change: ChangeView) -> Text:
-    """One line for the ring panel's border, short enough for its narrowest:
-    `+n4 streaming 45% · ETA 3.0 s`."""
+    """One line for the ring panel's border, short enough for its width at 100 columns:
+    `+n4 streaming 45% · ETA 3.0 s`. Until a first stream is done there is no ETA (the
+    share counts whole streams), and the keys arrived so far say that it moves."""
     text = Text.assemble(tag(change), f" {how_far(change)}")
     if change.eta_ms is not None:
         text.append(f" · ETA {duration(change.eta_ms)}")
+    elif change.keys:
+        text.append(f" · {change.keys:,} keys")
     return text
 
 

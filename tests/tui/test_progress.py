@@ -107,6 +107,8 @@ def test_a_change_in_words() -> None:
                                 StreamView("n2", "n4", ((5, 6),), 0.125, error="timeout")))
     assert headline(change).plain == "adding n4"
     assert caption(change).plain == "+n4 streaming 45% · ETA 2.9 s"
+    early = ChangeView("add", "n4", "streaming", keys=800, moving=change.moving)
+    assert caption(early).plain == "+n4 streaming 0% · 800 keys"  # no ETA yet
     assert figures(change) == ["streaming 45%", "1,234 keys", "2.1 MB", "875.0 kB/s",
                                "ETA 2.9 s"]
     assert [(f.source, f.target, f.share, f.done, f.error) for f in flows(change)] == [
