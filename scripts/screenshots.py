@@ -4,8 +4,9 @@
 
 Starts a 5-node cluster in a temporary $KVLAB_HOME on free ports, drives the dashboard
 headless through a story (healthy under traffic, a replica killed, its copy healed by hints
-after a restart with no read, a partition, the help screen, the same at 80x24), and converts each
-SVG screenshot to PNG with `rsvg-convert` (Debian: apt-get install librsvg2-bin).
+after a restart with no read, a partition, a node joining with its ranges in motion, the help
+screen, the same at 80x24), and converts each SVG screenshot to PNG with `rsvg-convert`
+(Debian: apt-get install librsvg2-bin).
 """
 
 from __future__ import annotations
@@ -23,18 +24,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = (120, 36)
 KEY = "user:42"
+# Keys written before the story, and how fast a source streams them to a joining node: slow
+# enough for the move to be on screen for several seconds.
+PRELOAD, VALUE_BYTES, STREAM_MB_S = 3000, 200, 0.01
 
 
 async def story(out: Path, svgs: Path) -> list[Path]:
+    from kvlab.client import AsyncKV
     from kvlab.cluster.ports import free_port_block
     from kvlab.cluster.spec import ClusterSpec
     from kvlab.tui.app import make_app
     from kvlab.tui.live import LiveSource, attach_or_start
     from kvlab.tui.widgets.inspector import KeyInspector, verdicts
 
-    spec = ClusterSpec(name="demo", nodes=5, port=free_port_block(6), durability="none")
+    spec = ClusterSpec(name="demo", nodes=5, port=free_port_block(7), durability="none",
+                       stream_rate_mb_s=STREAM_MB_S)
     made: list[Path] = []
-    with attach_or_start(spec, announce=print) as _:
+    with attach_or_start(spec, announce=print) as (cluster, _):
+        async with AsyncKV(cluster.url) as kv:
+            for i in range(PRELOAD):
+                await kv.set(f"item:{i}", "x" * VALUE_BYTES)
         app = make_app(LiveSource(spec.name), poll_s=0.5, inspect_s=0.5)
         async with app.run_test(size=SIZE) as pilot:
 
@@ -97,6 +106,16 @@ async def story(out: Path, svgs: Path) -> list[Path]:
             shot("partitioned")
             await pilot.press("x")
             await until(lambda: not app.view.node(cut).partitioned)
+
+            def streaming() -> bool:
+                change = app.view.change
+                return change is not None and change.phase == "streaming" and change.keys > 0
+
+            await pilot.press("a")
+            await until(streaming, 30)
+            await settle(2)
+            shot("ranges-in-motion")
+            await until(lambda: app.view.change is None and len(app.view.ring.nodes) == 6, 120)
 
             await pilot.press("question_mark")
             await settle(0.5)
