@@ -154,3 +154,22 @@ async def test_a_wide_nodes_panel_shows_phi_too() -> None:
     assert "health φ" in nodes
     assert "◔ suspect 5.1" in nodes and "○ down 12.4" in nodes and "○ down 143" in nodes
     assert "♥ up 0.4" in nodes and "p99" in nodes
+
+
+async def test_a_node_being_removed_is_marked_leaving_and_its_flows_shown() -> None:
+    source = FakeSource()
+    ring = source.view.ring
+    change = adding(ring.without_node("n2"), "n2", 3)  # the same moves, the other way
+    removing = replace(change, kind="remove", nodes_before=ring.nodes,
+                       nodes_after=ring.without_node("n2").nodes, moving=tuple(
+                           replace(s, source="n2", target=s.source) for s in change.moving))
+    source.set_change(removing)
+    app = make_app(source, clock=lambda: NOON, poll_s=60, inspect_s=60)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.view is not None, 5, "the first snapshot")
+        await pilot.pause()
+        row = next(line for line in region_text(app, app.nodes).splitlines() if "n2" in line)
+        assert "−leaving" in row
+        ring_text = region_text(app, app.query_one(RingView))
+        assert "removing n2" in ring_text and "▒n2→" in ring_text
+        assert "−n2 streaming" in screen_text(app)
