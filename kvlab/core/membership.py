@@ -46,6 +46,7 @@ from kvlab.core.messages import (
 )
 from kvlab.core.plan import Plan, plan
 from kvlab.core.ring import Ring
+from kvlab.core.stream import Arcs
 from kvlab.core.topology import Topology
 
 
@@ -109,7 +110,8 @@ class Change:
         """What `/cluster` and the CLI show of it."""
         keys = self.carried[0] + sum(t.keys for t in self.transfers.values())
         size = self.carried[1] + sum(t.bytes for t in self.transfers.values())
-        moved = sum(t.share for t in self.transfers.values() if t.done)
+        moved = sum(t.share * (1.0 if t.done else Arcs(t.arcs).covered(t.cursor))
+                    for t in self.transfers.values())
         total = sum(t.share for t in self.transfers.values())
         end = self.finished_ms if self.finished_ms is not None else now_ms
         elapsed = max(1, end - self.started_ms)

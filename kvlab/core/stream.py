@@ -38,6 +38,15 @@ class Arcs:
         self._starts = [lo for lo, _ in spans]
         self._ends = [hi for _, hi in spans]
 
+    def covered(self, upto: int) -> float:
+        """The share of these arcs at ring positions up to `upto`: how far a stream, which
+        goes in ring order, has got (keys are spread evenly over the ring)."""
+        total = sum(hi - lo + 1 for lo, hi in zip(self._starts, self._ends))
+        if not total:
+            return 1.0
+        done = sum(max(0, min(hi, upto) - lo + 1) for lo, hi in zip(self._starts, self._ends))
+        return done / total
+
     def __contains__(self, point: int) -> bool:
         i = bisect_right(self._starts, point) - 1
         return i >= 0 and point <= self._ends[i]

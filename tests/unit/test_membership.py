@@ -303,3 +303,29 @@ def test_a_new_owner_compares_its_new_ranges_with_anti_entropy_at_once():
     stats = c.replicas["n4"].stats
     assert stats.ae_rounds >= 1 and stats.ae_in_sync >= 1
     _all_readable(c, acked)
+
+
+def test_a_move_reports_how_far_its_streams_have_got_before_any_is_over():
+    c = _cluster(stream_rate=4_000)  # bytes/s: each stream takes a few seconds
+    _load(c)
+    c.join("n4")
+    c.apply("p", c.membership.add("n4", c.now))
+    seen = []
+    while c.membership.change is not None:
+        view = c.membership.change.view(c.now)
+        if view["streams_done"] == 0:
+            seen.append(view["fraction"])
+        c.tick(100)
+    assert max(seen) > 0.2  # it grows with the streams' positions, not in whole streams
+    assert seen == sorted(seen)
+
+
+def test_arcs_coverage_follows_the_ring_order_a_stream_goes_in():
+    from kvlab.core.ring import RING_SIZE
+    from kvlab.core.stream import Arcs
+
+    arcs = Arcs([(99, 199), (RING_SIZE - 101, 49)])  # the second one wraps past zero
+    assert arcs.covered(-1) == 0.0
+    assert arcs.covered(49) == pytest.approx(50 / 250)
+    assert arcs.covered(149) == pytest.approx(100 / 250)
+    assert arcs.covered(RING_SIZE - 1) == 1.0
