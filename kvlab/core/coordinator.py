@@ -230,7 +230,7 @@ class Coordinator:
                 skipped.append((node, self._next_req))
                 continue
             request = (WriteRequest(self._next_req, record) if record is not None
-                       else ReadRequest(self._next_req, op.key))
+                       else ReadRequest(self._next_req, op.key, op.version))
             effects.append(Send(node, request))
         for node, req in skipped:  # after the others are asked: this may settle the op
             effects.extend(self.unreachable(node, req, "down", now_ms))
@@ -266,7 +266,10 @@ class Coordinator:
             self._fail(op, node, reply.error, effects)
         elif isinstance(reply, WriteReply):
             op.acked.append(node)
-            if op.outcome is None and self._written(op):
+            # One list (nearly always): counted inline, this is every write's path.
+            if op.outcome is None and (
+                    len(op.acked) + (len(op.hinted) if op.sloppy else 0) >= op.need
+                    if op.lists is None else self._written(op)):
                 self._finish(op, OK, effects)
         elif isinstance(reply, ReadReply):
             self._answer(op, node, reply.record, now_ms, effects)

@@ -28,8 +28,12 @@ _WIRE = {"frozen": True, "array_like": True, "gc": False}
 
 
 class ReadRequest(msgspec.Struct, tag=0, **_WIRE):
+    """`ring`: the version of the topology the coordinator placed the key by. A replica
+    holding that version knows the key is its own without placing it again."""
+
     req: int
     key: str
+    ring: int = 0
 
 
 class WriteRequest(msgspec.Struct, tag=1, **_WIRE):

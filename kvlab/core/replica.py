@@ -283,7 +283,7 @@ class Replica:
         if topology == self.topology:
             return False
         if topology.ring != self.ring:
-            self.set_ring(topology.ring)
+            self._relayout(topology.ring)
         self.topology = topology
         self._joining = {}
         self._peers = frozenset(topology.members) - {self.name}
@@ -305,7 +305,7 @@ class Replica:
                 self.name in pending.preference_list_at(point, self.config.n)
         return owned
 
-    def set_ring(self, ring: Ring) -> None:
+    def _relayout(self, ring: Ring) -> None:
         """Membership changed: re-place every key in the new ring's ranges."""
         held = [(k, v) for tree in self._trees.values() for e in tree.entries for k, v in
                 e.items()] + list(self._strays.items())
@@ -527,8 +527,14 @@ class Replica:
     def _owned_reads(self, src: str, reads: list[ReadRequest],
                      effects: list[ReplicaEffect]) -> list[ReadRequest]:
         """The reads for keys of ours; the others are refused (another ring placed them)."""
+        version = self.topology.version
+        if all(read.ring == version for read in reads):
+            return reads  # placed by our own topology: ours (the common case, no hashing)
         owned = []
         for read in reads:
+            if read.ring == version:
+                owned.append(read)
+                continue
             tree, _ = self._place(read.key)
             if tree is not None or self._owns(None, hash_key(read.key)):
                 owned.append(read)

@@ -4,7 +4,7 @@ The format is the message declarations in `kvlab.core.messages`: each is an `arr
 msgspec Struct, so it travels as a msgpack array of its fields led by its tag, which is
 unique across every message, so one channel (coordinator <-> node, node -> node) can carry
 any of them:
-  read request   [0, req, key]
+  read request   [0, req, key, ring version]
   write request  [1, req, [key, value, [physical, logical, coordinator]], repair]
   hint request   [2, req, record, target]
   read reply     [3, req, record or nil]          write reply [4, req]

@@ -13,6 +13,8 @@ from kvlab.core.messages import (
     Persist,
     Push,
     ReadRequest,
+    RingSpec,
+    RingUpdate,
     Send,
     Superseded,
     WriteReply,
@@ -194,14 +196,16 @@ def test_a_node_holding_keys_outside_its_ranges_keeps_them_apart():
     stray = next(f"s{i}" for i in range(100)
                  if Ring(("n1", "n2", "n3"), 8).preference_list(f"s{i}", 1) != ("n1",))
     _persist(replica, store, replica.receive("p", WriteRequest(1, _rec(stray, b"v", NOW)), NOW))
-    replica.set_ring(Ring(("n1", "n2", "n3"), 8))  # the key's range moved away
+    _persist(replica, store, replica.receive(  # the key's range moved away
+        "p", RingUpdate(1, RingSpec(["n1", "n2", "n3"], 8)), NOW))
     assert replica.holds(stray) == Version(NOW, 0, "c")
     assert replica.key_count() == 1
 
 
 def test_a_coordinator_request_for_a_key_the_node_does_not_own_is_refused():
     replica, store = _lone(ReplicaConfig(n=1))
-    replica.set_ring(Ring(("n1", "n2", "n3"), 8))
+    _persist(replica, store, replica.receive("p", RingUpdate(1, RingSpec(["n1", "n2", "n3"], 8)),
+                                             NOW))
     stray = next(f"s{i}" for i in range(100)
                  if Ring(("n1", "n2", "n3"), 8).preference_list(f"s{i}", 1) != ("n1",))
     sent = _persist(replica, store, replica.receive_many(
