@@ -59,6 +59,7 @@ class Phase(StrEnum):
     STREAMING = "streaming"
     SETTLING = "settling"  # reads moved; waiting for older ops to end before cleanup
     DONE = "done"
+    ABORTED = "aborted"  # given up before reads moved: the old ring is in force again
 
 
 @dataclass
@@ -252,6 +253,31 @@ class Membership:
             raise MembershipError(f"node {new} is already in the ring")
         return self._begin("replace", new, ring.replacing(old, new), now_ms, address=address,
                            replaced=old)
+
+    def abort(self, now_ms: int) -> list[Send]:
+        """Give up the change in progress while reads are still on the old ring (a joining
+        node that never came up, say): the next version has the old ring alone. Safe:
+        every write acknowledged meanwhile is on W of the old replicas too. Once reads
+        have moved, there is nothing to abort: the change only has its cleanup left."""
+        change = self.change
+        if change is None:
+            raise MembershipError("no change is in progress")
+        if change.phase not in (Phase.JOINING, Phase.STREAMING):
+            raise MembershipError(f"the change is {change.phase}: reads have moved to the "
+                                  f"new ring already, and it is about to end")
+        change.phase = Phase.ABORTED
+        change.finished_ms = now_ms
+        self.change, self.last = None, change
+        effects = self._publish(Topology(self.topology.version + 1, change.old))
+        for node in change.new.nodes:
+            if node not in change.old.nodes:
+                self.detector.forget(node)
+                self.ring_versions.pop(node, None)
+        # The joining node is sent the old ring too, though no longer watched: it then
+        # stops taking writes for ranges it will not own.
+        update = self.topology.update(self.addresses)
+        effects.extend(Send(n, update) for n in change.new.nodes if n not in self.watched)
+        return effects
 
     def _idle(self) -> None:
         if self.change is not None:

@@ -329,3 +329,43 @@ def test_arcs_coverage_follows_the_ring_order_a_stream_goes_in():
     assert arcs.covered(49) == pytest.approx(50 / 250)
     assert arcs.covered(149) == pytest.approx(100 / 250)
     assert arcs.covered(RING_SIZE - 1) == 1.0
+
+
+def test_a_move_to_a_node_that_never_comes_up_can_be_aborted_and_loses_nothing():
+    c = _cluster()
+    acked = _load(c)
+    c.join("n4")
+    c.crash("n4")  # started, then died before it was ever heard
+    c.apply("p", c.membership.add("n4", c.now))
+    acked.update(_load(c, [f"during{i}" for i in range(100)], b"during"))
+    c.tick(5_000)
+    assert c.membership.change.phase == Phase.STREAMING  # stuck: its target is down
+    c.apply("p", c.membership.abort(c.now))
+    assert c.membership.change is None and c.membership.last.phase == Phase.ABORTED
+    assert c.coord.topology.pending is None and "n4" not in c.coord.ring.nodes
+    assert "n4" not in c.membership.watched
+    _all_readable(c, acked)
+    with pytest.raises(MembershipError, match="no change"):
+        c.membership.abort(c.now)
+    # And the next change can go ahead.
+    c.join("n5")
+    c.apply("p", c.membership.add("n5", c.now))
+    _until_done(c)
+    _all_readable(c, acked)
+
+
+def test_a_change_whose_reads_have_moved_cannot_be_aborted():
+    c = _cluster(stream_rate=0)
+    _load(c, KEYS[:50])
+    c.join("n4")
+    c.apply("p", c.membership.add("n4", c.now))
+    c.tick(100)  # drained: streaming
+    # One write whose message to n2 is held stays in flight (until its 1 s deadline):
+    # reads move, but the cleanup waits for it.
+    c.silent.add("n2")
+    c.write("held", b"v")
+    c.silent.discard("n2")
+    while c.membership.change.phase != Phase.SETTLING:
+        c.tick(10, step=10)
+    with pytest.raises(MembershipError, match="reads have moved"):
+        c.membership.abort(c.now)
