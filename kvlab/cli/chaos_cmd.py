@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from kvlab.chaos.live import LIVE_NEMESES, ChaosOptions, run_chaos
+from kvlab.chaos.nemesis import MEMBERSHIP
 from kvlab.chaos.summary import EXAMPLE_KEYS, render_healing, render_outcome, summarize
 from kvlab.cli import EXIT_OK, UsageError
 from kvlab.cli.chaos_args import add_faults_and_output, add_workload, mix_from_args, save_history
@@ -20,21 +21,34 @@ from kvlab.cli.signals import interrupt_on_termination
 from kvlab.cluster import supervisor
 from kvlab.cluster.supervisor import Cluster, ClusterError
 
-DESCRIPTION = """\
+_GAP = "-".join(f"{ms / 1000:g}" for ms in ChaosOptions.membership_gap_ms)
+_LIMIT = f"{ChaosOptions.change_limit_s:g}"
+DESCRIPTION = f"""\
 Drive the --name cluster with concurrent clients for --duration seconds while a nemesis
 breaks it (kill: SIGKILL a node and restart it later; pause: SIGSTOP it, then SIGCONT;
-partition: cut the proxy's link to some nodes, then heal), record every operation, and
-check the history for lost writes, stale reads and linearizability. If no cluster of that
-name is running, a fresh one is started (with --nodes, --replicas, --hints,
---anti-entropy, ...) and stopped after. The same workload and fault schedule as `kvlab
-sim`, in real time on real processes; wipe kills a node and starts it again with an empty
-disk at the end of the fault. The membership nemesis runs only in the simulator (`kvlab
-sim --nemesis membership`); on a real cluster, change it with `kvlab add-node`,
-`remove-node` and `replace-node` while this runs.
+partition: cut the proxy's link to some nodes, then heal; wipe: kill a node and start it
+again with an empty disk at the end of the fault), record every operation, and check the
+history for lost writes, stale reads and linearizability. If no cluster of that name is
+running, a fresh one is started (with --nodes, --replicas, --hints, --anti-entropy, ...)
+and stopped after. The same workload and fault schedule as `kvlab sim`, in real time on
+real processes.
 
-After the clients finish, every fault is healed and the cluster runs --quiesce seconds
-with no traffic; then every key the workload wrote is inspected through the proxy, and
-the keys fewer than N replicas hold in their newest version are counted under-replicated.
+membership changes the ring during the traffic, drawn as `kvlab sim --nemesis
+membership` draws them (the seed's own stream, with real-time gaps): one change at a
+time, the next {_GAP} s after the last one ended, each carried out as `kvlab add-node` (a
+new, empty node joins and its ranges stream to it), `remove-node` (never below N nodes;
+its ranges stream out, then it is stopped) or `replace-node` (the node is SIGKILLed and
+a new, empty node takes its ranges), while the clients go on. It keeps off the other
+faults' nodes: no removal or replacement of a node another fault holds (it waits for
+that fault to end), no change beside a wipe, and no fault on a node joining, leaving or
+replaced (or gone). The summary lists each change (seconds, keys and bytes streamed) and
+the ring at the end; cluster.json holds the membership the run ended with.
+
+After the clients finish, every fault is healed, a ring change in progress is let finish
+(at most {_LIMIT} s), and the cluster runs --quiesce seconds with no traffic; then every key
+the workload wrote is inspected through the proxy (placed on the ring the run ended
+with), and the keys fewer than N replicas hold in their newest version are counted
+under-replicated.
 """
 
 
@@ -66,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
                            quiesce_s=args.quiesce)
     interrupt_on_termination()  # so a cluster started here is stopped on SIGTERM too
     cluster, started = _attach_or_start(args)
+    nodes = len(cluster.nodes)  # at the start: the membership nemesis may change them
     try:
         n = cluster.spec.replicas
         for name, value in (("--r", args.r), ("--w", args.w)):
@@ -80,10 +95,11 @@ def main(args: argparse.Namespace) -> int:
                                     progress=lambda line: print(line, file=sys.stderr)))
     finally:
         if started:
+            cluster.refresh()  # the membership nemesis may have added nodes meanwhile
             cluster.stop()
     save_history(args.history, run.events)
     spec = cluster.spec
-    config = {"cluster": spec.name, "nodes": spec.nodes, "replicas": spec.replicas,
+    config = {"cluster": spec.name, "nodes": nodes, "replicas": spec.replicas,
               "r": args.r or spec.read_quorum, "w": args.w or spec.write_quorum,
               "clients": args.clients, "keys": args.keys, "nemesis": list(args.nemesis),
               "duration_s": args.duration, "hints": spec.hints, "sloppy": spec.sloppy,
@@ -94,6 +110,8 @@ def main(args: argparse.Namespace) -> int:
                              "under_replicated": len(run.under_replicated),
                              "under_replicated_keys": run.under_replicated[:EXAMPLE_KEYS],
                              "healing": run.healing}
+    if MEMBERSHIP in args.nemesis:
+        extra.update(changes=run.changes, ring=run.ring, changing=run.changing)
     summary = summarize(run.events, extra, config, not args.no_check, args.check_time_limit)
     if args.json:
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -104,11 +122,37 @@ def main(args: argparse.Namespace) -> int:
                  f"{summary['elapsed_s']:.1f} s",
                  f"faults ({', '.join(c['nemesis']) or 'none'}): {len(run.faults)}"]
         lines += [f"  {fault}" for fault in summary["faults"]]
+        if MEMBERSHIP in c["nemesis"]:
+            lines += _render_changes(summary)
         lines.append(f"healing: hints {'on' if c['hints'] else 'off'}"
                      f"{' (sloppy quorum)' if c['sloppy'] else ''}, anti-entropy "
                      + (f"every {c['anti_entropy_s']:g} s" if c["anti_entropy"] else "off"))
         print("\n".join(lines + render_outcome(summary) + render_healing(summary)))
     return EXIT_OK
+
+
+def _render_changes(summary: dict[str, Any]) -> list[str]:
+    """The membership changes made, with what moved, and the ring at the end."""
+    changes = summary["changes"]
+    lines = [f"membership changes: {len(changes)}"]
+    for change in changes:
+        what = (f"replace {change['replaced']} by {change['node']}"
+                if change["kind"] == "replace" else f"{change['kind']} {change['node']}")
+        if change.get("error"):
+            outcome = f"refused: {change['error']}"
+        elif not change["done"]:
+            outcome = "never finished"
+        else:
+            outcome = (f"{change['seconds']:.1f} s, {change['keys']} keys, "
+                       f"{_size(change['bytes'])} streamed")
+        lines.append(f"  {change['at_s']:6.1f} s  {what}: {outcome}")
+    lines.append(f"ring at the end: {', '.join(summary['ring'])}"
+                 + (" (a change never finished)" if summary["changing"] else ""))
+    return lines
+
+
+def _size(count: int) -> str:
+    return f"{count} B" if count < 1024 else f"{count / 1024:.1f} KiB"
 
 
 def _attach_or_start(args: argparse.Namespace) -> tuple[Cluster, bool]:

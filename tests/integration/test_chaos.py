@@ -1,5 +1,6 @@
 """`kvlab chaos` on a real cluster: kill, pause and wipe at default settings lose nothing,
-and after quiescence every key the workload wrote is back on all N replicas."""
+and after quiescence every key the workload wrote is back on all N replicas; nor do ring
+changes made during the traffic by the membership nemesis."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import sys
 
 import pytest
 
+from kvlab.client import KV
 from kvlab.cluster.ports import free_port_block
 from kvlab.cluster.process import Proc
-from tests.cluster_helpers import eventually
+from tests.cluster_helpers import eventually, real_cluster
 
 
 @pytest.mark.slow
@@ -104,3 +106,39 @@ def _members(path) -> list[dict]:
 def _proxy_pid(path) -> dict | None:
     proxy = _members(path)[0]
     return {"pid": proxy["pid"], "started": proxy["started"]} if proxy["pid"] else None
+
+
+@pytest.mark.slow
+def test_membership_changes_under_traffic_lose_nothing(kvlab_home):
+    with real_cluster(nodes=4) as cluster:
+        before = [n.name for n in cluster.nodes]
+        procs = {n.name: n.proc for n in cluster.nodes}
+        # Seed 29 removes n4 about 2 s in, then adds a node about 2 s after that removal
+        # ended, then another.
+        out = subprocess.run(
+            [sys.executable, "-m", "kvlab", "chaos", "--name", cluster.spec.name,
+             "--duration", "12", "--seed", "29", "--nemesis", "membership", "--quiesce", "3",
+             "--json"],
+            capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout)
+        changes = summary["changes"]
+        assert {"add", "remove"} <= {c["kind"] for c in changes}, changes
+        assert all(c["done"] and "error" not in c for c in changes), changes
+        assert all(c["keys"] > 0 and c["bytes"] > 0 for c in changes), changes
+        assert [f.split()[2] for f in summary["faults"]] == [c["kind"] for c in changes]
+        assert summary["ok"] > 200
+        assert summary["lost_writes"] == 0 and summary["stale_reads"] == 0
+        assert summary["linearizable"] is True, summary["violations"]
+        assert summary["under_replicated"] == 0, summary["under_replicated_keys"]
+        assert summary["changing"] is False
+        assert sorted(summary["ring"]) != sorted(before)
+        # cluster.json, the proxy and the summary agree on the ring the run ended with;
+        # the nodes that left it were stopped, and chaos left the cluster it found running.
+        cluster.refresh()
+        assert cluster.leaving == []
+        with KV(cluster.url) as kv:
+            ring = kv.cluster()["membership"]["ring"]["nodes"]
+        assert sorted(n.name for n in cluster.nodes) == sorted(ring) == sorted(summary["ring"])
+        assert all(cluster.state(n) == "up" for n in cluster.nodes)
+        assert not any(proc.alive() for name, proc in procs.items() if name not in ring)
