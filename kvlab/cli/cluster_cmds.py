@@ -1,5 +1,6 @@
 """`kvlab up|down|status|kill|pause|resume|restart|wipe`: run and break a local cluster;
-`kvlab add-node|remove-node|replace-node`: change its membership, moving the data first."""
+`kvlab add-node|remove-node|replace-node`: change its membership, moving the data first;
+`kvlab abort-move`: give one up before reads have moved."""
 
 from __future__ import annotations
 
@@ -101,6 +102,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     _no_wait(p)
     p.set_defaults(func=cmd_membership, action="replace_node")
 
+    p = sub.add_parser(
+        "abort-move", help="give up a membership change whose reads have not moved yet",
+        description="Give up the membership change in progress, as long as reads are still "
+                    "on the old ring (a node that was joining never came up, say): the ring "
+                    "goes back to what it was, a joining node is stopped (its folder stays) "
+                    "and a leaving one stays a member. No acknowledged write is lost: during "
+                    "a move every write is on W of the old replicas too. Refused once reads "
+                    "have moved (the change then only has its cleanup left).")
+    add_name(p)
+    p.set_defaults(func=cmd_abort)
+
     for action, (text, _) in ACTIONS.items():
         p = sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         if action == "restart":
@@ -124,6 +136,16 @@ def _no_wait(p: argparse.ArgumentParser) -> None:
 def _fail(exc: ClusterError) -> int:
     print(f"kvlab: {exc}", file=sys.stderr)
     return EXIT_UNAVAILABLE if isinstance(exc, (NoCluster, ProxyUnreachable)) else EXIT_USAGE
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    try:
+        view = Cluster.load(args.name).abort_change()
+    except ClusterError as exc:
+        return _fail(exc)
+    print(f"aborted: {view['kind']} {view['node']} ({view['phase']}); the ring is "
+          f"{', '.join(view['nodes_before'])} again")
+    return EXIT_OK
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -396,6 +396,25 @@ class Cluster:
             self._follow(view, progress)
         return member
 
+    def abort_change(self) -> ChangeView:
+        """Give up the move in progress while reads are still on the old ring (a joining
+        node that never came up, say). The proxy goes back to the old ring, and
+        cluster.json with it: a node that was joining is stopped (its folder stays), one
+        that was leaving is a member again. Returns the aborted change's view."""
+        with self._locked():
+            self.refresh()
+            self._check_proxy()
+            view = self._membership("DELETE", "/cluster/change", None, field="aborted")
+            before = view["nodes_before"]
+            known = {m.name: m for m in [*self.nodes, *self.leaving]}
+            for member in [m for m in self.nodes if m.name not in before]:
+                if member.proc is not None:
+                    member.proc.stop()
+            self.nodes = [known[name] for name in before if name in known]
+            self.leaving = [m for m in self.leaving if m.name not in before]
+            self._write_membership()
+        return view
+
     def remove_node(self, name: str, wait: bool = True,
                     progress: Progress | None = None) -> Member:
         """Decommission `name`: its ranges stream to the nodes that take them over, then it
@@ -533,7 +552,8 @@ class Cluster:
                 f"{self.spec.name}`)")
 
     def _follow(self, accepted: ChangeView, progress: Progress | None) -> ChangeView:
-        """Poll the proxy until the change it `accepted` is over; its final view."""
+        """Poll the proxy until the change it `accepted` is over; its final view. Raises
+        `ClusterError` if it was aborted (`abort_change`, from another command)."""
         ours = (accepted["kind"], accepted["node"])
         if progress:
             progress(accepted)
@@ -550,10 +570,15 @@ class Cluster:
                 continue
             lost_since = None
             for view in (answer.get("change"), answer.get("last_change")):
-                if view is not None and (view["kind"], view["node"]) == ours:
+                # "resume": ours, started over by a proxy that restarted in the middle.
+                if view is not None and ((view["kind"], view["node"]) == ours
+                                         or view["kind"] == "resume"):
                     if progress:
                         progress(view)
                     if view is answer.get("last_change"):
+                        if view["phase"] == "aborted":
+                            raise ClusterError(f"the move ({_VERBS[ours[0]]}: {ours[1]}) was "
+                                               f"aborted; the ring is back as it was")
                         return view
                     break
             else:  # neither: a later change has finished since ours
@@ -566,14 +591,16 @@ class Cluster:
                 "nodes": [n.to_json() for n in self.nodes],
                 "leaving": [n.to_json() for n in self.leaving]}
 
-    def _membership(self, method: str, path: str, body: dict | None) -> ChangeView:
-        """Ask the proxy for a ring change; the view of the change it accepted."""
+    def _membership(self, method: str, path: str, body: dict | None,
+                    field: str = "change") -> ChangeView:
+        """Ask the proxy for a ring change; the view of the change it accepted (or
+        `field` of its answer)."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method,
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
-                return json.loads(response.read())["change"]
+                return json.loads(response.read())[field]
         except urllib.error.HTTPError as exc:
             raise ClusterError(f"the proxy refused the change: {_error_message(exc)}") \
                 from None
@@ -654,7 +681,8 @@ class Cluster:
         return "\n".join(text.splitlines()[-lines:])
 
 
-_VERBS = {"add": "joining", "remove": "leaving", "replace": "taking its place"}
+_VERBS = {"add": "joining", "remove": "leaving", "replace": "taking its place",
+          "resume": "moving"}
 
 
 def _on_off(flag: bool) -> str:

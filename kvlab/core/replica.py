@@ -775,6 +775,10 @@ class Replica:
                      effects: list[ReplicaEffect]) -> None:
         """The stream's next batch, or its end (reported to whoever ordered it)."""
         config = self.config
+        # With a byte rate, a batch holds about a tenth of a second's worth: one batch of
+        # the whole range followed by a long pause would be no throttle at all.
+        bound = config.exchange_bytes if not config.stream_rate else \
+            max(1, min(config.exchange_bytes, config.stream_rate // 10))
         while True:
             chunk = stream.next_keys(config.stream_batch)
             if not chunk:
@@ -790,7 +794,7 @@ class Replica:
                     last = point  # dropped or not yet durable: nothing to send for it
                     continue
                 grown = size + len(key) + len(record.value or b"")
-                if records and grown > config.exchange_bytes:
+                if records and grown > bound:
                     stream.put_back(len(chunk) - i)
                     break
                 records.append(record)
@@ -816,7 +820,8 @@ class Replica:
         self.stats.streamed_keys += stream.flight_keys
         self.stats.streamed_bytes += sent
         rate = self.config.stream_rate
-        stream.next_at_ms = now_ms + (sent * 1000 // rate if rate else 0)
+        # Nothing left to send: the end is reported at once, not after the rate's pause.
+        stream.next_at_ms = now_ms + (sent * 1000 // rate if rate and not stream.done else 0)
         if stream.next_at_ms > now_ms:
             effects.append(Send(stream.owner, StreamProgress(
                 stream.xid, stream.keys, stream.bytes, stream.cursor, False)))

@@ -7,7 +7,8 @@ Go-compatible routes (`POST /set`, `GET /get?key=`, `DELETE /delete?key=`), the 
 `/cluster/change`, `/health`), and membership changes, carried out in steps by the core's
 committer (`kvlab.core.membership`): `POST /cluster/nodes` (add), `DELETE
 /cluster/nodes/{name}` (decommission), `POST /cluster/nodes/{name}/replace`; each answers
-202 at once with the change, which `/cluster/change` follows to its end.
+202 at once with the change, which `/cluster/change` follows to its end, and `DELETE
+/cluster/change` gives up before reads have moved.
 
 Every read and write route takes `r=` / `w=` overrides, every write route `sloppy=1|0`
 (hints on fallback nodes count toward W, or not), and each reports the version, the
@@ -495,6 +496,22 @@ async def cluster_change(proxy: Proxy, request: Request) -> Response:
     return json_response({"change": view["change"], "last_change": view["last_change"]})
 
 
+async def abort_change(proxy: Proxy, request: Request) -> Response:
+    """`DELETE /cluster/change`: give up the change in progress while reads are still on
+    the old ring (404 if there is none, 409 once reads have moved)."""
+    if proxy.membership.change is None:
+        raise HttpError(404, "not_found", "no change is in progress")
+    now = proxy.engine.now_ms()
+    try:
+        effects = proxy.membership.abort(now)
+    except MembershipError as exc:
+        raise HttpError(409, "conflict", str(exc)) from None
+    proxy.engine.control(effects)
+    last = proxy.membership.last
+    assert last is not None
+    return json_response({"aborted": last.view(now), "nodes": list(last.old.nodes)})
+
+
 PARTITION_DIRECTIONS = ("both", "to", "from")
 
 
@@ -535,6 +552,7 @@ ROUTES: list[tuple[str, str, Route]] = [
     ("GET", "/cluster", cluster),
     ("GET", "/cluster/keys/*", cluster_key),
     ("GET", "/cluster/change", cluster_change),
+    ("DELETE", "/cluster/change", abort_change),
     ("POST", "/cluster/nodes", add_node),
     ("DELETE", "/cluster/nodes/*", remove_node),
     ("POST", "/cluster/nodes/*", replace_node),

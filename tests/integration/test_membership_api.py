@@ -180,6 +180,25 @@ def test_changes_that_cannot_be_made_are_refused_with_the_reason(cluster):
     assert get_json(f"{cluster.url}/cluster/change")["change"] is None
 
 
+def test_a_move_to_a_node_that_never_answers_can_be_aborted(cluster):
+    cluster, _ = cluster
+    before = sorted(members(cluster))
+    nobody = f"http://127.0.0.1:{free_port_block(1)}"  # nothing listens there
+    status, _ = post(f"{cluster.url}/cluster/nodes", {"name": "ghost", "url": nobody})
+    assert status == 202
+    eventually(lambda: get_json(f"{cluster.url}/cluster")["membership"]["nodes"]["ghost"]
+               ["health"] == "down", 10, "the ghost to be held down")
+    assert get_json(f"{cluster.url}/cluster/change")["change"]["phase"] == "streaming"
+    assert misses(cluster) == []  # writes and reads go on meanwhile (joint quorums)
+    status, body = delete(f"{cluster.url}/cluster/change")
+    assert status == 200 and body["aborted"]["phase"] == "aborted"
+    assert sorted(body["nodes"]) == before
+    assert sorted(members(cluster)) == before
+    assert get_json(f"{cluster.url}/cluster")["membership"]["pending"] is None
+    assert delete(f"{cluster.url}/cluster/change")[0] == 404
+    assert misses(cluster) == []
+
+
 def test_a_node_decommissioned_streams_its_ranges_out_before_it_leaves(cluster):
     cluster, _ = cluster
     status, body = delete(f"{cluster.url}/cluster/nodes/n1")

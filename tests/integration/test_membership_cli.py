@@ -169,6 +169,39 @@ def test_no_wait_returns_while_the_data_moves_and_status_shows_it(kvlab_home):
         _down(kvlab_home, "nw", started)
 
 
+def test_a_move_stuck_on_a_dead_joining_node_is_aborted_and_the_ring_is_as_before(kvlab_home):
+    name = ["--name", "ab"]
+    url, started = _up(kvlab_home, "ab", "--stream-rate", "0.01")  # a move of ~45 s
+    try:
+        values = {f"key{i}": f"{i:04d}" + "x" * 2000 for i in range(KEYS)}
+        with KV(url) as kv:
+            for k, v in values.items():
+                kv.set(k, v)
+        assert kvlab("abort-move", *name, home=kvlab_home).returncode == 2  # none to abort
+        assert kvlab("add-node", *name, "--no-wait", home=kvlab_home).returncode == 0
+        started.update(_procs(kvlab_home, "ab"))
+        assert kvlab("kill", "n4", *name, home=kvlab_home).returncode == 0  # dies mid-move
+        eventually(lambda: {n["name"]: n["health"] for n in _status(kvlab_home, "ab")["nodes"]}
+                   .get("n4") == "down", 10, "n4 to be held down")
+        assert _status(kvlab_home, "ab")["change"]["phase"] == "streaming"
+        aborted = kvlab("abort-move", *name, home=kvlab_home)
+        assert aborted.returncode == 0, aborted.stderr
+        assert b"aborted: add n4" in aborted.stdout and b"n1, n2, n3 again" in aborted.stdout
+        recorded = _recorded(kvlab_home, "ab")
+        assert [n["name"] for n in recorded["nodes"]] == ["n1", "n2", "n3"]
+        status = _status(kvlab_home, "ab")
+        assert status["change"] is None and status["last_change"]["phase"] == "aborted"
+        assert _misses(url, values) == []
+        # The next add goes ahead, on a name never used before.
+        assert kvlab("add-node", *name, home=kvlab_home).returncode == 0
+        assert [n["name"] for n in _recorded(kvlab_home, "ab")["nodes"]] == [
+            "n1", "n2", "n3", "n5"]
+        started.update(_procs(kvlab_home, "ab"))
+        assert _misses(url, values) == []
+    finally:
+        _down(kvlab_home, "ab", started)
+
+
 ACCEPTANCE = Path(__file__).resolve().parents[2] / "scripts" / "membership_acceptance.py"
 
 
