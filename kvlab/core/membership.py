@@ -18,7 +18,8 @@ bootstraps and decommissions a node:
    too, its part waits for it: the rest alone may lack a write only it and the source
    took (a replacement with two replicas of a range down waits for one to return).
 5. *Move reads*: once every arc has arrived, the next version has the new ring alone.
-6. *Drain* again, then tell every node to drop what it no longer owns (`Cleanup`).
+6. *Drain* again, then publish the same ring marked `clean`: every node drops what it no
+   longer owns.
 
 The failure detector (`kvlab.core.detector`) pings every node each `heartbeat_ms` on the
 replica channels; each `Pong` is a heartbeat. Nodes it holds `down` are given to the
@@ -36,10 +37,10 @@ from enum import StrEnum
 from kvlab.core.coordinator import Coordinator
 from kvlab.core.detector import FailureDetector, Health
 from kvlab.core.messages import (
-    Cleanup,
     Ping,
     Pong,
     Report,
+    RingUpdate,
     Send,
     StreamOrder,
     StreamProgress,
@@ -151,6 +152,7 @@ class Membership:
         self.last: Change | None = None  # the last one finished
         self.ring_versions: dict[str, int] = {}  # node -> the version it last reported
         self._next_tick: int | None = None
+        self._unclean = False  # a settled ring restored, whose clean version is still due
         self._seq = 0
         self._xid = 0
 
@@ -216,6 +218,8 @@ class Membership:
         if topology.version <= self.topology.version:
             return []
         if topology.pending is None:
+            # Settled; if not yet clean, the clean version follows after a drain.
+            self._unclean = not topology.clean
             return self._publish(topology)
         self.topology = Topology(topology.version - 1, topology.ring)
         return self._begin("resume", ",".join(n for n in topology.pending.nodes
@@ -227,7 +231,7 @@ class Membership:
     def add(self, node: str, now_ms: int, address: str = "") -> list[Send]:
         ring = self.topology.ring
         self._idle()
-        _check_name(node)
+        _check_name(node, ring)
         if node in ring.nodes:
             raise MembershipError(f"node {node} is already in the ring")
         return self._begin("add", node, ring.with_node(node), now_ms, address=address)
@@ -246,7 +250,7 @@ class Membership:
         """`new`, empty, takes `old`'s place and ranges (`old` is dead or leaving)."""
         ring = self.topology.ring
         self._idle()
-        _check_name(new)
+        _check_name(new, ring)
         if old not in ring.nodes:
             raise MembershipError(f"no node {old} in the ring")
         if new in ring.nodes:
@@ -361,18 +365,25 @@ class Membership:
                     if node in coordinator.down:
                         coordinator.down = coordinator.down - {node}
                 self.ring_versions[node] = report.ring_version
-                if report.ring_version > self.topology.version and self.change is None:
-                    # A node heard a later version from a committer before us (this proxy
-                    # restarted): go past it, so versions only ever grow.
-                    return self._publish(Topology(report.ring_version + 1,
-                                                  self.topology.ring, self.topology.pending))
-                if report.ring_version < self.topology.version and node in self.watched:
-                    # It missed an update (lost, cut off by a partition, or it restarted
-                    # from an older one it kept): the next heartbeat brings it up to date.
+                if report.ring_version != self.topology.version and node in self.watched:
+                    # Older: it missed an update (lost, cut off by a partition, or it
+                    # restarted from an older one it kept), and this brings it up to date.
+                    # Newer: this committer restarted without its state; the node answers
+                    # an older update with its own, which `restore` goes on from.
                     return [Send(node, self.topology.update(self.addresses))]
                 return []
             case StreamProgress():
                 return self._progress(node, report, now_ms)
+            case RingUpdate():
+                if report.version <= self.topology.version:
+                    return []
+                try:
+                    topology = Topology.of(report)
+                except ValueError:
+                    return []  # no ring at all: nothing to learn from it
+                for name, address in report.addresses.items():
+                    self.addresses.setdefault(name, address)
+                return self.restore(topology, now_ms)
 
     def _progress(self, node: str, report: StreamProgress, now_ms: int) -> list[Send]:
         change = self.change
@@ -413,6 +424,9 @@ class Membership:
             coordinator.down = down
         if self.change is not None:
             self._step(self.change, down, now_ms, effects)
+        elif self._unclean and self._drained():
+            self._unclean = False
+            effects.extend(self._publish(self.topology.cleaned()))
         return effects
 
     def _drained(self) -> bool:
@@ -430,8 +444,9 @@ class Membership:
                 change.phase = Phase.SETTLING
                 effects.extend(self._publish(self.topology.settled()))
         if change.phase == Phase.SETTLING and self._drained():
-            cleanup = Cleanup(self.topology.version)
-            effects.extend(Send(node, cleanup) for node in change.new.nodes)
+            # A version of its own, rather than a message: a node that misses it gets it
+            # on its next heartbeat, as any update, and one that restarts keeps it.
+            effects.extend(self._publish(self.topology.cleaned()))
             change.phase = Phase.DONE
             change.finished_ms = now_ms
             self.change, self.last = None, change
@@ -475,6 +490,11 @@ class Membership:
                     transfer.xid, transfer.target, transfer.arcs, transfer.cursor)))
 
 
-def _check_name(node: str) -> None:
+def _check_name(node: str, ring: Ring) -> None:
     if not node or "#" in node or "/" in node or len(node) > 64:
         raise MembershipError(f"bad node name {node!r}: 1-64 characters, no '#' or '/'")
+    seats = {seat for _, seat in ring.seats}
+    if node in seats:
+        # Its tokens are those of the node sitting on them: the two would always be
+        # neighbours, replicas of the same keys.
+        raise MembershipError(f"{node} names the tokens a replacement holds: pick another")

@@ -69,13 +69,18 @@ class RingUpdate(msgspec.Struct, tag=7, **_WIRE):
 
     `ring` places reads and writes; during a move `pending` is the ring being moved to,
     whose replicas get every write too. `addresses` say where each node listens (opaque to
-    the core: a driver connects with them).
+    the core: a driver connects with them). `clean`: no operation placed by an older ring
+    is in flight any more, so a node drops the keys it no longer owns.
+
+    A node sent a version older than its own answers with its own (a committer that
+    restarted without its state learns the membership from the nodes).
     """
 
     version: int
     ring: RingSpec
     pending: RingSpec | None = None
     addresses: dict[str, str] = {}
+    clean: bool = False
 
 
 class Ping(msgspec.Struct, tag=8, **_WIRE):
@@ -94,15 +99,8 @@ class StreamOrder(msgspec.Struct, tag=20, **_WIRE):
     after: int = -1
 
 
-class Cleanup(msgspec.Struct, tag=21, **_WIRE):
-    """Ring `version` is in force and nothing older is in flight: drop the keys no range
-    of this node holds any more."""
-
-    version: int
-
-
 Request = ReadRequest | WriteRequest | HintRequest
-Control = RingUpdate | Ping | StreamOrder | Cleanup
+Control = RingUpdate | Ping | StreamOrder
 
 
 # -- replica -> coordinator -------------------------------------------------------------
@@ -157,7 +155,9 @@ class StreamProgress(msgspec.Struct, tag=22, **_WIRE):
     error: str = ""
 
 
-Report = Pong | StreamProgress
+Report = Pong | StreamProgress | RingUpdate
+# What a coordinator gets from a node besides replies, by class (drivers route them).
+REPORTS = frozenset((Pong, StreamProgress, RingUpdate))
 
 
 # -- replica <-> replica ----------------------------------------------------------------

@@ -6,8 +6,8 @@ replicas of each range it holds (anti-entropy) and repairs what differs, and pur
 tombstone once every replica of its key holds it and its grace period is over. During a
 membership change it follows the committer's ring versions (`RingUpdate`): it takes
 writes for the ranges it is joining, streams a range it holds to its new owner when told
-(`StreamOrder`, see `kvlab.core.stream`), and once the move is over drops what it no longer
-owns (`Cleanup`). A coordinator's request for a key no ring of its version gives it is
+(`StreamOrder`, see `kvlab.core.stream`), and once the move is over (a version marked
+`clean`) drops what it no longer owns. A coordinator's request for a key no ring of its version gives it is
 refused, never answered "not found".
 
 Like `Coordinator`, it takes messages and `now` and returns effects: `Send` a message to a
@@ -39,7 +39,6 @@ from kvlab.core.hashtree import (
     segment_of,
 )
 from kvlab.core.messages import (
-    Cleanup,
     Connect,
     ErrorReply,
     Hint,
@@ -250,6 +249,7 @@ class Replica:
         self._next_batch = 0
         self._next_xid = 0
         self.topology = Topology(0, ring)
+        self._addresses: dict[str, str] = {}  # where the nodes listen, as last told
         # arc of the pending ring -> whether it is ours (keys we join during a move)
         self._joining: dict[int, bool] = {}
         self._streams: dict[int, OutboundStream] = {}  # batch in flight (local xid) -> stream
@@ -270,25 +270,45 @@ class Replica:
     def restore(self, update: RingUpdate) -> list[ReplicaEffect]:
         """Start from the membership this node last heard (kept by `Persist.ring`)."""
         effects: list[ReplicaEffect] = []
-        self._adopt(update, effects)
+        batch = _Batch()
+        try:
+            self._adopt(update, effects, batch)
+        except ValueError:
+            return []  # kept by an older kvlab, say: the committer tells us again
+        if batch.drop:
+            effects.append(self._persist(batch))
         return effects
 
-    def _adopt(self, update: RingUpdate, effects: list[ReplicaEffect]) -> bool:
-        """Follow the committer's membership `update`; whether it changed anything."""
+    def _ring_update(self, src: str, update: RingUpdate, effects: list[ReplicaEffect],
+                     batch: _Batch) -> None:
         if update.version < self.topology.version:
-            # From a committer that restarted and has not heard of our version yet: it
-            # learns it from our Pong and goes past it (versions only ever grow).
-            return False
+            # From a committer that restarted without its state: tell it ours, which it
+            # goes on from (versions only ever grow).
+            effects.append(Send(src, self.topology.update(self._addresses)))
+            return
+        try:
+            if self._adopt(update, effects, batch):
+                batch.ring = update
+        except ValueError:
+            self.stats.ignored += 1  # no ring at all (duplicate names, say): keep ours
+
+    def _adopt(self, update: RingUpdate, effects: list[ReplicaEffect], batch: _Batch
+               ) -> bool:
+        """Follow the committer's membership `update`; whether it changed anything.
+        Raises ValueError (changing nothing) if it describes no ring."""
         topology = Topology.of(update)
-        if topology == self.topology:
+        if update.version < self.topology.version or topology == self.topology:
             return False
         if topology.ring != self.ring:
             self._relayout(topology.ring)
         self.topology = topology
+        self._addresses = dict(update.addresses)
         self._joining = {}
         self._peers = frozenset(topology.members) - {self.name}
         effects.append(Connect({peer: update.addresses.get(peer, "")
                                 for peer in sorted(self._peers)}))
+        if topology.clean:
+            self._clean(batch)
         return True
 
     def _owns(self, tree: HashTree | None, point: int) -> bool:
@@ -474,13 +494,12 @@ class Replica:
                             self._drop_tombstone(key, version, batch)
                 case Ping():
                     effects.append(Send(src, Pong(message.seq, self.topology.version)))
+                case RingUpdate() | StreamOrder() if src in self._peers:
+                    self.stats.ignored += 1  # the committer's to give, never a peer's
                 case RingUpdate():
-                    if self._adopt(message, effects):
-                        batch.ring = message
+                    self._ring_update(src, message, effects, batch)
                 case StreamOrder():
                     self._stream_order(src, message, now_ms, effects)
-                case Cleanup():
-                    self._cleanup(message, batch)
                 case (ReadReply() | WriteReply() | ErrorReply() | Superseded() | Pong()
                       | StreamProgress()):
                     pass  # replies and reports go to coordinators; a replica asked for none
@@ -839,14 +858,14 @@ class Replica:
         effects.append(Send(stream.owner, StreamProgress(
             stream.xid, stream.keys, stream.bytes, stream.cursor, False, error)))
 
-    def _cleanup(self, order: Cleanup, batch: _Batch) -> None:
-        """Drop every key no range of ours holds any more (the move they left in is over)."""
-        if order.version != self.topology.version or self.topology.pending is not None:
-            return  # an order for another ring: ours has moved on, or is moving
+    def _clean(self, batch: _Batch) -> None:
+        """Drop every key no range of ours holds any more (the move they left in is over,
+        and nothing placed by an older ring is in flight)."""
+        dropped = len(batch.drop)
         for key, version in list(self._strays.items()):
             self._unset(key)
             batch.drop.append((key, version))
-        self.stats.dropped += len(batch.drop)
+        self.stats.dropped += len(batch.drop) - dropped
 
     # -- anti-entropy --------------------------------------------------------------------
 

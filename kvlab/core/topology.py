@@ -24,11 +24,17 @@ def ring_of(spec: RingSpec) -> Ring:
     return Ring(tuple(spec.nodes), spec.vnodes, tuple((n, s) for n, s in spec.seats))
 
 
+# A ring update from the wire is refused beyond these: a ring is built in memory at once.
+MAX_NODES = 1024
+MAX_VNODES = 4096
+
+
 @dataclass(frozen=True)
 class Topology:
     version: int
     ring: Ring
     pending: Ring | None = None
+    clean: bool = False  # nothing placed by an older ring in flight: strays may go
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -46,12 +52,22 @@ class Topology:
         assert self.pending is not None
         return Topology(self.version + 1, self.pending)
 
+    def cleaned(self) -> Topology:
+        """The next version: the same ring, and nothing older in flight."""
+        assert self.pending is None
+        return Topology(self.version + 1, self.ring, clean=True)
+
     def update(self, addresses: dict[str, str] | None = None) -> RingUpdate:
         return RingUpdate(self.version, spec_of(self.ring),
                           None if self.pending is None else spec_of(self.pending),
-                          dict(addresses or {}))
+                          dict(addresses or {}), self.clean)
 
     @classmethod
     def of(cls, update: RingUpdate) -> Topology:
+        """The topology `update` describes; ValueError if it describes none."""
+        for spec in (update.ring, update.pending):
+            if spec is not None and (len(spec.nodes) > MAX_NODES or spec.vnodes > MAX_VNODES):
+                raise ValueError(f"a ring of {len(spec.nodes)} nodes with {spec.vnodes} "
+                                 f"vnodes each is beyond {MAX_NODES} and {MAX_VNODES}")
         pending = None if update.pending is None else ring_of(update.pending)
-        return cls(update.version, ring_of(update.ring), pending)
+        return cls(update.version, ring_of(update.ring), pending, update.clean)

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from kvlab.core.messages import Control, Message, Pong, Reply, Report, Request, StreamProgress
+from kvlab.core.messages import REPORTS, Control, Message, Reply, Report, Request
 from kvlab.net import codec
 from kvlab.net.framing import FrameWriter
 
@@ -39,7 +39,6 @@ LATENCY_WINDOW = 2048
 # about this long. Whether the node is *believed* down is the failure detector's call
 # (kvlab.core.detector), much sooner; this only frees the socket.
 HEARTBEAT_S = 2.0
-REPORTS = frozenset({Pong, StreamProgress})
 
 
 class Link:

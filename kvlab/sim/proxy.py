@@ -18,15 +18,14 @@ from kvlab.core.messages import (
     CoordinatorEffect,
     Done,
     Message,
+    REPORTS,
     OpKind,
     Outcome,
-    Pong,
     Reply,
     Report,
     Request,
     Send,
     SetTimer,
-    StreamProgress,
 )
 from kvlab.sim.clock import US_PER_MS, EventQueue, LocalClock
 from kvlab.sim.network import RESET, Network
@@ -90,8 +89,7 @@ class SimCoordinator(LocalClock):
         """A replica's reply arrived, or a report for the committer (`Pong`,
         `StreamProgress`)."""
         # The busiest handler: now_ms() inlined, and most late replies have no effects.
-        cls = message.__class__
-        if cls is Pong or cls is StreamProgress:
+        if message.__class__ in REPORTS:
             if self.reports is not None:
                 self.reports(src, message)  # type: ignore[arg-type]
             return
@@ -102,7 +100,7 @@ class SimCoordinator(LocalClock):
 
     def on_unreachable(self, dst: str, message: Message, reason: str) -> None:
         if isinstance(message, Control):
-            # The committer's Ping, RingUpdate, StreamOrder or Cleanup: the detector hears
+            # The committer's Ping, RingUpdate or StreamOrder: the detector hears
             # the silence, and a stream that never started is ordered again.
             return
         request: Request = message  # type: ignore[assignment]

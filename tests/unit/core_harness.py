@@ -12,7 +12,7 @@ from typing import assert_never
 
 from kvlab.core.coordinator import Coordinator, Quorum
 from kvlab.core.membership import Membership
-from kvlab.core.messages import Connect, Done, Outcome, Persist, Pong, Send, SetTimer, StreamProgress
+from kvlab.core.messages import REPORTS, Connect, Done, Outcome, Persist, Send, SetTimer
 from kvlab.core.replica import Replica, ReplicaConfig
 from kvlab.core.ring import Ring
 from kvlab.storage.memory import MemoryStore
@@ -83,7 +83,7 @@ class CoreCluster:
     def deliver(self, src: str, send: Send) -> None:
         dst = send.node
         if dst == COORD:
-            if isinstance(send.message, (Pong, StreamProgress)):
+            if type(send.message) in REPORTS:
                 self.apply(COORD, self.membership.receive(src, send.message, self.now))
             else:
                 self.apply(COORD, self.coord.receive(src, send.message, self.now))

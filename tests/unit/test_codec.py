@@ -9,7 +9,6 @@ import pytest
 
 from kvlab.core.hashtree import BRANCHES, PER_BRANCH
 from kvlab.core.messages import (
-    Cleanup,
     ErrorReply,
     HintRequest,
     KeysReply,
@@ -55,7 +54,8 @@ EVERY_KIND = [
     PushAck(17, 2), Purge([("gone", V)]),
     RingUpdate(3, RingSpec(["n1", "n2"], 64), RingSpec(["n1", "n2", "n4"], 64, [("n4", "n3")]),
                {"n4": "http://127.0.0.1:9"}),
-    Ping(18), Pong(18, 3), StreamOrder(19, "n4", [(2 ** 64 - 5, 7)], after=-1), Cleanup(4),
+    Ping(18), Pong(18, 3), StreamOrder(19, "n4", [(2 ** 64 - 5, 7)], after=-1),
+    RingUpdate(4, RingSpec(["n1", "n2", "n4"], 64), clean=True),
     StreamProgress(19, 10, 1000, 2 ** 63, False), StreamProgress(19, 0, 0, -1, False, "down"),
 ]
 

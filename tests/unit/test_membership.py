@@ -187,28 +187,30 @@ def test_a_node_held_down_is_taken_back_as_soon_as_its_channel_reopens():
     assert c.write(key, b"v").status == OK and c.read(key, r=3).status == OK
 
 
-def test_a_restarted_committer_goes_past_the_ring_version_the_nodes_hold():
+def test_a_committer_restarted_without_its_state_learns_the_ring_from_the_nodes():
+    from kvlab.core.coordinator import Coordinator
     from kvlab.core.membership import Membership
 
-    c = _cluster(("n1", "n2", "n3", "n4"))
-    acked = _load(c, KEYS[:50])
-    c.apply("p", c.membership.remove("n4", c.now))
-    _until_done(c)
+    c = _cluster()
+    acked = _load(c, KEYS[:300])
+    original = c.coord.ring
+    for node in ("n4", "n5"):
+        c.join(node)
+        c.apply("p", c.membership.add(node, c.now))
+        _until_done(c)
     held = c.replicas["n1"].topology.version
-    assert held >= 3
-    # The proxy restarts: its committer starts again at version 1 with the same ring.
-    from kvlab.core.coordinator import Coordinator
-    c.coord = Coordinator("p", c.membership.last.new, Quorum(3, 2, 2), timeout_ms=1000)
+    grown = c.coord.ring
+    # The proxy restarts with no state, from the ring it was first started with: it must
+    # not put that stale ring over the nodes' (99 of these keys would be on one node).
+    c.coord = Coordinator("p", original, Quorum(3, 2, 2), timeout_ms=1000)
     c.membership = Membership(c.coord)
-    # Its update is ignored (older than theirs); the Pong to the ping that follows it
-    # tells the committer where they are, and it goes past that at once.
-    c.apply("p", c.membership.connected("n1", c.now))
-    assert c.coord.topology.version == held + 1
-    for node in ("n2", "n3"):
-        c.apply("p", c.membership.connected(node, c.now))
-    c.tick(300)
-    assert c.coord.topology.version == held + 1
-    assert all(c.replicas[n].topology.version == held + 1 for n in ("n1", "n2", "n3"))
+    for node in grown.nodes:
+        c.apply("p", c.membership.connected(node, c.now))  # ignored: older than theirs
+    assert c.replicas["n1"].topology.version == held
+    c.tick(300)  # their Pongs and answers tell it the ring they hold
+    assert c.coord.topology.version == held and c.coord.ring == grown
+    assert all(c.replicas[n].topology.version == held for n in grown.nodes)
+    c.crash("n1")  # and one failure loses nothing
     _all_readable(c, acked)
 
 
@@ -369,3 +371,14 @@ def test_a_change_whose_reads_have_moved_cannot_be_aborted():
         c.tick(10, step=10)
     with pytest.raises(MembershipError, match="reads have moved"):
         c.membership.abort(c.now)
+
+
+def test_a_name_whose_tokens_a_replacement_holds_is_refused():
+    c = _cluster(("n1", "n2", "n3", "n4"))
+    c.crash("n3")
+    c.join("n5")
+    c.apply("p", c.membership.replace("n3", "n5", c.now))
+    _until_done(c)
+    # A new "n3" would get n5's tokens: the two would replicate the very same keys.
+    with pytest.raises(MembershipError, match="tokens a replacement holds"):
+        c.membership.add("n3", c.now)
