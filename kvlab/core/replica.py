@@ -250,6 +250,7 @@ class Replica:
         self._next_xid = 0
         self.topology = Topology(0, ring)
         self._addresses: dict[str, str] = {}  # where the nodes listen, as last told
+        self._hints_placed: dict[str, int] = {}  # target -> version its hints were checked at
         # arc of the pending ring -> whether it is ours (keys we join during a move)
         self._joining: dict[int, bool] = {}
         self._streams: dict[int, OutboundStream] = {}  # batch in flight (local xid) -> stream
@@ -713,8 +714,16 @@ class Replica:
             self.stats.hints_expired += len(expired)
             effects.append(self._persist(batch))
         if held and target not in self.topology.members:
-            self._reroute(target, now_ms, effects)
+            self._reroute(target, list(held), now_ms, effects)
             return
+        if held and self._hints_placed.get(target) != self.topology.version:
+            # The ring changed since these were placed: a hint for a key its target no
+            # longer replicates goes to the key's replicas now (a sloppy write may live
+            # nowhere else), once per version and target.
+            self._hints_placed[target] = self.topology.version
+            gone = [key for key in held if target not in self._replicas_of(key)]
+            if gone:
+                self._reroute(target, gone, now_ms, effects)
         if not held:
             return
         records, size = [], 0
@@ -730,14 +739,29 @@ class Replica:
                                         now_ms + self.config.exchange_timeout_ms)
         effects.append(Send(target, Push(self._next_xid, records, Mechanism.HINT)))
 
-    def _reroute(self, target: str, now_ms: int, effects: list[ReplicaEffect]) -> None:
-        """`target` left the cluster: its hints go to the keys' current replicas instead
-        (a write a sloppy quorum acknowledged may live only in them)."""
+    def _replicas_of(self, key: str) -> tuple[str, ...]:
+        """Every node that replicates `key` now (both lists during a move)."""
+        point = hash_key(key)
+        topology = self.topology
+        listed = topology.ring.preference_list_at(point, self.config.n)
+        if topology.pending is not None:
+            listed += tuple(n for n in topology.pending.preference_list_at(point, self.config.n)
+                            if n not in listed)
+        return listed
+
+    def _reroute(self, target: str, keys: list[str], now_ms: int,
+                 effects: list[ReplicaEffect]) -> None:
+        """`target` no longer replicates `keys` (it left, or their range moved): their
+        hints go to the keys' current replicas instead (a write a sloppy quorum
+        acknowledged may live only in them)."""
         batch = _Batch()
-        for key, hint in self._hints.pop(target).items():
+        held_for = self._hints[target]
+        for key in keys:
+            hint = held_for.pop(key)
             batch.drop_hints.append((target, key, hint.record.version))
-            point = hash_key(key)
-            for replica in self.ring.preference_list_at(point, self.config.n):
+            for replica in self._replicas_of(key):
+                if replica == target:
+                    continue
                 if replica == self.name:
                     self._accept(hint.record, now_ms, batch)
                     continue
@@ -747,6 +771,8 @@ class Replica:
                     moved = Hint(replica, hint.record, hint.stored_ms)
                     held[key] = moved
                     batch.hints.append(moved)
+        if not held_for:
+            del self._hints[target]
         effects.append(self._persist(batch))
 
     def _replayed(self, src: str, ack: PushAck, now_ms: int, batch: _Batch) -> None:

@@ -371,3 +371,24 @@ def test_a_hint_addressed_to_the_node_itself_is_a_write_not_a_hint():
         "p", HintRequest(1, _rec("k", b"v", NOW), "n1"), NOW))
     assert sends == [Send("p", WriteReply(1))]
     assert store.get("k").value == b"v" and replica.hints_held() == {}
+
+
+def test_a_hint_for_a_key_its_target_no_longer_replicates_goes_to_the_new_replica():
+    replica, store = _lone(ReplicaConfig(n=1))
+    three, four = Ring(("n1", "n2", "n3"), 8), Ring(("n1", "n2", "n3", "n4"), 8)
+    key = next(f"k{i}" for i in range(1000) if three.preference_list(f"k{i}", 1) == ("n2",)
+               and four.preference_list(f"k{i}", 1) == ("n4",))
+    _persist(replica, store, replica.receive("p", RingUpdate(1, RingSpec(["n1", "n2", "n3"], 8)),
+                                             NOW))
+    _persist(replica, store, replica.receive("p", HintRequest(1, _rec(key, b"v", NOW), "n2"),
+                                             NOW))
+    assert replica.hints_held() == {"n2": 1}
+    # The key's range moves from n2 to n4 (say, a sloppy write's only copy is this hint).
+    _persist(replica, store, replica.receive(
+        "p", RingUpdate(2, RingSpec(["n1", "n2", "n3", "n4"], 8)), NOW))
+    sent = _persist(replica, store, replica.handle_timer(NOW))
+    sent += _persist(replica, store, replica.handle_timer(NOW + 1))
+    assert replica.hints_held() == {"n4": 1}
+    assert [h.target for h in store.hints()] == ["n4"]
+    pushes = [s for s in sent if isinstance(s, Send) and isinstance(s.message, Push)]
+    assert [(p.node, [r.key for r in p.message.records]) for p in pushes] == [("n4", [key])]
