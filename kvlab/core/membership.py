@@ -184,7 +184,17 @@ class Membership:
         return [Send(node, self.topology.update(self.addresses)), Send(node, Ping(self._seq))]
 
     def health(self, node: str, now_ms: int) -> Health:
-        return self.detector.health(node, now_ms)
+        """`down` exactly while the coordinators hold it down (the verdict is applied on
+        each heartbeat tick, and undone by its first Pong); else up or suspect by phi."""
+        if node in self.down:
+            return Health.DOWN
+        return Health.UP if self.detector.health(node, now_ms) == Health.UP \
+            else Health.SUSPECT
+
+    @property
+    def down(self) -> frozenset[str]:
+        """The nodes the coordinators do not ask."""
+        return self.coordinators[0].down if self.coordinators else frozenset()
 
     def view(self, now_ms: int) -> dict:
         """Per node: its health, suspicion and the ring version it holds; the change."""
@@ -198,7 +208,7 @@ class Membership:
                      "seats": [list(seat) for seat in ring.seats]},
             "pending": None if self.topology.pending is None
             else list(self.topology.pending.nodes),
-            "nodes": {n: {"health": str(detector.health(n, now_ms)),
+            "nodes": {n: {"health": str(self.health(n, now_ms)),
                           "phi": round(detector.phi(n, now_ms), 2),
                           "silent_ms": detector.silent_ms(n, now_ms),
                           "ring_version": self.ring_versions.get(n)}
