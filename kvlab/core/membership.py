@@ -232,9 +232,16 @@ class Membership:
             self._unclean = not topology.clean
             return self._publish(topology)
         self.topology = Topology(topology.version - 1, topology.ring)
-        return self._begin("resume", ",".join(n for n in topology.pending.nodes
-                                              if n not in topology.ring.nodes) or "-",
-                           topology.pending, now_ms)
+        old, new = topology.ring, topology.pending
+        joining = [n for n in new.nodes if n not in old.nodes]
+        leaving = [n for n in old.nodes if n not in new.nodes]
+        # A replacement sits on the seat of the node it replaces: that one is dead, most
+        # likely, and never asked to stream (as when the replace began).
+        seats_old, seats_new = dict(old.seats), dict(new.seats)
+        replaced = leaving[0] if len(joining) == len(leaving) == 1 and \
+            seats_new.get(joining[0]) == seats_old.get(leaving[0], leaving[0]) else None
+        return self._begin("resume", ",".join(joining) or "-", new, now_ms,
+                           replaced=replaced)
 
     # -- changes ------------------------------------------------------------------------
 

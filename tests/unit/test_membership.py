@@ -382,3 +382,25 @@ def test_a_name_whose_tokens_a_replacement_holds_is_refused():
     # A new "n3" would get n5's tokens: the two would replicate the very same keys.
     with pytest.raises(MembershipError, match="tokens a replacement holds"):
         c.membership.add("n3", c.now)
+
+
+def test_a_replacement_resumed_by_a_restarted_committer_never_asks_the_dead_node():
+    from kvlab.core.coordinator import Coordinator
+    from kvlab.core.membership import Membership
+
+    c = _cluster(("n1", "n2", "n3", "n4"), stream_rate=2_000)
+    acked = _load(c)
+    c.crash("n3")
+    c.tick(3_000)
+    c.join("n5")
+    c.apply("p", c.membership.replace("n3", "n5", c.now))
+    c.tick(300)
+    saved = c.membership.topology
+    c.coord = Coordinator("p", saved.ring, Quorum(3, 2, 2), timeout_ms=1000)
+    c.membership = Membership(c.coord)
+    c.apply("p", c.membership.restore(saved, c.now))
+    change = c.membership.change
+    assert change.kind == "resume" and change.replaced == "n3"
+    assert all(t.source != "n3" for t in change.transfers.values())
+    _until_done(c)
+    _all_readable(c, acked)
