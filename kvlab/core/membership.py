@@ -139,7 +139,8 @@ class Membership:
 
     def __init__(self, coordinator: Coordinator, *, heartbeat_ms: int = 100,
                  suspect_phi: float = 3.0, down_phi: float = 8.0,
-                 stream_timeout_ms: int = 10_000, retry_ms: int = 1_000) -> None:
+                 stream_timeout_ms: int = 10_000, retry_ms: int = 1_000,
+                 handoff_ms: int = 30_000) -> None:
         self.coordinators = [coordinator]
         self.topology = coordinator.topology
         self.n = coordinator.quorum.n
@@ -147,10 +148,12 @@ class Membership:
         self.heartbeat_ms = heartbeat_ms
         self.stream_timeout_ms = stream_timeout_ms
         self.retry_ms = retry_ms
+        self.handoff_ms = handoff_ms
         self.addresses: dict[str, str] = {}  # node -> where it listens (for the nodes)
         self.change: Change | None = None  # in progress
         self.last: Change | None = None  # the last one finished
         self.ring_versions: dict[str, int] = {}  # node -> the version it last reported
+        self.hints_held: dict[str, int] = {}  # node -> hints it keeps for others, last said
         self._next_tick: int | None = None
         self._unclean = False  # a settled ring restored, whose clean version is still due
         self._seq = 0
@@ -382,6 +385,7 @@ class Membership:
                     if node in coordinator.down:
                         coordinator.down = coordinator.down - {node}
                 self.ring_versions[node] = report.ring_version
+                self.hints_held[node] = report.hints
                 if report.ring_version != self.topology.version and node in self.watched:
                     # Older: it missed an update (lost, cut off by a partition, or it
                     # restarted from an older one it kept), and this brings it up to date.
@@ -446,6 +450,18 @@ class Membership:
             effects.extend(self._publish(self.topology.cleaned()))
         return effects
 
+    def _handing_over(self, change: Change, down: frozenset[str], now_ms: int) -> bool:
+        """Whether a leaving node still hands over hints it keeps (a sloppy write may live
+        only there), up to `handoff_ms` after its ranges arrived. Reads move only then:
+        until they do it is in the ring, and its targets take what it replays; once the
+        change is over it is stopped. One held down, or past the deadline, is not waited
+        for."""
+        assert change.streamed_ms is not None
+        if now_ms - change.streamed_ms > self.handoff_ms:
+            return False
+        return any(self.hints_held.get(node, 0) for node in change.leaving
+                   if node not in down)
+
     def _drained(self) -> bool:
         version = self.topology.version
         return not any(c.in_flight_before(version) for c in self.coordinators)
@@ -457,9 +473,11 @@ class Membership:
         if change.phase == Phase.STREAMING:
             self._stream(change, down, now_ms, effects)
             if all(t.done for t in change.transfers.values()):
-                change.streamed_ms = now_ms
-                change.phase = Phase.SETTLING
-                effects.extend(self._publish(self.topology.settled()))
+                if change.streamed_ms is None:
+                    change.streamed_ms = now_ms
+                if not self._handing_over(change, down, now_ms):
+                    change.phase = Phase.SETTLING
+                    effects.extend(self._publish(self.topology.settled()))
         if change.phase == Phase.SETTLING and self._drained():
             # A version of its own, rather than a message: a node that misses it gets it
             # on its next heartbeat, as any update, and one that restarts keeps it.
@@ -471,6 +489,7 @@ class Membership:
                 if node not in self.topology.members:
                     self.detector.forget(node)
                     self.ring_versions.pop(node, None)
+                    self.hints_held.pop(node, None)
 
     def _stream(self, change: Change, down: frozenset[str], now_ms: int,
                 effects: list[Send]) -> None:

@@ -136,10 +136,12 @@ Reply = ReadReply | WriteReply | ErrorReply | Superseded
 
 
 class Pong(msgspec.Struct, tag=9, **_WIRE):
-    """The answer to `Ping`, with the ring version the replica holds."""
+    """The answer to `Ping`, with the ring version the replica holds and how many hints
+    it keeps for others (a node leaving the cluster hands them over before it goes)."""
 
     seq: int
     ring_version: int
+    hints: int = 0
 
 
 class StreamProgress(msgspec.Struct, tag=22, **_WIRE):

@@ -494,7 +494,8 @@ class Replica:
                         if self._tombs.get(key) == version and src in self._range_of(key):
                             self._drop_tombstone(key, version, batch)
                 case Ping():
-                    effects.append(Send(src, Pong(message.seq, self.topology.version)))
+                    effects.append(Send(src, Pong(message.seq, self.topology.version,
+                                                  self._hint_count())))
                 case RingUpdate() | StreamOrder() if src in self._peers:
                     self.stats.ignored += 1  # the committer's to give, never a peer's
                 case RingUpdate():
@@ -698,6 +699,9 @@ class Replica:
         self.stats.repair_bytes += len(record.key) + len(record.value or b"")
 
     # -- hinted handoff ------------------------------------------------------------------
+
+    def _hint_count(self) -> int:
+        return sum(len(h) for h in self._hints.values()) if self._hints else 0
 
     def hints_held(self) -> dict[str, int]:
         return {t: len(h) for t, h in self._hints.items() if h}

@@ -404,3 +404,26 @@ def test_a_replacement_resumed_by_a_restarted_committer_never_asks_the_dead_node
     assert all(t.source != "n3" for t in change.transfers.values())
     _until_done(c)
     _all_readable(c, acked)
+
+
+def test_a_leaving_node_hands_over_the_hints_it_keeps_before_reads_move():
+    # A replay that failed is tried again only after 10 s: the window to see the wait.
+    c = _cluster(("n1", "n2", "n3", "n4", "n5"), retry_ms=10_000)
+    c.crash("n5")
+    c.tick(3_000)  # held down: writes for it become hints on fallbacks
+    hinted = _load(c, [k for k in KEYS if "n5" in c.prefs(k)][:80])
+    c.tick(200)  # each fallback tries n5 once, fails, and waits
+    holder = max(("n1", "n2", "n3", "n4"), key=lambda n: c.replicas[n].hints_held().get("n5", 0))
+    assert c.replicas[holder].hints_held().get("n5", 0) > 0
+    c.restart("n5")
+    c.apply("p", c.membership.remove(holder, c.now))
+    c.tick(2_000)
+    change = c.membership.change
+    # Its ranges have arrived, but not yet its hints for n5: reads have not moved.
+    assert change is not None and all(t.done for t in change.transfers.values())
+    assert change.phase == Phase.STREAMING
+    _until_done(c)
+    assert c.replicas[holder].hints_held() == {}
+    c.crash(holder)  # decommissioned: stopped, its hints handed over first
+    assert all(c.stores["n5"].get(k) is not None for k in hinted
+               if "n5" in c.coord.ring.preference_list(k, 3))
