@@ -15,7 +15,7 @@ any of them:
   push           [14, xid, records, mechanism]    push ack    [15, xid, stored]
   purge          [16, [[key, version]]]
   ring update    [7, version, [nodes, vnodes, seats], pending ring or nil, addresses, clean]
-  ping           [8, seq]                         pong        [9, seq, ring version]
+  ping           [8, seq]                         pong        [9, seq, ring version, hints]
   stream order   [20, xid, target, [[start, end]], after]
   stream progress [22, xid, keys, bytes, cursor, done, error]
 (value nil = a tombstone; trailing fields with defaults may be left out.)
