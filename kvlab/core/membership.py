@@ -31,6 +31,7 @@ requests take `now` and return effects (`Send`) for the driver.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -53,6 +54,14 @@ from kvlab.core.topology import Topology
 
 class MembershipError(ValueError):
     """A change that can't be made now (another in progress, a bad name, too few nodes)."""
+
+
+class BadName(MembershipError):
+    """A node name that can never be used (the request is wrong, not the moment)."""
+
+
+# Names show in logs, status lines and URLs: plain characters only.
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class Phase(StrEnum):
@@ -297,11 +306,18 @@ class Membership:
             if node not in change.old.nodes:
                 self.detector.forget(node)
                 self.ring_versions.pop(node, None)
+                self.hints_held.pop(node, None)
         # The joining node is sent the old ring too, though no longer watched: it then
         # stops taking writes for ranges it will not own.
         update = self.topology.update(self.addresses)
         effects.extend(Send(n, update) for n in change.new.nodes if n not in self.watched)
+        self._forget_addresses()
         return effects
+
+    def _forget_addresses(self) -> None:
+        """Nodes out of the cluster have no address any more: another may take it."""
+        for node in [n for n in self.addresses if n not in self.watched]:
+            del self.addresses[node]
 
     def _idle(self) -> None:
         if self.change is not None:
@@ -386,6 +402,8 @@ class Membership:
                         coordinator.down = coordinator.down - {node}
                 self.ring_versions[node] = report.ring_version
                 self.hints_held[node] = report.hints
+                if report.ring_version == 0 and self.change is not None:
+                    self._refill(self.change, node)
                 if report.ring_version != self.topology.version and node in self.watched:
                     # Older: it missed an update (lost, cut off by a partition, or it
                     # restarted from an older one it kept), and this brings it up to date.
@@ -406,11 +424,21 @@ class Membership:
                     self.addresses.setdefault(name, address)
                 return self.restore(topology, now_ms)
 
+    def _refill(self, change: Change, node: str) -> None:
+        """`node` came back knowing no ring at all: its store is empty (wiped, or a new
+        disk). What was streamed to it is gone, so its streams start over, done or not."""
+        for transfer in change.transfers.values():
+            if transfer.target == node and (transfer.done or transfer.cursor >= 0):
+                transfer.done, transfer.cursor, transfer.ordered_ms = False, -1, None
+                transfer.attempts += 1  # what the running order still reports is void
+                transfer.error = f"{node} lost its data: streaming again from the start"
+
     def _progress(self, node: str, report: StreamProgress, now_ms: int) -> list[Send]:
         change = self.change
         transfer = None if change is None else change.transfers.get(report.xid)
-        if transfer is None or transfer.source != node or transfer.done:
-            return []  # an order of an earlier change, or one taken over since
+        if transfer is None or transfer.source != node or transfer.done \
+                or report.attempt != transfer.attempts:
+            return []  # an order of an earlier change, one taken over, or given up on
         transfer.heard_ms = now_ms
         transfer.keys = max(transfer.keys, report.keys)
         transfer.bytes = max(transfer.bytes, report.bytes)
@@ -490,6 +518,7 @@ class Membership:
                     self.detector.forget(node)
                     self.ring_versions.pop(node, None)
                     self.hints_held.pop(node, None)
+            self._forget_addresses()
 
     def _stream(self, change: Change, down: frozenset[str], now_ms: int,
                 effects: list[Send]) -> None:
@@ -523,12 +552,13 @@ class Membership:
                 transfer.ordered_ms = now_ms
                 transfer.attempts += 1
                 effects.append(Send(transfer.source, StreamOrder(
-                    transfer.xid, transfer.target, transfer.arcs, transfer.cursor)))
+                    transfer.xid, transfer.target, transfer.arcs, transfer.cursor,
+                    transfer.attempts)))
 
 
 def _check_name(node: str, ring: Ring) -> None:
-    if not node or "#" in node or "/" in node or len(node) > 64:
-        raise MembershipError(f"bad node name {node!r}: 1-64 characters, no '#' or '/'")
+    if not _NAME.fullmatch(node):
+        raise BadName(f"bad node name {node!r}: 1-64 letters, digits, '.', '_' or '-'")
     seats = {seat for _, seat in ring.seats}
     if node in seats:
         # Its tokens are those of the node sitting on them: the two would always be

@@ -97,6 +97,7 @@ class StreamOrder(msgspec.Struct, tag=20, **_WIRE):
     target: str
     arcs: list[tuple[int, int]]
     after: int = -1
+    attempt: int = 0  # orders of one stream are numbered: progress says which it is of
 
 
 Request = ReadRequest | WriteRequest | HintRequest
@@ -155,6 +156,7 @@ class StreamProgress(msgspec.Struct, tag=22, **_WIRE):
     cursor: int
     done: bool
     error: str = ""
+    attempt: int = 0  # the order's, so a report of an order given up on is told apart
 
 
 Report = Pong | StreamProgress | RingUpdate

@@ -804,11 +804,11 @@ class Replica:
             arcs = Arcs(order.arcs)
         except ValueError as exc:
             effects.append(Send(src, StreamProgress(order.xid, 0, 0, order.after, False,
-                                                    str(exc))))
+                                                    str(exc), order.attempt)))
             return
         keys = [(p, k) for k, p in self._held_points() if p > order.after and p in arcs]
         stream = OutboundStream(order.xid, src, order.target, keys)
-        stream.cursor = order.after
+        stream.cursor, stream.attempt = order.after, order.attempt
         self._sources[order.xid] = stream
         self._send_stream(stream, now_ms, effects)
 
@@ -832,8 +832,7 @@ class Replica:
             chunk = stream.next_keys(config.stream_batch)
             if not chunk:
                 del self._sources[stream.xid]
-                effects.append(Send(stream.owner, StreamProgress(
-                    stream.xid, stream.keys, stream.bytes, stream.cursor, True)))
+                effects.append(_progress(stream, done=True))
                 return
             found = self.read([key for _, key in chunk])
             records, size, last = [], 0, stream.cursor
@@ -872,21 +871,18 @@ class Replica:
         # Nothing left to send: the end is reported at once, not after the rate's pause.
         stream.next_at_ms = now_ms + (sent * 1000 // rate if rate and not stream.done else 0)
         if stream.next_at_ms > now_ms:
-            effects.append(Send(stream.owner, StreamProgress(
-                stream.xid, stream.keys, stream.bytes, stream.cursor, False)))
+            effects.append(_progress(stream))
         else:
             self._send_stream(stream, now_ms, effects)
             if stream.xid in self._sources:  # not over: say how far it got
-                effects.append(Send(stream.owner, StreamProgress(
-                    stream.xid, stream.keys, stream.bytes, stream.cursor, False)))
+                effects.append(_progress(stream))
 
     def _stream_failed(self, stream: OutboundStream, error: str,
                        effects: list[ReplicaEffect]) -> None:
         if stream.flight is not None:
             self._streams.pop(stream.flight, None)
         self._sources.pop(stream.xid, None)
-        effects.append(Send(stream.owner, StreamProgress(
-            stream.xid, stream.keys, stream.bytes, stream.cursor, False, error)))
+        effects.append(_progress(stream, error=error))
 
     def _clean(self, batch: _Batch) -> None:
         """Drop every key no range of ours holds any more (the move they left in is over,
@@ -1187,3 +1183,8 @@ class Replica:
                                      for peer, at in sorted(s.last_exchange.items())},
         }
 
+
+def _progress(stream: OutboundStream, done: bool = False, error: str = "") -> Send:
+    """How far `stream` got, for whoever ordered it."""
+    return Send(stream.owner, StreamProgress(stream.xid, stream.keys, stream.bytes,
+                                             stream.cursor, done, error, stream.attempt))

@@ -55,13 +55,14 @@ class Arcs:
 class OutboundStream:
     """One stream this replica is the source of."""
 
-    __slots__ = ("xid", "owner", "target", "_keys", "_pos", "keys", "bytes", "cursor",
+    __slots__ = ("xid", "attempt", "owner", "target", "_keys", "_pos", "keys", "bytes", "cursor",
                  "flight", "flight_keys", "flight_bytes", "flight_cursor", "deadline_ms",
                  "next_at_ms")
 
     def __init__(self, xid: int, owner: str, target: str,
                  keys: list[tuple[int, str]]) -> None:
         self.xid = xid  # the order's number, as the committer knows it
+        self.attempt = 0  # which order of it this is (echoed in every report)
         self.owner = owner  # who ordered it, and hears its progress
         self.target = target
         self._keys = sorted(keys)  # (ring position, key)

@@ -16,8 +16,8 @@ any of them:
   purge          [16, [[key, version]]]
   ring update    [7, version, [nodes, vnodes, seats], pending ring or nil, addresses, clean]
   ping           [8, seq]                         pong        [9, seq, ring version, hints]
-  stream order   [20, xid, target, [[start, end]], after]
-  stream progress [22, xid, keys, bytes, cursor, done, error]
+  stream order   [20, xid, target, [[start, end]], after, attempt]
+  stream progress [22, xid, keys, bytes, cursor, done, error, attempt]
 (value nil = a tombstone; trailing fields with defaults may be left out.)
 
 msgspec encodes and decodes whole frames in C, type-checking every field: a malformed frame

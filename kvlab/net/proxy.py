@@ -29,14 +29,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import orjson
 
 from kvlab.core.coordinator import Coordinator, Quorum
 from kvlab.core.detector import Health
-from kvlab.core.membership import Membership, MembershipError
+from kvlab.core.membership import BadName, Membership, MembershipError
 from kvlab.core.messages import NOT_FOUND, OK, Outcome
 from kvlab.core.record import Record
 from kvlab.core.ring import DEFAULT_VNODES, Ring
@@ -101,6 +101,7 @@ class Proxy:
         self.clock_state = (None if state_dir is None
                             else ClockState(state_dir, coordinator.clock, self.engine.now_ms))
         self.session: aiohttp.ClientSession | None = None
+        self.listening: tuple[str, int] | None = None  # (host, port) of its own server
 
     @property
     def coordinator(self) -> Coordinator:
@@ -413,8 +414,11 @@ async def cluster_key(proxy: Proxy, request: Request) -> Response:
 # -- membership -------------------------------------------------------------------------
 
 
-def _new_node(request: Request) -> tuple[str, str]:
-    """The node a change brings in: `{"name": N, "url": U}`."""
+def _new_node(proxy: Proxy, request: Request) -> tuple[str, str]:
+    """The node a change brings in: `{"name": N, "url": U}`, U as `http://host:port`.
+
+    A URL the proxy itself or a node already in the cluster listens on is refused (409):
+    the change would wait for ever on a node that is not there."""
     try:
         body = orjson.loads(request.body)
     except orjson.JSONDecodeError:
@@ -424,9 +428,31 @@ def _new_node(request: Request) -> tuple[str, str]:
         raise HttpError(400, "bad_request", "body must be {\"name\": N, \"url\": U}: the new "
                         "node's name and where it listens, e.g. http://127.0.0.1:8004")
     url = body["url"]
-    if not url.startswith(("http://", "https://")):
-        raise HttpError(400, "bad_request", f"url must start with http://, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
+            or port is None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise HttpError(400, "bad_request", f"url must be http://HOST:PORT (no path), got "
+                        f"{url!r}")
+    url = f"{parts.scheme}://{parts.netloc}"
+    taken = {_where(u): n for n, u in proxy.membership.addresses.items()}
+    if proxy.listening is not None:
+        taken[proxy.listening] = "the proxy"
+    holder = taken.get((parts.hostname, port))
+    if holder is not None:
+        raise HttpError(409, "conflict", f"{url} is where {holder} listens already")
     return body["name"], url
+
+
+def _where(url: str) -> tuple[str | None, int | None]:
+    try:
+        parts = urlsplit(url)
+        return parts.hostname, parts.port
+    except ValueError:
+        return None, None
 
 
 def _node_name(request: Request) -> str:
@@ -445,6 +471,8 @@ def _started(proxy: Proxy, begin: Callable[[int], list]) -> Response:
     now = engine.now_ms()
     try:
         effects = begin(now)
+    except BadName as exc:
+        raise HttpError(400, "bad_request", str(exc)) from None
     except MembershipError as exc:
         raise HttpError(409, "conflict", str(exc)) from None
     engine.control(effects)
@@ -464,7 +492,7 @@ def _join(proxy: Proxy, name: str, url: str, begin: Callable[[int], list]) -> Re
 
 async def add_node(proxy: Proxy, request: Request) -> Response:
     """Join a running, empty node: it takes its ranges from their current replicas."""
-    name, url = _new_node(request)
+    name, url = _new_node(proxy, request)
     return _join(proxy, name, url,
                  lambda now: proxy.membership.add(name, now, address=url))
 
@@ -485,7 +513,7 @@ async def replace_node(proxy: Proxy, request: Request) -> Response:
         raise HttpError(404, "not_found", f"no route for {request.path}")
     old = unquote(old)
     _known(proxy, old)
-    name, url = _new_node(request)
+    name, url = _new_node(proxy, request)
     return _join(proxy, name, url,
                  lambda now: proxy.membership.replace(old, name, now, address=url))
 
@@ -584,6 +612,7 @@ async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event
         state.keep_saved(stopped))
     try:
         await server.start(host, port)
+        proxy.listening = (host, port)
         await stopped.wait()
     finally:
         await server.close()

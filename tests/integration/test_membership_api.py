@@ -141,7 +141,8 @@ def test_a_node_added_receives_its_ranges_and_no_key_is_lost(cluster):
     assert change["nodes_after"] == ["n1", "n2", "n3", "n4"] == body["nodes"]
     assert change["moving"] and all(m["target"] == "n4" for m in change["moving"])
     # Steps go at the committer's heartbeat (100 ms): the change is still on.
-    status, refused = post(f"{cluster.url}/cluster/nodes", {"name": "n9", "url": url})
+    elsewhere = f"http://127.0.0.1:{free_port_block(1)}"
+    status, refused = post(f"{cluster.url}/cluster/nodes", {"name": "n9", "url": elsewhere})
     assert status == 409 and "in progress" in refused["message"]
     assert delete(f"{cluster.url}/cluster/nodes/n2")[0] == 409
     listed = {n["name"]: n for n in get_json(f"{cluster.url}/cluster")["nodes"]}
@@ -167,10 +168,20 @@ def test_changes_that_cannot_be_made_are_refused_with_the_reason(cluster):
                 [1, 2]):
         status, body = post(f"{cluster.url}/cluster/nodes", bad)
         assert status == 400 and body["error"] == "bad_request", (bad, body)
-    status, body = post(f"{cluster.url}/cluster/nodes", {"name": "n4", "url": url})
+    free = f"http://127.0.0.1:{free_port_block(1)}"
+    status, body = post(f"{cluster.url}/cluster/nodes", {"name": "n4", "url": free})
     assert status == 409 and "already in the ring" in body["message"]
-    status, body = post(f"{cluster.url}/cluster/nodes", {"name": "a#b", "url": url})
-    assert status == 409 and "bad node name" in body["message"]
+    for name in ("a#b", "", "n 9\n\u0000x", "a/b", "x" * 65):
+        status, body = post(f"{cluster.url}/cluster/nodes", {"name": name, "url": free})
+        assert status == 400 and "bad node name" in body["message"], (name, body)
+    for bad in ("http://", "http://127.0.0.1:notaport", "http://127.0.0.1:99999", "http://[::1",
+                f"{free}/../x?y#z", "http://127.0.0.1"):
+        status, body = post(f"{cluster.url}/cluster/nodes", {"name": "n9", "url": bad})
+        assert status == 400 and body["error"] == "bad_request", (bad, body)
+    # Where the proxy or a node of the cluster listens: nobody new would ever answer there.
+    for taken in (cluster.url, members(cluster)["n2"]):
+        status, body = post(f"{cluster.url}/cluster/nodes", {"name": "n9", "url": taken})
+        assert status == 409 and "listens already" in body["message"], (taken, body)
     status, body = delete(f"{cluster.url}/cluster/nodes/n9")
     assert status == 404 and body["error"] == "not_found"
     status, body = post(f"{cluster.url}/cluster/nodes/n9/replace", {"name": "n5", "url": url})

@@ -110,7 +110,10 @@ class CoreCluster:
     def restart(self, node: str) -> None:
         """Back with its durable store: the replica's memory is rebuilt from it."""
         self.down.discard(node)
-        self.replicas[node] = self._boot(node)
+        replica = self.replicas[node] = self._boot(node)
+        update = self.stores[node].ring()
+        if update is not None:  # as a node starts: on the membership it last heard
+            self.apply(node, replica.restore(update))
 
     def wipe(self, node: str) -> None:
         self.stores[node].wipe()

@@ -427,3 +427,19 @@ def test_a_leaving_node_hands_over_the_hints_it_keeps_before_reads_move():
     c.crash(holder)  # decommissioned: stopped, its hints handed over first
     assert all(c.stores["n5"].get(k) is not None for k in hinted
                if "n5" in c.coord.ring.preference_list(k, 3))
+
+
+def test_a_joining_node_that_loses_its_disk_mid_move_is_streamed_again_from_the_start():
+    c = _cluster(stream_rate=3_000)  # bytes/s: a move of seconds
+    acked = _load(c)
+    c.join("n4")
+    c.apply("p", c.membership.add("n4", c.now))
+    while c.membership.change.view(c.now)["keys"] < 100:
+        c.tick(100)
+    c.crash("n4")
+    c.wipe("n4")
+    c.restart("n4")  # empty, knowing no ring: it says version 0 in its first Pong
+    _until_done(c)
+    owned = [k for k in acked if "n4" in c.coord.ring.preference_list(k, 3)]
+    assert owned and all(c.stores["n4"].get(k) is not None for k in owned)
+    _all_readable(c, acked)
