@@ -261,8 +261,9 @@ def _progress(view: dict) -> str:
 
 
 def _summary(view: dict) -> str:
+    aborted = " (aborted: the ring is as it was before)" if view["phase"] == "aborted" else ""
     return (f"{view['keys']:,} keys ({_bytes(view['bytes'])}) moved in "
-            f"{view['streams']} streams, {view['elapsed_ms'] / 1000:.1f}s")
+            f"{view['streams']} streams, {view['elapsed_ms'] / 1000:.1f}s{aborted}")
 
 
 class ProgressPrinter:

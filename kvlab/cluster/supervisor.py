@@ -404,6 +404,9 @@ class Cluster:
         with self._locked():
             self.refresh()
             self._check_proxy()
+            answer = _get_json(f"{self.url}/cluster/change", timeout=2.0)
+            if answer is not None and answer.get("change") is None:
+                raise ClusterError("no change is in progress: there is nothing to abort")
             view = self._membership("DELETE", "/cluster/change", None, field="aborted")
             before = view["nodes_before"]
             known = {m.name: m for m in [*self.nodes, *self.leaving]}
@@ -508,7 +511,14 @@ class Cluster:
             self._write_membership()
 
     def _start_next(self) -> Member:
-        """Start the next member (lock held), and return once it answers /health."""
+        """Start the next member (lock held), and return once it answers /health. Refused
+        first, starting nothing, while a change is in progress (the proxy would refuse)."""
+        answer = _get_json(f"{self.url}/cluster/change", timeout=2.0)
+        current = None if answer is None else answer.get("change")
+        if current is not None:
+            raise ClusterError(f"a change is in progress ({current['kind']} "
+                               f"{current['node']}, {current['phase']}): wait for it, or "
+                               f"give it up with `kvlab abort-move`")
         member = self.next_member()
         if not port_free(self.spec.host, member.port):
             raise ClusterError(f"port {member.port} for {member.name} is in use by "
@@ -524,9 +534,25 @@ class Cluster:
 
     def _accepted(self, member: Member, method: str, path: str, body: dict) -> ChangeView:
         """Ask the proxy for a change that brings in `member` (already running); stop it
-        again if the proxy refuses or does not answer."""
+        again if the proxy refuses. If it did not answer in time (a stalled proxy can
+        still take the request later), find out before stopping anything: a change the
+        proxy did start must keep its node."""
         try:
             return self._membership(method, path, body)
+        except ProxyUnreachable as exc:
+            deadline = time.monotonic() + PROXY_LOST_S
+            while time.monotonic() < deadline:
+                answer = _get_json(f"{self.url}/cluster/change", timeout=2.0)
+                if answer is not None:
+                    view = answer.get("change")
+                    if view is not None and view["node"] == member.name:
+                        return view
+                    break
+                time.sleep(CHANGE_POLL_S)
+            member.proc.stop()
+            raise ProxyUnreachable(
+                f"{exc}; {member.name} was stopped again. Should the proxy still take the "
+                f"change, `kvlab status` shows it and `kvlab abort-move` gives it up") from None
         except BaseException:
             member.proc.stop()
             raise

@@ -141,9 +141,9 @@ def test_no_wait_returns_while_the_data_moves_and_status_shows_it(kvlab_home):
         assert status["change"]["phase"] in ("joining", "streaming")
         text = kvlab("status", *name, home=kvlab_home).stdout.decode()
         assert "change: adding n4:" in text and "ETA" in text
-        # A second change while one runs: refused by the proxy, and nothing is left behind.
+        # A second change while one runs: refused before a node starts, nothing left behind.
         busy = kvlab("add-node", *name, home=kvlab_home)
-        assert busy.returncode == 2 and b"refused" in busy.stderr, busy
+        assert busy.returncode == 2 and b"in progress" in busy.stderr, busy
         assert [n["name"] for n in _recorded(kvlab_home, "nw")["nodes"]] == [
             "n1", "n2", "n3", "n4"]
         eventually(lambda: _status(kvlab_home, "nw")["change"] is None, 60, "the add to end")
@@ -177,7 +177,8 @@ def test_a_move_stuck_on_a_dead_joining_node_is_aborted_and_the_ring_is_as_befor
         with KV(url) as kv:
             for k, v in values.items():
                 kv.set(k, v)
-        assert kvlab("abort-move", *name, home=kvlab_home).returncode == 2  # none to abort
+        nothing = kvlab("abort-move", *name, home=kvlab_home)
+        assert nothing.returncode == 2 and b"nothing to abort" in nothing.stderr
         assert kvlab("add-node", *name, "--no-wait", home=kvlab_home).returncode == 0
         started.update(_procs(kvlab_home, "ab"))
         assert kvlab("kill", "n4", *name, home=kvlab_home).returncode == 0  # dies mid-move
@@ -191,6 +192,7 @@ def test_a_move_stuck_on_a_dead_joining_node_is_aborted_and_the_ring_is_as_befor
         assert [n["name"] for n in recorded["nodes"]] == ["n1", "n2", "n3"]
         status = _status(kvlab_home, "ab")
         assert status["change"] is None and status["last_change"]["phase"] == "aborted"
+        assert "(aborted" in kvlab("status", *name, home=kvlab_home).stdout.decode()
         assert _misses(url, values) == []
         # The next change is accepted, on a name never used before.
         assert kvlab("add-node", *name, "--no-wait", home=kvlab_home).returncode == 0
