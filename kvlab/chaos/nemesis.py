@@ -86,7 +86,8 @@ def parse_kinds(text: str) -> tuple[str, ...]:
 
 
 def schedule(kinds: Sequence[str], nodes: Sequence[str] | Callable[[], Sequence[str]],
-             coordinators: Sequence[str], seed: int, first_ms: int = 100, gap_ms: tuple[int, int] = (100, 500),
+             coordinators: Sequence[str], seed: int, first_ms: int = 100,
+             gap_ms: tuple[int, int] = (100, 500),
              duration_ms: tuple[int, int] = (200, 1000), max_skew_ms: int = 2000,
              max_loss: float = 0.3, nodes_per_fault: int = 1) -> Iterator[Fault]:
     """An endless schedule of non-overlapping faults drawn from `kinds` (none if empty;

@@ -25,7 +25,8 @@ EXIT_INTERRUPTED = 130
 PLAIN_EVERY_S = 2.0
 
 ACTIONS = {
-    "kill": ("SIGKILL a node: it dies at once (with fsync durability it keeps every write it acknowledged)", "killed"),
+    "kill": ("SIGKILL a node: it dies at once (with fsync durability it keeps every write "
+             "it acknowledged)", "killed"),
     "pause": ("SIGSTOP a node: it stays connected but answers nothing", "paused"),
     "resume": ("SIGCONT a paused node", "resumed"),
     "restart": ("stop a node (or the proxy) if it runs, then start it again on its data",
@@ -164,8 +165,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     names = [n.name for n in cluster.nodes]
     nodes = (f"{first.name}..{last.name}" if names == spec.node_names()
              else ", ".join(names))  # nodes were added or removed since it first ran
+    ports = sorted(n.port for n in cluster.nodes)
     print(f"cluster {spec.name}: proxy {cluster.url}, nodes {nodes} "
-          f"(ports {first.port}-{last.port}), N={spec.replicas} R={spec.read_quorum} "
+          f"(ports {ports[0]}-{ports[-1]}), N={spec.replicas} R={spec.read_quorum} "
           f"W={spec.write_quorum}, healthy in {took:.1f}s")
     print(f"  healing: {_healing_settings(spec.to_json())}")
     return EXIT_OK
@@ -297,6 +299,13 @@ class ProgressPrinter:
             self.open_line = False
 
 
+def _pid(cluster: Cluster, member) -> int | None:
+    """`member`'s PID as cluster.json has it now (it may have restarted during the move)."""
+    cluster.refresh()
+    current = next((m for m in cluster.nodes if m.name == member.name), member)
+    return current.proc.pid if current.proc else None
+
+
 def cmd_membership(args: argparse.Namespace) -> int:
     wait = not args.no_wait
     printer = ProgressPrinter()
@@ -310,7 +319,8 @@ def cmd_membership(args: argparse.Namespace) -> int:
         cluster = Cluster.load(args.name)
         if args.action == "add_node":
             member = cluster.add_node(wait, progress)
-            what = f"{member.name} (on {member.url(cluster.spec.host)}, pid {member.proc.pid})"
+            what = (f"{member.name} (on {member.url(cluster.spec.host)}, pid "
+                    f"{_pid(cluster, member)})")
             done = f"{what} added"
         elif args.action == "remove_node":
             member = cluster.remove_node(args.node, wait, progress)
@@ -319,15 +329,19 @@ def cmd_membership(args: argparse.Namespace) -> int:
         else:
             member = cluster.replace_node(args.node, wait, progress)
             what = (f"{member.name} (on {member.url(cluster.spec.host)}, pid "
-                    f"{member.proc.pid}) in {args.node}'s place")
+                    f"{_pid(cluster, member)}) in {args.node}'s place")
             done = f"{args.node} replaced by {what}"
     except ClusterError as exc:
         printer.end()
         return _fail(exc)
     except KeyboardInterrupt:
         printer.end()
-        print(f"kvlab: stopped waiting; the move goes on in the proxy (`kvlab status --name "
-              f"{args.name}` shows it)", file=sys.stderr)
+        if final:  # the proxy had accepted the change: it goes on without us
+            print(f"kvlab: stopped waiting; the move goes on in the proxy (`kvlab status "
+                  f"--name {args.name}` shows it)", file=sys.stderr)
+        else:
+            print(f"kvlab: interrupted before the proxy answered; `kvlab status --name "
+                  f"{args.name}` shows whether it took the change", file=sys.stderr)
         return EXIT_INTERRUPTED
     printer.end()
     nodes = f"the ring has {len(cluster.nodes)} nodes"

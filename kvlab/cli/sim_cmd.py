@@ -36,9 +36,9 @@ The first coordinator runs the failure detector (heartbeats every 100 ms; nodes 
 down are not asked) and commits the ring changes, as the real proxy does.
 
 After the clients finish, the fault in progress ends, a ring change in progress is let
-finish, and the cluster runs --quiesce more seconds with no traffic; the summary then counts the keys with fewer than N current
-copies (under-replicated). --hints off and --anti-entropy off switch the healing
-mechanisms off, to compare.
+finish, and the cluster runs --quiesce more seconds with no traffic; the summary then
+counts the keys with fewer than N current copies (under-replicated). --hints off and
+--anti-entropy off switch the healing mechanisms off, to compare.
 
 Exit status: 0 when the checker found the history linearizable (or could not decide in
 --check-time-limit, or was skipped), 1 when it found a violation, 2 on bad options.

@@ -7,8 +7,8 @@ tombstone once every replica of its key holds it and its grace period is over. D
 membership change it follows the committer's ring versions (`RingUpdate`): it takes
 writes for the ranges it is joining, streams a range it holds to its new owner when told
 (`StreamOrder`, see `kvlab.core.stream`), and once the move is over (a version marked
-`clean`) drops what it no longer owns. A coordinator's request for a key no ring of its version gives it is
-refused, never answered "not found".
+`clean`) drops what it no longer owns. A coordinator's request for a key no ring of its
+version gives it is refused, never answered "not found".
 
 Like `Coordinator`, it takes messages and `now` and returns effects: `Send` a message to a
 node or coordinator, `Persist` a batch (records, hints, deletions) in one transaction.
