@@ -23,10 +23,10 @@ def test_chaos_with_kill_and_pause_loses_no_acknowledged_write(kvlab_home, tmp_p
     history = tmp_path / "h.jsonl"
     port = free_port_block(6)
     env = {**os.environ, "KVLAB_HOME": str(kvlab_home)}
-    # Seed 1's schedule holds a kill and a pause within the first 9 seconds.
+    # Seed 1's schedule holds a kill at 1 s and a pause at 5.9 s.
     out = subprocess.run(
         [sys.executable, "-m", "kvlab", "chaos", "--name", "chaos", "--port", str(port),
-         "--duration", "10", "--seed", "1", "--nemesis", "kill,pause", "--durability",
+         "--duration", "7", "--seed", "1", "--nemesis", "kill,pause", "--durability",
          "fsync", "--history", str(history), "--json"],
         env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
