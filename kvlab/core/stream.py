@@ -81,10 +81,6 @@ class OutboundStream:
     def done(self) -> bool:
         return self._pos >= len(self._keys) and self.flight is None
 
-    @property
-    def total(self) -> int:
-        return len(self._keys)
-
     def next_keys(self, limit: int) -> list[tuple[int, str]]:
         """The next `limit` keys to send, taken off the queue."""
         chunk = self._keys[self._pos:self._pos + limit]
