@@ -53,11 +53,12 @@ def test_a_wiped_node_refills_and_loses_no_acknowledged_write(kvlab_home):
     port = free_port_block(6)
     env = {**os.environ, "KVLAB_HOME": str(kvlab_home)}
     # The first fault starts at 1 s and lasts at most 4 s: the node comes back empty
-    # before the clients stop, and quiescence gives anti-entropy time to refill it.
+    # before the clients stop, and quiescence gives anti-entropy (each pair every second
+    # here) time to refill it.
     out = subprocess.run(
         [sys.executable, "-m", "kvlab", "chaos", "--name", "wipe", "--port", str(port),
          "--duration", "6", "--seed", "3", "--nemesis", "wipe", "--durability", "none",
-         "--quiesce", "8", "--json"],
+         "--anti-entropy", "1", "--quiesce", "4", "--json"],
         env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
