@@ -61,7 +61,12 @@ class Request:
             query: dict[str, str] = {}
             text = self.query_string
             if "%" in text or "+" in text:
-                pairs = parse_qsl(text, keep_blank_values=True)
+                try:
+                    # Strict: `%FF` is no character; replacing it would name another key.
+                    pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
+                except UnicodeDecodeError:
+                    raise HttpError(400, "bad_request", "the query is not valid UTF-8 once "
+                                    "percent-decoded") from None
             else:  # nothing to decode: a plain split is ~4x cheaper than parse_qsl
                 pairs = [part.partition("=")[::2] for part in text.split("&") if part]
             for name, value in pairs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -217,3 +218,25 @@ def test_removing_a_node_below_n_is_refused_by_the_api_itself(cluster3):
     assert status == 409 and "fewer than N=3" in json.loads(body)["message"]
     nodes = json.loads(http(f"{cluster3.url}/cluster")[2])["nodes"]
     assert [n["name"] for n in nodes] == ["n1", "n2", "n3"]
+
+
+def test_an_invalid_percent_encoding_is_a_400_never_another_key(cluster3):
+    url = cluster3.url
+    with KV(url) as kv:
+        kv.set("\ufffd", "the replacement character's own value")
+    for method, path in (("DELETE", "/delete?key=%FF"), ("GET", "/get?key=%C3%28"),
+                         ("DELETE", "/kv/%FF")):
+        status, _, body = http(f"{url}{path}", method)
+        assert status == 400 and json.loads(body)["error"] == "bad_request", (path, body)
+    with KV(url) as kv:
+        assert kv.get("\ufffd") == "the replacement character's own value"
+
+
+async def test_keys_with_nul_read_back_when_many_are_read_at_once(cluster3):
+    keys = [f"nul\0{i}" for i in range(100)]
+    async with AsyncKV(cluster3.url) as kv:
+        for key in keys:
+            await kv.set(key, key)
+        # Concurrent reads share the nodes' frames, which are read with one query each.
+        got = await asyncio.gather(*(kv.get(key) for key in keys))
+    assert got == keys

@@ -252,3 +252,12 @@ async def test_get_many_matches_get_for_every_key(store):
         assert set(found) == {*ODD_KEYS, "gone"} and found["gone"].tombstone
         assert s.get_many(["missing"]) == {} and s.get_many([ODD_KEYS[2]])[ODD_KEYS[2]].value \
             == ODD_KEYS[2].encode()
+
+
+async def test_keys_with_nul_are_found_when_read_together_with_others(store):
+    keys = ["a\0b", "\0", "plain", "tail\0"]
+    await store.write(persist([rec(k, k.encode(), 1) for k in keys]))
+    found = store.get_many(keys + ["missing\0"])
+    assert sorted(found) == sorted(keys)
+    assert all(found[k].value == k.encode() for k in keys)
+    assert sorted(store.get_many(["plain", "a\0b"])) == ["a\0b", "plain"]
