@@ -60,7 +60,7 @@ class Workload:
         self.clients = clients
         self.ops = ops
         self.think_mean_ms = think_ms
-        self._keys = [f"k{i}" for i in range(keys)]
+        self._keys = key_names(keys)
         self._reads = reads
         self._writes_below = reads + (1 - reads - deletes)
         self._rngs = [random.Random(f"{seed}:client:{p}") for p in range(clients)]
@@ -90,3 +90,8 @@ class Workload:
         """How long `process` waits before its next operation (exponential)."""
         mean = self.think_mean_ms
         return self._rngs[process].expovariate(1.0 / mean) if mean > 0 else 0.0
+
+
+def key_names(count: int) -> list[str]:
+    """The keys a workload of `count` keys reads and writes."""
+    return [f"k{i}" for i in range(count)]

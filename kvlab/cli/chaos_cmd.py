@@ -12,6 +12,8 @@ import orjson
 from kvlab.chaos.live import LIVE_NEMESES, ChaosOptions, run_chaos
 from kvlab.chaos.nemesis import MEMBERSHIP
 from kvlab.chaos.summary import EXAMPLE_KEYS, render_healing, render_outcome, summarize
+from kvlab.chaos.workload import key_names
+from kvlab.client import KV, KVError
 from kvlab.cli import EXIT_OK, UsageError
 from kvlab.cli.chaos_args import add_faults_and_output, add_workload, mix_from_args, save_history
 from kvlab.cli.options import (
@@ -82,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
     cluster, started = _attach_or_start(args)
     nodes = len(cluster.nodes)  # at the start: the membership nemesis may change them
     try:
+        _refuse_old_data(cluster, args.keys)
         n = cluster.spec.replicas
         for name, value in (("--r", args.r), ("--w", args.w)):
             if value is not None and value > n:
@@ -153,6 +156,24 @@ def _render_changes(summary: dict[str, Any]) -> list[str]:
 
 def _size(count: int) -> str:
     return f"{count} B" if count < 1024 else f"{count / 1024:.1f} KiB"
+
+
+def _refuse_old_data(cluster: Cluster, keys: int) -> None:
+    """The checker knows only what this run wrote: a workload key that already holds a
+    value (a cluster reused, or restarted on an earlier run's data) would read as a lost
+    or stale write, and a correct run as not linearizable."""
+    try:
+        with KV(cluster.url) as kv:
+            held = [key for key in key_names(keys) if kv.get(key) is not None]
+    except KVError as exc:
+        raise UsageError(f"could not check cluster {cluster.spec.name}'s keys before the "
+                         f"run: {exc}") from None
+    if held:
+        raise UsageError(
+            f"cluster {cluster.spec.name} already holds {len(held)} of the workload's keys "
+            f"({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}), from an earlier run: "
+            f"the checker would take them for lost or stale writes. Run on a fresh --name, "
+            f"or stop this cluster and delete its folder")
 
 
 def _attach_or_start(args: argparse.Namespace) -> tuple[Cluster, bool]:

@@ -143,3 +143,18 @@ def test_membership_changes_under_traffic_lose_nothing(kvlab_home):
         assert sorted(n.name for n in cluster.nodes) == sorted(ring) == sorted(summary["ring"])
         assert all(cluster.state(n) == "up" for n in cluster.nodes)
         assert not any(proc.alive() for name, proc in procs.items() if name not in ring)
+
+
+def test_a_second_run_on_an_earlier_runs_data_is_refused_not_misjudged(kvlab_home):
+    port = free_port_block(6)
+    env = {**os.environ, "KVLAB_HOME": str(kvlab_home)}
+    argv = [sys.executable, "-m", "kvlab", "chaos", "--name", "again", "--port", str(port),
+            "--nodes", "3", "--duration", "1", "--quiesce", "0", "--durability", "none"]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    # The cluster it started is stopped, its data kept: a second run would start it again
+    # on that data, and read the first run's writes as lost or stale ones.
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2 and "already holds" in second.stderr, second.stderr
+    cluster = json.loads((kvlab_home / "again" / "cluster.json").read_text())
+    assert all(m["pid"] is None for m in [cluster["proxy"], *cluster["nodes"]])
