@@ -11,8 +11,6 @@ node is SIGCONTed and the time until it is `up` again is printed.
 The first poll after the pause can take up to 0.5 s (the proxy asks the node for its
 counters while it still believes it up), so `suspect` is seen a little later than the
 ~0.7 s of silence it takes; `down` (phi 8, ~1.85 s at 100 ms heartbeats) is not affected.
-Later rounds take a little longer: the detector averages the last 100 heartbeat gaps, and
-the pause before is one of them (phi adapts to a node that has been slow).
 """
 
 from __future__ import annotations

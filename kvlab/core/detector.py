@@ -11,7 +11,11 @@ where t is the time since the last heartbeat. At one heartbeat every 100 ms, phi
 3 (`suspect`) after ~0.7 s of silence and 8 (`down`, Cassandra's and Akka's threshold)
 after ~1.85 s; one heartbeat brings a node back `up` at once. The gaps averaged are the
 last `window`, and never taken below the heartbeat interval itself, so a burst of queued
-heartbeats (a node resuming after a pause) can't make the detector jumpy.
+heartbeats (a node resuming after a pause) can't make the detector jumpy. Two gaps are not
+heartbeat gaps and are left out, as Cassandra leaves out gaps above its maximum interval:
+the wait for a node's very first heartbeat (it was starting), and a silence longer than
+`MAX_GAP` intervals (it was down, and judged so). Either would make the next failure
+slower to see.
 """
 
 from __future__ import annotations
@@ -27,19 +31,25 @@ class Health(StrEnum):
     DOWN = "down"
 
 
+MAX_GAP = 10  # heartbeat intervals: a longer gap is an outage, not a heartbeat's lateness
+
+
 class PhiAccrual:
     """Heartbeat arrivals from one node, and the suspicion they give at a given time."""
 
-    __slots__ = ("interval_ms", "_gaps", "_sum", "last_ms")
+    __slots__ = ("interval_ms", "_gaps", "_sum", "last_ms", "_heard")
 
     def __init__(self, interval_ms: int, window: int = 100) -> None:
         self.interval_ms = interval_ms
         self._gaps: deque[int] = deque(maxlen=window)
         self._sum = 0
         self.last_ms: int | None = None
+        self._heard = False  # `last_ms` may be when watching began, not a heartbeat
 
     def heartbeat(self, now_ms: int) -> None:
-        if self.last_ms is not None:
+        heard, self._heard = self._heard, True
+        if self.last_ms is not None and heard and \
+                now_ms - self.last_ms <= MAX_GAP * self.interval_ms:
             gap = max(0, now_ms - self.last_ms)
             if len(self._gaps) == self._gaps.maxlen:
                 self._sum -= self._gaps[0]

@@ -443,3 +443,19 @@ def test_a_joining_node_that_loses_its_disk_mid_move_is_streamed_again_from_the_
     owned = [k for k in acked if "n4" in c.coord.ring.preference_list(k, 3)]
     assert owned and all(c.stores["n4"].get(k) is not None for k in owned)
     _all_readable(c, acked)
+
+
+def test_neither_a_slow_start_nor_an_outage_slows_the_next_detection():
+    d = FailureDetector(interval_ms=100)
+    d.watch("a", 0)
+    t = 3_000  # the node took 3 s to start: its first heartbeat comes then
+    for _ in range(10):
+        d.heartbeat("a", t)
+        t += 100
+    t += 5_000  # down for 5 s, then back
+    for _ in range(10):
+        d.heartbeat("a", t)
+        t += 100
+    last = t - 100
+    down_at = next(x for x in range(last, last + 6_000, 10) if d.health("a", x) == Health.DOWN)
+    assert 1_600 <= down_at - last <= 2_100  # as for a node that was always regular
