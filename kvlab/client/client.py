@@ -14,7 +14,10 @@ import http.client
 import time
 from urllib.parse import urlsplit
 
-import aiohttp
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiohttp
 
 from kvlab.client.protocol import (
     Call,
@@ -134,17 +137,17 @@ class AsyncKV:
 
     def __init__(self, url: str = DEFAULT_URL, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = _aiohttp().ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def _send(self, call: Call) -> tuple[int, dict, bytes]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = _aiohttp().ClientSession(timeout=self._timeout)
         try:
             async with self._session.request(call.method, self.url + call.path,
                                              data=call.body) as response:
                 return response.status, response.headers, await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (_aiohttp().ClientError, TimeoutError) as exc:
             raise Unavailable(f"proxy at {self.url} is unreachable: "
                               f"{exc.__class__.__name__}: {exc}") from None
 
@@ -188,3 +191,11 @@ class AsyncKV:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _aiohttp():
+    """aiohttp, imported when an async client first needs it: the sync client and the
+    CLI (whose every command imports this module) are spared its 150 ms import."""
+    import aiohttp
+
+    return aiohttp
