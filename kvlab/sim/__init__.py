@@ -8,12 +8,8 @@ starts a read, write or delete; `inspect(key)` asks each replica through the cor
 `skew(process, ms)`, `set_loss(p)` inject faults; `nodes()`, `coordinators()`,
 `recent_ops()`, `under_replicated()`, `now_ms` describe it.
 
-Membership comes from the core: the first coordinator runs the committer (`Membership`,
-driven by `kvlab.sim.committer`), which heartbeats every node, holds the failure
-detector's verdicts (`health(node)`) and carries out ring changes in steps:
-`add_node()`, `remove_node(name)`, `replace_node(old)` (each raises `MembershipError` when
-refused). A node a change took out of the ring is stopped once it is done; names are never
-reused.
+Membership changes (`add_node()`, `remove_node(name)`, `replace_node(old)`) and node health
+(`health(node)`) come from the core's committer; `kvlab.sim.world` says how.
 
 Nodes run the core `Replica` (hinted handoff, anti-entropy, tombstone purges) and
 coordinators the core `Coordinator`; `WorldConfig` switches the healing mechanisms.

@@ -158,6 +158,25 @@ class CoreCluster:
         self.now += 1
         return self.run(self.coord.read(key, self.now, **kw))
 
+    def write_all(self, keys, tag: bytes = b"v") -> dict[str, bytes]:
+        """Write `tag + key` under each key; those acknowledged, with their values."""
+        acked = {}
+        for key in keys:
+            out = self.write(key, tag + key.encode())
+            if out is not None and out.status == "ok":
+                acked[key] = tag + key.encode()
+        return acked
+
+    def finish_change(self, during=None, limit_ms: int = 30_000) -> None:
+        """Let time pass (calling `during` every 100 ms) until the membership change ends."""
+        waited = 0
+        while self.membership.change is not None:
+            assert waited < limit_ms, self.membership.view(self.now)["change"]
+            if during is not None:
+                during()
+            self.tick(100)
+            waited += 100
+
     def prefs(self, key: str) -> tuple[str, ...]:
         return self.ring.preference_list(key, self.coord.quorum.n)
 

@@ -23,25 +23,6 @@ def _cluster(nodes=("n1", "n2", "n3"), **config) -> CoreCluster:
     return c
 
 
-def _load(c: CoreCluster, keys=KEYS, tag=b"v") -> dict[str, bytes]:
-    acked = {}
-    for key in keys:
-        out = c.write(key, tag + key.encode())
-        if out is not None and out.status == OK:
-            acked[key] = tag + key.encode()
-    return acked
-
-
-def _until_done(c: CoreCluster, during=None, limit_ms=30_000) -> None:
-    waited = 0
-    while c.membership.change is not None:
-        assert waited < limit_ms, c.membership.view(c.now)["change"]
-        if during is not None:
-            during()
-        c.tick(100)
-        waited += 100
-
-
 def _all_readable(c: CoreCluster, acked: dict[str, bytes]) -> None:
     misses = [k for k, v in acked.items()
               if (out := c.read(k)) is None or out.status != OK or out.record.value != v]
@@ -50,7 +31,7 @@ def _all_readable(c: CoreCluster, acked: dict[str, bytes]) -> None:
 
 def test_adding_a_node_moves_its_ranges_and_loses_nothing_while_writes_go_on():
     c = _cluster()
-    acked = _load(c)
+    acked = c.write_all(KEYS)
     c.join("n4")
     c.apply("p", c.membership.add("n4", c.now))
     assert c.coord.topology.pending is not None
@@ -59,9 +40,9 @@ def test_adding_a_node_moves_its_ranges_and_loses_nothing_while_writes_go_on():
     def write_some():
         for _ in range(5):
             i = next(more)
-            acked.update(_load(c, [f"w{i}"], b"during"))
+            acked.update(c.write_all([f"w{i}"], b"during"))
 
-    _until_done(c, write_some)
+    c.finish_change(write_some)
     assert c.coord.topology.pending is None and "n4" in c.coord.ring.nodes
     last = c.membership.last
     assert last.phase == Phase.DONE and last.view(c.now)["keys"] > 0
@@ -77,9 +58,9 @@ def test_adding_a_node_moves_its_ranges_and_loses_nothing_while_writes_go_on():
 
 def test_removing_a_node_streams_its_ranges_out_first():
     c = _cluster(("n1", "n2", "n3", "n4"))
-    acked = _load(c)
+    acked = c.write_all(KEYS)
     c.apply("p", c.membership.remove("n2", c.now))
-    _until_done(c)
+    c.finish_change()
     c.crash("n2")  # decommissioned: stopped
     assert "n2" not in c.coord.ring.nodes
     assert all(c.stores[n].get(k) is not None for k in acked
@@ -89,14 +70,14 @@ def test_removing_a_node_streams_its_ranges_out_first():
 
 def test_a_dead_node_is_replaced_by_an_empty_one_from_the_other_replicas():
     c = _cluster(("n1", "n2", "n3", "n4"))
-    acked = _load(c)
+    acked = c.write_all(KEYS)
     c.crash("n3")
     c.tick(3_000)  # the detector holds it down
     assert c.membership.health("n3", c.now) == Health.DOWN
-    acked.update(_load(c, [f"late{i}" for i in range(50)], b"late"))  # n3 misses these
+    acked.update(c.write_all([f"late{i}" for i in range(50)], b"late"))  # n3 misses these
     c.join("n5")
     c.apply("p", c.membership.replace("n3", "n5", c.now))
-    _until_done(c)
+    c.finish_change()
     ring = c.coord.ring
     assert "n3" not in ring.nodes and "n5" in ring.nodes
     # n5 sits on n3's tokens: it owns exactly what n3 did, and nobody else's ranges moved.
@@ -108,11 +89,11 @@ def test_a_dead_node_is_replaced_by_an_empty_one_from_the_other_replicas():
 
 def test_a_stream_whose_source_dies_is_taken_over_by_the_other_replicas():
     c = _cluster(("n1", "n2", "n3", "n4"))
-    acked = _load(c)
+    acked = c.write_all(KEYS)
     c.join("n5")
     c.apply("p", c.membership.add("n5", c.now))
     c.silent.add("n1")  # n1 stops answering: its streams stall, then it is down
-    _until_done(c)
+    c.finish_change()
     assert c.membership.last.view(c.now)["keys"] > 0
     c.silent.discard("n1")
     c.held.clear()
@@ -137,9 +118,9 @@ def test_changes_are_refused_while_one_is_in_progress_or_below_n_nodes():
 
 def test_a_node_refuses_a_read_for_a_range_it_left_instead_of_saying_not_found():
     c = _cluster(("n1", "n2", "n3", "n4"))
-    acked = _load(c, KEYS[:100])
+    acked = c.write_all(KEYS[:100])
     c.apply("p", c.membership.remove("n4", c.now))
-    _until_done(c)
+    c.finish_change()
     gone = next(k for k in acked if "n4" in c.membership.last.old.preference_list(k, 3))
     # A stale coordinator still placing by the old ring asks n4: it is refused, loudly.
     from kvlab.core.messages import ErrorReply, ReadRequest
@@ -192,12 +173,12 @@ def test_a_committer_restarted_without_its_state_learns_the_ring_from_the_nodes(
     from kvlab.core.membership import Membership
 
     c = _cluster()
-    acked = _load(c, KEYS[:300])
+    acked = c.write_all(KEYS[:300])
     original = c.coord.ring
     for node in ("n4", "n5"):
         c.join(node)
         c.apply("p", c.membership.add(node, c.now))
-        _until_done(c)
+        c.finish_change()
     held = c.replicas["n1"].topology.version
     grown = c.coord.ring
     # The proxy restarts with no state, from the ring it was first started with: it must
@@ -219,27 +200,27 @@ def test_a_committer_restarted_mid_move_starts_the_move_over_and_loses_nothing()
     from kvlab.core.membership import Membership
 
     c = _cluster(stream_rate=2_000)  # bytes/s: the move takes seconds
-    acked = _load(c)
+    acked = c.write_all(KEYS)
     c.join("n4")
     c.apply("p", c.membership.add("n4", c.now))
     c.tick(500)  # streaming has begun
     saved = c.membership.topology
     assert saved.pending is not None
-    acked.update(_load(c, [f"mid{i}" for i in range(50)], b"mid"))
+    acked.update(c.write_all([f"mid{i}" for i in range(50)], b"mid"))
     # The proxy dies; a new one starts from the topology the old one published.
     c.coord = Coordinator("p", saved.ring, Quorum(3, 2, 2), timeout_ms=1000)
     c.membership = Membership(c.coord)
     c.apply("p", c.membership.restore(saved, c.now))
     assert c.membership.change.kind == "resume"
     assert c.coord.topology.version == saved.version and c.coord.topology.pending is not None
-    _until_done(c)
+    c.finish_change()
     assert "n4" in c.coord.ring.nodes
     _all_readable(c, acked)
 
 
 def test_a_node_that_missed_a_ring_update_is_sent_it_again_on_its_next_heartbeat():
     c = _cluster(("n1", "n2", "n3", "n4"), stream_rate=2_000)  # the move takes seconds
-    _load(c)
+    c.write_all(KEYS)
     c.silent.add("n4")  # cut off while the change begins: its RingUpdate is lost
     c.apply("p", c.membership.remove("n1", c.now))
     c.held.clear()
@@ -259,7 +240,7 @@ def test_the_view_carries_the_read_ring_whole_with_a_replacement_s_seat():
     c.join("n5")
     c.apply("p", c.membership.replace("n3", "n5", c.now))
     assert c.membership.view(c.now)["ring"]["nodes"] == ["n1", "n2", "n3", "n4"]
-    _until_done(c)
+    c.finish_change()
     seen = c.membership.view(c.now)["ring"]
     assert seen == {"nodes": ["n1", "n2", "n5", "n4"], "vnodes": 16, "seats": [["n5", "n3"]]}
     rebuilt = Ring(tuple(seen["nodes"]), seen["vnodes"], tuple(map(tuple, seen["seats"])))
@@ -285,7 +266,7 @@ def test_a_replacement_with_a_second_replica_down_waits_for_it_rather_than_lose_
     # would say "not found" to an acknowledged write.
     assert c.membership.change is not None and c.coord.topology.pending is not None
     c.restart(z)
-    _until_done(c)
+    c.finish_change()
     assert c.stores["n5"].get("k1") is not None
     c.crash(z)
     c.tick(3_000)
@@ -297,10 +278,10 @@ def test_a_new_owner_compares_its_new_ranges_with_anti_entropy_at_once():
     c = CoreCluster(Quorum(3, 2, 2), nodes=("n1", "n2", "n3"),
                     config=ReplicaConfig(n=3, anti_entropy_ms=60_000))
     c.tick(200)
-    acked = _load(c, KEYS[:100])
+    acked = c.write_all(KEYS[:100])
     c.join("n4")
     c.apply("p", c.membership.add("n4", c.now))
-    _until_done(c)
+    c.finish_change()
     c.tick(500)  # far less than the 60 s period: only the urgent first round can run
     stats = c.replicas["n4"].stats
     assert stats.ae_rounds >= 1 and stats.ae_in_sync >= 1
@@ -309,7 +290,7 @@ def test_a_new_owner_compares_its_new_ranges_with_anti_entropy_at_once():
 
 def test_a_move_reports_how_far_its_streams_have_got_before_any_is_over():
     c = _cluster(stream_rate=4_000)  # bytes/s: each stream takes a few seconds
-    _load(c)
+    c.write_all(KEYS)
     c.join("n4")
     c.apply("p", c.membership.add("n4", c.now))
     seen = []
@@ -335,11 +316,11 @@ def test_arcs_coverage_follows_the_ring_order_a_stream_goes_in():
 
 def test_a_move_to_a_node_that_never_comes_up_can_be_aborted_and_loses_nothing():
     c = _cluster()
-    acked = _load(c)
+    acked = c.write_all(KEYS)
     c.join("n4")
     c.crash("n4")  # started, then died before it was ever heard
     c.apply("p", c.membership.add("n4", c.now))
-    acked.update(_load(c, [f"during{i}" for i in range(100)], b"during"))
+    acked.update(c.write_all([f"during{i}" for i in range(100)], b"during"))
     c.tick(5_000)
     assert c.membership.change.phase == Phase.STREAMING  # stuck: its target is down
     c.apply("p", c.membership.abort(c.now))
@@ -352,13 +333,13 @@ def test_a_move_to_a_node_that_never_comes_up_can_be_aborted_and_loses_nothing()
     # And the next change can go ahead.
     c.join("n5")
     c.apply("p", c.membership.add("n5", c.now))
-    _until_done(c)
+    c.finish_change()
     _all_readable(c, acked)
 
 
 def test_a_change_whose_reads_have_moved_cannot_be_aborted():
     c = _cluster(stream_rate=0)
-    _load(c, KEYS[:50])
+    c.write_all(KEYS[:50])
     c.join("n4")
     c.apply("p", c.membership.add("n4", c.now))
     c.tick(100)  # drained: streaming
@@ -378,7 +359,7 @@ def test_a_name_whose_tokens_a_replacement_holds_is_refused():
     c.crash("n3")
     c.join("n5")
     c.apply("p", c.membership.replace("n3", "n5", c.now))
-    _until_done(c)
+    c.finish_change()
     # A new "n3" would get n5's tokens: the two would replicate the very same keys.
     with pytest.raises(MembershipError, match="tokens a replacement holds"):
         c.membership.add("n3", c.now)
@@ -389,7 +370,7 @@ def test_a_replacement_resumed_by_a_restarted_committer_never_asks_the_dead_node
     from kvlab.core.membership import Membership
 
     c = _cluster(("n1", "n2", "n3", "n4"), stream_rate=2_000)
-    acked = _load(c)
+    acked = c.write_all(KEYS)
     c.crash("n3")
     c.tick(3_000)
     c.join("n5")
@@ -402,7 +383,7 @@ def test_a_replacement_resumed_by_a_restarted_committer_never_asks_the_dead_node
     change = c.membership.change
     assert change.kind == "resume" and change.replaced == "n3"
     assert all(t.source != "n3" for t in change.transfers.values())
-    _until_done(c)
+    c.finish_change()
     _all_readable(c, acked)
 
 
@@ -411,7 +392,7 @@ def test_a_leaving_node_hands_over_the_hints_it_keeps_before_reads_move():
     c = _cluster(("n1", "n2", "n3", "n4", "n5"), retry_ms=10_000)
     c.crash("n5")
     c.tick(3_000)  # held down: writes for it become hints on fallbacks
-    hinted = _load(c, [k for k in KEYS if "n5" in c.prefs(k)][:80])
+    hinted = c.write_all([k for k in KEYS if "n5" in c.prefs(k)][:80])
     c.tick(200)  # each fallback tries n5 once, fails, and waits
     holder = max(("n1", "n2", "n3", "n4"), key=lambda n: c.replicas[n].hints_held().get("n5", 0))
     assert c.replicas[holder].hints_held().get("n5", 0) > 0
@@ -422,7 +403,7 @@ def test_a_leaving_node_hands_over_the_hints_it_keeps_before_reads_move():
     # Its ranges have arrived, but not yet its hints for n5: reads have not moved.
     assert change is not None and all(t.done for t in change.transfers.values())
     assert change.phase == Phase.STREAMING
-    _until_done(c)
+    c.finish_change()
     assert c.replicas[holder].hints_held() == {}
     c.crash(holder)  # decommissioned: stopped, its hints handed over first
     assert all(c.stores["n5"].get(k) is not None for k in hinted
@@ -431,7 +412,7 @@ def test_a_leaving_node_hands_over_the_hints_it_keeps_before_reads_move():
 
 def test_a_joining_node_that_loses_its_disk_mid_move_is_streamed_again_from_the_start():
     c = _cluster(stream_rate=3_000)  # bytes/s: a move of seconds
-    acked = _load(c)
+    acked = c.write_all(KEYS)
     c.join("n4")
     c.apply("p", c.membership.add("n4", c.now))
     while c.membership.change.view(c.now)["keys"] < 100:
@@ -439,7 +420,7 @@ def test_a_joining_node_that_loses_its_disk_mid_move_is_streamed_again_from_the_
     c.crash("n4")
     c.wipe("n4")
     c.restart("n4")  # empty, knowing no ring: it says version 0 in its first Pong
-    _until_done(c)
+    c.finish_change()
     owned = [k for k in acked if "n4" in c.coord.ring.preference_list(k, 3)]
     assert owned and all(c.stores["n4"].get(k) is not None for k in owned)
     _all_readable(c, acked)

@@ -25,25 +25,6 @@ def _cluster(nodes=("n1", "n2", "n3"), q=Quorum(3, 2, 2), vnodes=16, hints=True,
     return c
 
 
-def _load(c, keys=KEYS, tag=b"v", **kw):
-    acked = {}
-    for key in keys:
-        out = c.write(key, tag + key.encode(), **kw)
-        if out is not None and out.status == OK:
-            acked[key] = tag + key.encode()
-    return acked
-
-
-def _until_done(c, during=None, limit_ms=30_000):
-    waited = 0
-    while c.membership.change is not None:
-        assert waited < limit_ms, c.membership.view(c.now)["change"]
-        if during is not None:
-            during()
-        c.tick(100)
-        waited += 100
-
-
 def _misses(c, acked):
     return [(k, getattr(out, "status", None)) for k, v in acked.items()
             if (out := c.read(k)) is None or out.status != OK or out.record.value != v]
@@ -52,7 +33,7 @@ def _misses(c, acked):
 # Rings are the committer's to give: a peer's (a node name, ?from=n2) are ignored.
 def test_a_peer_cannot_give_a_replica_a_ring_that_drops_its_data():
     c = _cluster()
-    acked = _load(c, KEYS[:60])
+    acked = c.write_all(KEYS[:60])
     r1 = c.replicas["n1"]
     held_before = sum(1 for k in acked if c.stores["n1"].get(k) is not None)
     assert held_before > 0
@@ -182,7 +163,7 @@ def test_a_malformed_ring_update_does_not_raise_out_of_receive(spec):
 # A node that misses the clean version catches up on its next heartbeat, clean-up included.
 def test_a_node_that_missed_the_clean_up_drops_its_strays_when_it_catches_up():
     c = _cluster(("n1", "n2", "n3"))
-    acked = _load(c)
+    acked = c.write_all(KEYS)
     c.join("n4")
     c.apply("p", c.membership.add("n4", c.now))
     while c.membership.change is not None and c.membership.change.phase != "settling":
@@ -191,7 +172,7 @@ def test_a_node_that_missed_the_clean_up_drops_its_strays_when_it_catches_up():
                 t.done for t in c.membership.change.transfers.values()):
             break
     c.silent.add("n1")  # a short partition right around the switch
-    _until_done(c)
+    c.finish_change()
     c.held.clear()  # what was sent to n1 meanwhile is lost
     c.silent.discard("n1")
     c.tick(5_000)  # n1 is brought up to date (RingUpdate on its Pong)...
@@ -206,14 +187,14 @@ def test_a_node_that_missed_the_clean_up_drops_its_strays_when_it_catches_up():
 def test_strays_of_a_node_that_missed_the_clean_up_never_resurrect_a_deleted_key():
     c = _cluster(("n1", "n2", "n3"), anti_entropy=True, anti_entropy_ms=200,
                  tombstone_grace_ms=0, hint_window_ms=0, max_ahead_ms=100, purge_every_ms=100)
-    acked = _load(c, KEYS[:100])
+    acked = c.write_all(KEYS[:100])
     c.join("n4")
     c.apply("p", c.membership.add("n4", c.now))
     while c.membership.change is not None and not all(
             t.done for t in c.membership.change.transfers.values()):
         c.tick(50)
     c.silent.add("n1")
-    _until_done(c)
+    c.finish_change()
     stale = [k for k in acked if "n1" not in c.coord.ring.preference_list(k, 3)
              and c.stores["n1"].get(k) is not None]
     assert stale  # n1 missed the clean version: it still holds these
@@ -224,6 +205,6 @@ def test_strays_of_a_node_that_missed_the_clean_up_never_resurrect_a_deleted_key
     c.tick(20_000)  # grace over, every replica confirmed the tombstone: purged
     assert all(c.stores[n].get(key) is None for n in c.coord.ring.preference_list(key, 3))
     c.apply("p", c.membership.remove("n4", c.now))  # n1 gets the range back
-    _until_done(c)
+    c.finish_change()
     c.tick(5_000)
     assert c.read(key).status == NOT_FOUND
