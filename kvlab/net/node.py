@@ -18,6 +18,13 @@ Routes:
   ignores what a node that is not its peer (under the ring it holds) sends.
 - `GET /health`, `GET /stats` (counters, and the replica's healing figures).
 
+A database that can't be opened or is found damaged (`kvlab.storage.sqlite.is_corruption`)
+ends the node with status 3, after it wrote why in `failed.json` next to the database: at
+start (before it listens), or at run time, when it first stops taking replica traffic and
+closes its channels with a reason (a node that went on would fail the same reads again and
+again, and a restart would find the same pages). `kvlab wipe NODE` removes both, and
+anti-entropy refills the node.
+
 Each frame is given to the replica whole, so its writes share one `Persist`. A Persist goes
 to the store's writer thread without waiting: frames that arrive during a commit join the
 next one, and the acknowledgements go out when the replica hears it is durable. The
@@ -31,13 +38,16 @@ import argparse
 import asyncio
 import logging
 import os
+import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import NoReturn, assert_never
+from typing import assert_never
 
 import aiohttp
+import orjson
 from aiohttp import WSMsgType, web
 
 from kvlab.core.messages import Connect, Message, Persist, ReplicaEffect, Send
@@ -50,7 +60,7 @@ from kvlab.net.args import name_url, on_off
 from kvlab.net.framing import FrameWriter
 from kvlab.net.link import PeerLink
 from kvlab.net.runner import serve
-from kvlab.storage.sqlite import SqliteStore
+from kvlab.storage.sqlite import SqliteStore, is_corruption
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +71,12 @@ COORDINATOR = "coordinator#"
 # The replica can no longer be trusted to match its store (it raised half-way): stop, so
 # a restart rebuilds it from the store, rather than acknowledge what was never stored.
 EXIT_REPLICA_FAILED = 70
+# The database can't be used (damaged, or can't be opened): FAILED_FILE says why. Not 1,
+# which Python's own errors use, so the supervisor can tell "recover by wiping" apart.
+EXIT_STORE_FAILED = 3
+FAILED_FILE = "failed.json"
+# The channels' close code when the node gives up on its store (RFC 6455: internal error).
+CLOSE_STORE_FAILED = 1011
 
 
 def now_ms() -> int:
@@ -94,6 +110,7 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._stopped = False
+        self.failed: str | None = None  # why the node gave up on its store, if it did
         self._session: aiohttp.ClientSession | None = None
         self._closing: set[asyncio.Task] = set()  # links to former peers being stopped
 
@@ -130,11 +147,13 @@ class Node:
 
     def receive(self, src: str, messages: Sequence[Message]) -> None:
         """A frame from `src`: its messages go to the replica together."""
+        if self.failed is not None:
+            return  # giving up on the store: nothing more is answered
         now = now_ms()
         try:
             effects = self.replica.receive_many(src, messages, now)
         except Exception as exc:
-            self._fatal("receive", exc)
+            return self._fatal("receive", exc)
         self._apply(effects, now)
         self._arm()
 
@@ -144,13 +163,17 @@ class Node:
         try:
             effects = self.replica.handle_timer(now)
         except Exception as exc:
-            self._fatal("handle_timer", exc)
+            return self._fatal("handle_timer", exc)
         self._apply(effects, now)
         self._arm()
 
     def _persisted(self, batch: int, future: asyncio.Future[int]) -> None:
         now = now_ms()
         error = "cancelled" if future.cancelled() else future.exception()
+        if self.failed is not None:
+            return
+        if isinstance(error, Exception) and is_corruption(error):
+            return self._give_up(error)
         try:
             if error is None:
                 effects = self.replica.persisted(batch, now)
@@ -158,7 +181,7 @@ class Node:
                 self.last_error = f"storage: {error}"
                 effects = self.replica.persist_failed(batch, str(error), now)
         except Exception as exc:
-            self._fatal("persisted", exc)
+            return self._fatal("persisted", exc)
         self._apply(effects, now)
         self._arm()
 
@@ -180,11 +203,41 @@ class Node:
         delay = max(0.0, (at - now_ms() + 1) / 1000)
         self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
 
-    def _fatal(self, where: str, exc: Exception) -> NoReturn:
+    def _fatal(self, where: str, exc: Exception) -> None:
+        """The replica raised: exit at once, or, if it was the store saying it is damaged
+        (the replica reads values through it), give up on the store (and return)."""
+        if is_corruption(exc):
+            return self._give_up(exc)
         logger.critical("replica failed in %s; exiting so a restart reloads it from the "
                         "store", where, exc_info=exc)
         logging.shutdown()
         os._exit(EXIT_REPLICA_FAILED)
+
+    def _give_up(self, error: Exception) -> None:
+        """The store is damaged: answer nothing more, say why, close the channels, exit 3.
+
+        The channels are closed with a code and a reason rather than left to reset, and
+        new ones are refused, so the proxy and the peers see the node go, and go down.
+        """
+        if self.failed is not None:
+            return
+        self.failed = f"database {self.store.path}: {error}"
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+        logger.critical("giving up on the store: %s", self.failed)
+        write_failed(Path(self.store.path).parent, self.failed)
+        asyncio.get_running_loop().create_task(self._leave())
+
+    async def _leave(self) -> None:
+        reason = self.failed.encode()[:123] if self.failed else b""  # a close reason's limit
+        closing = [ws.close(code=CLOSE_STORE_FAILED, message=reason) for ws in self.channels]
+        closing += [link.stop() for link in self.links.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 2.0)
+        finally:
+            logging.shutdown()
+            os._exit(EXIT_STORE_FAILED)
 
     # -- out of the replica -----------------------------------------------------------------
 
@@ -249,7 +302,7 @@ class Node:
             try:
                 effects = self.replica.unreachable(dst, message, now)
             except Exception as exc:
-                self._fatal("unreachable", exc)
+                return self._fatal("unreachable", exc)
             self._apply(effects, now)
 
     # -- views ------------------------------------------------------------------------------
@@ -290,6 +343,9 @@ NODE = web.AppKey("node", Node)
 
 async def health(request: web.Request) -> web.Response:
     node = request.app[NODE]
+    if node.failed is not None:
+        return web.json_response({"status": "failed", "node": node.name, "pid": os.getpid(),
+                                  "reason": node.failed}, status=503)
     return web.json_response({"status": "ok", "node": node.name, "pid": os.getpid(),
                               "peers": {n: link.state for n, link in node.links.items()}})
 
@@ -300,6 +356,8 @@ async def stats(request: web.Request) -> web.Response:
 
 async def replica_channel(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
+    if node.failed is not None:  # about to exit: no new channel that would only close again
+        raise web.HTTPServiceUnavailable(text=node.failed)
     peer = request.query.get("from")
     # Any node may connect: whether its messages are taken is the replica's call (peers of
     # its ring only), and the ring changes. Refusing strangers here made a node that had
@@ -362,6 +420,41 @@ def make_app(node: Node) -> web.Application:
 
 
 # -- command line -------------------------------------------------------------------------
+
+
+def write_failed(data_dir: Path, reason: str) -> None:
+    """`data_dir/failed.json`: why the node gave up on its database, and since when."""
+    path = data_dir / FAILED_FILE
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "wb") as out:  # replaced whole: a reader never sees half of it
+        out.write(orjson.dumps({"reason": reason, "since": int(time.time())}))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+
+
+def open_node(args: argparse.Namespace, peers: dict[str, str], config: ReplicaConfig
+              ) -> Node:
+    """The node over its database; exits with EXIT_STORE_FAILED if the database is damaged
+    or can't be opened (after writing FAILED_FILE)."""
+    path = args.data / "data.db"
+    try:
+        store = SqliteStore(path, durable=args.durability == "fsync")
+        store.check()
+        node = Node(args.name, store, peers, config, args.vnodes)
+        (args.data / FAILED_FILE).unlink(missing_ok=True)  # repaired by hand, say
+        return node
+    except sqlite3.DatabaseError as exc:
+        # A lock held by another program, a full disk: those pass, and are no reason to
+        # wipe the node, so they end it as any other error does.
+        if not is_corruption(exc) and \
+                getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_CANTOPEN:
+            raise
+        reason = f"database {path}: {exc}"
+    write_failed(args.data, reason)
+    print(f"node {args.name}: {reason} (exit {EXIT_STORE_FAILED}; recover: kvlab wipe "
+          f"{args.name})", file=sys.stderr, flush=True)
+    sys.exit(EXIT_STORE_FAILED)
 
 
 def _seconds(text: str) -> float:
@@ -470,8 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         p.error(str(exc))
     args.data.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(args.data / "data.db", durable=args.durability == "fsync")
-    node = Node(args.name, store, peers, config, args.vnodes)
+    node = open_node(args, peers, config)
     print(f"node {args.name} pid {os.getpid()} on {args.host}:{args.port}: "
           f"{node.replica.key_count()} keys and {sum(node.replica.hints_held().values())} "
           f"hints loaded in {node.load_s:.2f}s; peers {', '.join(peers) or 'none'}",

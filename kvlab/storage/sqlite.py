@@ -12,6 +12,10 @@ The semantics are those of `kvlab.storage.memory.MemoryStore` (the reference): a
 stored only if it supersedes the stored one, a hint replaces only an older hint for the same
 (target, key), and `drop_hints` / `purge` / `drop` remove only an exact version. The last
 membership the node was told (`Persist.ring`) is kept in the `meta` table.
+
+A file that is not a database, or one SQLite finds damaged, raises `sqlite3.DatabaseError`
+with a code `is_corruption` recognizes: the node gives up on it then (see
+`kvlab.net.node`), as retrying would meet the same damaged pages.
 """
 
 from __future__ import annotations
@@ -86,6 +90,19 @@ _ENTRIES = "SELECT key, physical, logical, coordinator, value IS NULL FROM recor
 _HINTS = "SELECT target, key, value, physical, logical, coordinator, stored_ms FROM hints"
 
 
+# SQLITE_CORRUPT: a page is damaged ("database disk image is malformed"); SQLITE_NOTADB: the
+# header is ("file is not a database"). Neither goes away by itself, unlike a busy lock, a
+# full disk or an I/O error.
+_CORRUPTION = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def is_corruption(error: BaseException) -> bool:
+    """Whether `error` is SQLite saying the database file is damaged."""
+    code = getattr(error, "sqlite_errorcode", None)  # the extended code: its low byte is
+    return isinstance(error, sqlite3.DatabaseError) and code is not None \
+        and code & 0xFF in _CORRUPTION  # the primary one
+
+
 def _record(key: str, row: tuple | None) -> Record | None:
     if row is None:
         return None
@@ -148,6 +165,21 @@ class SqliteStore:
                                timeout=self.busy_timeout_s)
 
     # -- reads (the caller's thread) ------------------------------------------------------
+
+    def check(self) -> None:
+        """Read a little of every table, or raise `sqlite3.DatabaseError`: a start's check.
+
+        Opening the store read the header and the schema already. This walks each table's
+        B-tree from its root to its first and its last leaf: milliseconds, with a million
+        keys as with none (`PRAGMA quick_check` reads every page: seconds). Damage elsewhere
+        is met by the first query that reads it (`is_corruption`).
+        """
+        reader = self._reader
+        for table, columns in (("records", ("key",)), ("hints", ("target", "key")),
+                               ("meta", ("name",))):
+            for direction in ("ASC", "DESC"):  # the primary key's order: no sort, no scan
+                order = ", ".join(f"{column} {direction}" for column in columns)
+                reader.execute(f"SELECT * FROM {table} ORDER BY {order} LIMIT 1").fetchall()
 
     def get(self, key: str) -> Record | None:
         return _record(key, self._reader.execute(_SELECT, (key,)).fetchone())
