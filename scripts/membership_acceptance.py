@@ -148,7 +148,7 @@ async def _run(cluster: supervisor.Cluster, keys: int, adds: int, removes: int, 
         finally:
             moves_done.set()
 
-    async with AsyncKV(cluster.url, timeout=OP_TIMEOUT_S) as kv:
+    async with AsyncKV(cluster.url, secret=cluster.secret, timeout=OP_TIMEOUT_S) as kv:
         moving = asyncio.create_task(mover())
         await asyncio.gather(*(client(p, kv) for p in range(clients)))
         await moving

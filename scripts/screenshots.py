@@ -41,7 +41,7 @@ async def story(out: Path, svgs: Path) -> list[Path]:
                        stream_rate_mb_s=STREAM_MB_S)
     made: list[Path] = []
     with attach_or_start(spec, announce=print) as (cluster, _):
-        async with AsyncKV(cluster.url) as kv:
+        async with AsyncKV(cluster.url, secret=cluster.secret) as kv:
             for i in range(PRELOAD):
                 await kv.set(f"item:{i}", "x" * VALUE_BYTES)
         app = make_app(LiveSource(spec.name), poll_s=0.5, inspect_s=0.5)

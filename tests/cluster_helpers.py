@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,3 +36,13 @@ def eventually(condition, timeout_s: float = 10.0, message: str = "condition") -
     """Wait for `condition()` to be truthy, failing the test at the deadline."""
     if not wait_until(condition, timeout_s, 0.05):
         raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+
+
+def secret(cluster: Cluster) -> str:
+    """The cluster's secret, as its cluster.json keeps it (what kvlab's own commands send)."""
+    return json.loads((cluster.dir / "cluster.json").read_text())["secret"]
+
+
+def auth(cluster: Cluster) -> dict[str, str]:
+    """The header that shows `cluster`'s secret."""
+    return {"Authorization": f"Bearer {secret(cluster)}"}

@@ -129,7 +129,7 @@ async def run_chaos(cluster: Cluster, options: ChaosOptions,
     def now_ns() -> int:
         return time.monotonic_ns() - began
 
-    async with AsyncKV(cluster.url, timeout=5.0) as kv:
+    async with AsyncKV(cluster.url, secret=cluster.secret, timeout=5.0) as kv:
         async def client(process: int) -> None:
             while time.monotonic() < deadline:
                 op = workload.next_op(process)

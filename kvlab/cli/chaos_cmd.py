@@ -163,7 +163,7 @@ def _refuse_old_data(cluster: Cluster, keys: int) -> None:
     value (a cluster reused, or restarted on an earlier run's data) would read as a lost
     or stale write, and a correct run as not linearizable."""
     try:
-        with KV(cluster.url) as kv:
+        with KV(cluster.url, secret=cluster.secret) as kv:
             held = [key for key in key_names(keys) if kv.get(key) is not None]
     except KVError as exc:
         raise UsageError(f"could not check cluster {cluster.spec.name}'s keys before the "

@@ -170,6 +170,8 @@ def cmd_up(args: argparse.Namespace) -> int:
           f"(ports {ports[0]}-{ports[-1]}), N={spec.replicas} R={spec.read_quorum} "
           f"W={spec.write_quorum}, healthy in {took:.1f}s")
     print(f"  healing: {_healing_settings(spec.to_json())}")
+    guarded = "membership, faults and data" if spec.protect_data else "membership and faults"
+    print(f"  {guarded} need the secret in {cluster.dir / 'cluster.json'}")
     return EXIT_OK
 
 

@@ -8,9 +8,9 @@ import sys
 
 from kvlab.cli import EXIT_NOT_FOUND, EXIT_OK, UsageError
 from kvlab.cli.options import add_name, positive
-from kvlab.client import KV, BadRequest, KeyNotFound, Result
+from kvlab.client import KV, BadRequest, KeyNotFound, KVError, Result
 from kvlab.client.client import DEFAULT_URL
-from kvlab.cluster.supervisor import Cluster, NoCluster
+from kvlab.cluster.supervisor import Cluster, ClusterError, NoCluster
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,15 +53,20 @@ def _sloppy(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> KV:
-    if args.url:
-        url = args.url
-    else:
-        try:
-            url = Cluster.load(args.name).url
-        except NoCluster:
-            url = DEFAULT_URL
+    """A client of the --name cluster (with its secret, which --protect-data asks for),
+    or of the proxy at --url (with the --name cluster's secret if it is that cluster's)."""
     try:
-        return KV(url)
+        cluster: Cluster | None = Cluster.load(args.name)
+    except NoCluster:
+        cluster = None
+    except ClusterError as exc:  # a corrupt cluster.json: no matter if --url says where to go
+        if not args.url:
+            raise UsageError(str(exc)) from None
+        cluster = None
+    url = args.url or (cluster.url if cluster else DEFAULT_URL)
+    secret = cluster.secret if cluster and cluster.url == url.rstrip("/") else None
+    try:
+        return KV(url, secret=secret)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -82,6 +87,11 @@ def _call(fn, *a):
         return fn(*a)
     except BadRequest as exc:
         raise UsageError(str(exc)) from None
+    except KVError as exc:
+        if exc.status != 401:
+            raise
+        raise UsageError(f"the cluster asks for its secret (it runs with --protect-data): "
+                         f"give --name of the cluster rather than --url ({exc})") from None
 
 
 def cmd_set(args: argparse.Namespace) -> int:

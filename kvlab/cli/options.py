@@ -77,6 +77,10 @@ def add_spec(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
                         help="during add-node, remove-node and replace-node, each source "
                              "node streams the ranges that move at most this fast, so a move "
                              "leaves room for traffic; 0: unthrottled (default: %(default)g)")
+    parser.add_argument("--protect-data", action="store_true", default=d.protect_data,
+                        help="the data API (/get, /set, /delete, /kv/*) and /cluster/keys/* "
+                             "need the cluster's secret too, as the routes that change the "
+                             "ring or break links always do (kvlab's own commands send it)")
     # A group of its own, unless the caller's options are a group already (argument
     # groups don't nest).
     heal = parser.add_argument_group(
@@ -126,6 +130,7 @@ def spec_from(args: argparse.Namespace) -> ClusterSpec:
                            tombstone_grace_s=args.tombstone_grace,
                            hint_window_s=args.hint_window,
                            max_clock_ahead_s=args.max_clock_ahead,
-                           stream_rate_mb_s=args.stream_rate)
+                           stream_rate_mb_s=args.stream_rate,
+                           protect_data=args.protect_data)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

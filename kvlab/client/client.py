@@ -6,6 +6,9 @@
     kv.get("user:1")            # 'alice'; None if the key does not exist
 
 Both raise `Unavailable` when the cluster can't answer, never report it as a missing key.
+Given the cluster's `secret` (the "secret" in its cluster.json), they show it on every
+request: the routes that change the ring or break links need it, and so does the data API
+of a cluster started with `kvlab up --protect-data`.
 """
 
 from __future__ import annotations
@@ -42,13 +45,16 @@ IDLE_REUSE_S = 30.0
 class KV:
     """A blocking client holding one keep-alive connection (use one per thread)."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 5.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 5.0,
+                 secret: str | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"expected a URL like {DEFAULT_URL}, got {url!r}")
         self.url = url.rstrip("/")
         self._host, self._port = parts.hostname, parts.port or 80
         self._timeout = timeout
+        self.secret = secret
+        self._headers = _auth(secret)
         self._conn: http.client.HTTPConnection | None = None
         self._used = 0.0
 
@@ -64,7 +70,8 @@ class KV:
                                                         timeout=self._timeout)
             sent = False
             try:
-                self._conn.request(call.method, call.path, body=call.body)
+                self._conn.request(call.method, call.path, body=call.body,
+                                   headers=self._headers)
                 sent = True
                 response = self._conn.getresponse()
                 return response.status, response.headers, response.read()
@@ -135,14 +142,18 @@ class KV:
 class AsyncKV:
     """The asyncio client: one aiohttp session; use `async with AsyncKV(url) as kv:`."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 5.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 5.0,
+                 secret: str | None = None) -> None:
         self.url = url.rstrip("/")
         self._timeout = _aiohttp().ClientTimeout(total=timeout)
+        self.secret = secret
+        self._headers = _auth(secret)
         self._session: aiohttp.ClientSession | None = None
 
     async def _send(self, call: Call) -> tuple[int, dict, bytes]:
         if self._session is None:
-            self._session = _aiohttp().ClientSession(timeout=self._timeout)
+            self._session = _aiohttp().ClientSession(timeout=self._timeout,
+                                                     headers=self._headers)
         try:
             async with self._session.request(call.method, self.url + call.path,
                                              data=call.body) as response:
@@ -191,6 +202,10 @@ class AsyncKV:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _auth(secret: str | None) -> dict[str, str]:
+    return {} if secret is None else {"Authorization": f"Bearer {secret}"}
 
 
 def _aiohttp():

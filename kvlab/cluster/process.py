@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,19 @@ class Proc:
     started: int  # start time in clock ticks since boot, from /proc/PID/stat
 
     @classmethod
-    def spawn(cls, argv: list[str], log: Path, cwd: Path) -> Proc:
-        """Start a detached process (own session, so a Ctrl-C in the terminal spares it)."""
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
+    def spawn(cls, argv: list[str], log: Path, cwd: Path,
+              env: Mapping[str, str] | None = None) -> Proc:
+        """Start a detached process (own session, so a Ctrl-C in the terminal spares it),
+        with `env` added to this process's environment.
+
+        Its folder, its log and whatever it creates are its owner's alone (0700 and 0600):
+        they hold the cluster's data."""
+        log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as out:
             child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, cwd=cwd,
+                                     env={**os.environ, **(env or {})}, umask=0o077,
                                      start_new_session=True, close_fds=True)
         started = start_time(child.pid)
         # Popen keeps a handle only to reap the child; ours are reaped in `state()`.

@@ -48,6 +48,9 @@ class ClusterSpec:
     # A membership change streams each moving range at most this fast from each source
     # node (MB/s); 0: as fast as the nodes go.
     stream_rate_mb_s: float = 0.0
+    # The data API and /cluster/keys/* need the cluster's secret too, not only the routes
+    # that change the ring or break links.
+    protect_data: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):

@@ -15,6 +15,10 @@ removed it, or (after `--no-wait` or a Ctrl-C) by the next command that finds th
 starts it again, and stops it at once unless the proxy, going on from the topology it kept,
 is still moving its ranges. A node that took another's place records it as its `seat` (it
 holds that node's ranges, on that node's tokens).
+
+cluster.json also keeps the cluster's secret (see `kvlab.net.auth`): it is made by the first
+`up`, readable by its owner only, handed to the proxy and the nodes in their environment,
+and shown by every command that changes the ring or breaks a link.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -37,6 +42,7 @@ from pathlib import Path
 from kvlab.cluster.ports import port_free
 from kvlab.cluster.process import DOWN, PAUSED, STARTING, UP, Proc, wait_until
 from kvlab.cluster.spec import ClusterSpec, cluster_dir
+from kvlab.net.auth import SECRET_ENV, bearer
 
 READY_TIMEOUT_S = 30.0
 PORT_WAIT_S = 3.0
@@ -95,6 +101,7 @@ class Cluster:
     proxy: Member
     nodes: list[Member] = field(default_factory=list)  # the ring the proxy committed to
     leaving: list[Member] = field(default_factory=list)  # streaming their ranges out
+    secret: str | None = None  # None: a cluster.json from before secrets (`up` makes one)
 
     # -- persistence --------------------------------------------------------------------
 
@@ -109,7 +116,7 @@ class Cluster:
     @classmethod
     def new(cls, spec: ClusterSpec) -> Cluster:
         nodes = [Member(n, spec.port + i) for i, n in enumerate(spec.node_names(), start=1)]
-        return cls(spec, Member("proxy", spec.port), nodes)
+        return cls(spec, Member("proxy", spec.port), nodes, secret=new_secret())
 
     @classmethod
     def load(cls, name: str) -> Cluster:
@@ -127,7 +134,8 @@ class Cluster:
     def _from_json(cls, data: dict) -> Cluster:
         return cls(ClusterSpec.from_json(data["spec"]), Member.from_json(data["proxy"]),
                    [Member.from_json(n) for n in data["nodes"]],
-                   [Member.from_json(n) for n in data.get("leaving", [])])
+                   [Member.from_json(n) for n in data.get("leaving", [])],
+                   data.get("secret"))
 
     def refresh(self) -> None:
         """Re-read cluster.json: another command may have restarted, added or removed a node."""
@@ -138,6 +146,7 @@ class Cluster:
             return
         self.spec, self.proxy = fresh.spec, fresh.proxy
         self.nodes, self.leaving = fresh.nodes, fresh.leaving
+        self.secret = fresh.secret
 
     def save(self) -> None:
         with self._locked():
@@ -162,12 +171,14 @@ class Cluster:
     def _locked(self) -> Iterator[None]:
         # Several commands (a dashboard, `kvlab restart` in another terminal) may record
         # PIDs at once: they take turns, or one would overwrite the other's and orphan it.
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "cluster.lock", "a") as lock:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.dir / "cluster.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
     def _write(self, data: dict) -> None:
+        # mkstemp creates the file 0600, before the secret is in it: never readable by others.
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".cluster.", suffix=".json")
         with os.fdopen(fd, "w") as out:
             out.write(json.dumps(data, indent=2) + "\n")
@@ -258,6 +269,7 @@ class Cluster:
             ports = ", ".join(f"{m.port} ({m.name})" for m in busy)
             raise ClusterError(f"port {ports} is in use by another program; pick other ports "
                                f"with --port (nodes use the ports after the proxy's)")
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # its data: its owner's only
         try:
             # A node still leaving when the cluster stopped starts too: the proxy resumes
             # the move from the topology it kept, and the node is a source of it.
@@ -615,7 +627,7 @@ class Cluster:
     def _data(self) -> dict:
         return {"spec": self.spec.to_json(), "proxy": self.proxy.to_json(),
                 "nodes": [n.to_json() for n in self.nodes],
-                "leaving": [n.to_json() for n in self.leaving]}
+                "leaving": [n.to_json() for n in self.leaving], "secret": self.secret}
 
     def _membership(self, method: str, path: str, body: dict | None,
                     field: str = "change") -> ChangeView:
@@ -623,7 +635,8 @@ class Cluster:
         `field` of its answer)."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json",
+                                                  **self.auth()})
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 return json.loads(response.read())[field]
@@ -657,7 +670,7 @@ class Cluster:
         for peer in self.nodes:
             if peer.name != member.name:
                 argv += ["--peer", f"{peer.name}={peer.url(spec.host)}"]
-        member.proc = Proc.spawn(argv, folder / "node.log", self.dir)
+        member.proc = Proc.spawn(argv, folder / "node.log", self.dir, self._env())
 
     def _spawn_proxy(self, clock_offset_ms: int = 0) -> None:
         spec = self.spec
@@ -670,11 +683,21 @@ class Cluster:
                 "--max-clock-ahead", f"{spec.max_clock_ahead_s:g}", "--state", str(folder)]
         if spec.sloppy:
             argv.append("--sloppy")
+        if spec.protect_data:
+            argv.append("--protect-data")
         if clock_offset_ms:
             argv += ["--clock-offset-ms", str(clock_offset_ms)]
         for node in self.nodes:
             argv += ["--node", f"{node.name}={node.url(spec.host)}"]
-        self.proxy.proc = Proc.spawn(argv, folder / "proxy.log", self.dir)
+        self.proxy.proc = Proc.spawn(argv, folder / "proxy.log", self.dir, self._env())
+
+    def auth(self) -> dict[str, str]:
+        """The header that shows the cluster's secret (none for a cluster without one)."""
+        return bearer(self.secret)
+
+    def _env(self) -> dict[str, str]:
+        # In the environment, not on argv: a process's argv is readable by every user.
+        return {} if self.secret is None else {SECRET_ENV: self.secret}
 
     def _await_ready(self, members: list[Member]) -> None:
         """Wait until each member answers /health and the proxy has a link to each node."""
@@ -709,6 +732,10 @@ class Cluster:
 
 _VERBS = {"add": "joining", "remove": "leaving", "replace": "taking its place",
           "resume": "moving"}
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
 
 
 def _on_off(flag: bool) -> str:
@@ -765,6 +792,8 @@ def up(spec: ClusterSpec) -> Cluster:
             raise ClusterError(f"cluster {spec.name!r} has {len(previous.nodes)} nodes: "
                                f"{exc}") from None
         cluster = previous
+        if cluster.secret is None:  # it first ran before kvlab had secrets
+            cluster.secret = new_secret()
     cluster.start()
     return cluster
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -44,6 +46,7 @@ from kvlab.core.topology import Topology
 from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net.api_errors import quorum_error
 from kvlab.net.args import name_url, on_off
+from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, bearer, secret_from_env
 from kvlab.net.clock_state import ClockState, ClockStateError
 from kvlab.net.engine import Engine, wall_clock
 from kvlab.net.http import (
@@ -77,19 +80,25 @@ class Proxy:
     those hints count toward W unless a write says `sloppy=0` (needs `hints`).
     `clock_offset_ms` shifts the wall clock the coordinator is given (a wrong clock, for
     tests and demos); `state_dir` keeps the clock's high water across restarts;
-    `heartbeat_ms` paces the failure detector's pings.
+    `heartbeat_ms` paces the failure detector's pings. `secret`: what the control routes
+    ask of a client (and the data routes too if `protect_data`), and what the proxy shows
+    the nodes; None: nothing is asked (see `kvlab.net.auth`).
     """
 
     def __init__(self, name: str, nodes: dict[str, str], quorum: Quorum, vnodes: int,
                  timeout_ms: int, limits: Limits, *, hints: bool = True, sloppy: bool = False,
                  max_ahead_ms: int = MAX_AHEAD_MS, clock_offset_ms: int = 0,
-                 state_dir: Path | None = None, heartbeat_ms: int = 100) -> None:
+                 state_dir: Path | None = None, heartbeat_ms: int = 100,
+                 secret: str | None = None, protect_data: bool = False) -> None:
         if sloppy and not hints:
             raise ValueError("a sloppy quorum counts hints: it needs hints on")
         self.name = name
         self.limits = limits
         self.sloppy = sloppy
         self.clock_offset_ms = clock_offset_ms
+        self.secret = secret
+        self.guard = None if secret is None else Guard(secret)
+        self.protect_data = protect_data
         coordinator = Coordinator(name, Ring(tuple(nodes), vnodes), quorum, timeout_ms,
                                   hints=hints, max_ahead_ms=max_ahead_ms)
         self.membership = Membership(coordinator, heartbeat_ms=heartbeat_ms)
@@ -588,18 +597,50 @@ ROUTES: list[tuple[str, str, Route]] = [
 ]
 
 
+# What the cluster's secret guards: the routes that change the ring or break links always,
+# the data and what a replica holds with --protect-data.
+CONTROL_ROUTES = frozenset({add_node, remove_node, replace_node, abort_change, set_fault})
+DATA_ROUTES = frozenset({compat_set, compat_get, compat_delete, rest_empty_key, rest_get,
+                         rest_put, rest_delete, cluster_key})
+
+
 def make_router(proxy: Proxy) -> Router:
     """The API's routes; a path ending in `*` matches any non-empty rest (`request.tail`)."""
     router = Router()
+    guarded = CONTROL_ROUTES | (DATA_ROUTES if proxy.protect_data else frozenset())
     for method, path, route in ROUTES:
         prefix = path.endswith("*")
-        router.add(method, path.rstrip("*"), partial(route, proxy), prefix=prefix)
+        handler = partial(route, proxy)
+        if proxy.guard is not None and route in guarded:
+            handler = _guarded(handler, proxy.guard)
+        router.add(method, path.rstrip("*"), handler, prefix=prefix)
     return router
+
+
+def _guarded(handler: Callable[[Request], Any], guard: Guard) -> Callable[[Request], Any]:
+    """`handler`, answering 401 to a request without the secret. A direct handler stays
+    direct (a plain function), so the data routes keep their fast path when protected."""
+    def check(request: Request) -> None:
+        if not guard.allows(request.headers.get("authorization")):
+            raise HttpError(401, "unauthorized", MESSAGE, headers=UNAUTHORIZED)
+
+    if inspect.iscoroutinefunction(handler):
+        async def guarded_async(request: Request) -> Response:
+            check(request)
+            return await handler(request)
+        return guarded_async
+
+    def guarded(request: Request) -> Response | Later:
+        check(request)
+        return handler(request)
+    return guarded
 
 
 async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event) -> None:
     """Open the links to the nodes, serve the API until `stopped`, then close everything."""
-    proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    # The secret goes with every request to a node: the replica channels, and /stats.
+    proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                          headers=bearer(proxy.secret))
     membership = proxy.membership
     for name in membership.watched:  # a --node the ring no longer has is not linked
         proxy.add_link(name, membership.addresses[name])
@@ -671,6 +712,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clock-offset-ms", type=int, default=0, metavar="N",
                         help="run the coordinator's clock N ms off the wall clock (negative: "
                              "behind); for tests and demos of clock skew")
+    parser.add_argument("--protect-data", action="store_true",
+                        help="the data routes and /cluster/keys/* need the secret too (the "
+                             "secret comes in $KVLAB_SECRET; without it, nothing is checked)")
     args = parser.parse_args(argv)
     if args.sloppy and not args.hints:
         parser.error("--sloppy counts hints toward W: it needs --hints on")
@@ -684,7 +728,8 @@ def main(argv: list[str] | None = None) -> None:
                   Limits(args.max_key, args.max_value), hints=args.hints, sloppy=args.sloppy,
                   max_ahead_ms=round(args.max_clock_ahead * 1000),
                   clock_offset_ms=args.clock_offset_ms, state_dir=args.state,
-                  heartbeat_ms=args.heartbeat_ms)
+                  heartbeat_ms=args.heartbeat_ms, secret=secret_from_env(),
+                  protect_data=args.protect_data)
     restored = ring = None
     if proxy.clock_state is not None:
         try:

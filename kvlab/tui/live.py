@@ -91,11 +91,13 @@ class LiveSource(ActionsByName):
                 timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT_S))
         return self._session
 
-    def _client(self, url: str) -> AsyncKV:
-        if self._kv is None or self._kv.url != url:
+    def _client(self, cluster: Cluster) -> AsyncKV:
+        """The client of `cluster`'s proxy, with its secret (faults, --protect-data)."""
+        url = cluster.url
+        if self._kv is None or (self._kv.url, self._kv.secret) != (url, cluster.secret):
             if self._kv is not None:  # the cluster moved: don't leak the old session
                 asyncio.get_running_loop().create_task(self._kv.close())
-            self._kv = AsyncKV(url, timeout=OP_TIMEOUT_S)
+            self._kv = AsyncKV(url, timeout=OP_TIMEOUT_S, secret=cluster.secret)
         return self._kv
 
     async def _get_json(self, url: str) -> dict | None:
@@ -206,7 +208,7 @@ class LiveSource(ActionsByName):
     async def inspect(self, key: str) -> KeyView:
         cluster = await self._cluster()
         try:
-            data = await self._client(cluster.url).inspect(key)
+            data = await self._client(cluster).inspect(key)
         except KVError as exc:
             return KeyView(key, error=str(exc))
         return KeyView(key, tuple(
@@ -218,7 +220,7 @@ class LiveSource(ActionsByName):
     async def read(self, key: str) -> OpResult:
         cluster = await self._cluster()
         try:
-            result = await self._client(cluster.url).read(key)
+            result = await self._client(cluster).read(key)
         except KeyNotFound:
             return OpResult(True, f"read {key}: not found")
         except KVError as exc:
@@ -229,7 +231,7 @@ class LiveSource(ActionsByName):
     async def write(self, key: str, value: str) -> OpResult:
         cluster = await self._cluster()
         try:
-            result = await self._client(cluster.url).set(key, value)
+            result = await self._client(cluster).set(key, value)
         except KVError as exc:
             return OpResult(False, f"write {key} failed: {exc}")
         return OpResult(True, f"write {key} = {value!r} "
@@ -264,7 +266,7 @@ class LiveSource(ActionsByName):
         cluster = await self._cluster()
         try:
             async with self._acting:
-                await self._client(cluster.url).partition(node, on, "both")
+                await self._client(cluster).partition(node, on, "both")
         except KVError as exc:
             raise SourceError(str(exc)) from None
 
@@ -274,7 +276,8 @@ class LiveSource(ActionsByName):
         cluster = await self._cluster()
         if self._traffic is None:
             # Its own client: a slow workload must not delay the dashboard's inspections.
-            self._traffic = TrafficGenerator(AsyncKV(cluster.url, timeout=OP_TIMEOUT_S))
+            self._traffic = TrafficGenerator(AsyncKV(cluster.url, timeout=OP_TIMEOUT_S,
+                                                     secret=cluster.secret))
         self._traffic.start(settings)
 
     async def stop_traffic(self) -> None:

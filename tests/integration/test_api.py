@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from kvlab.client import KV, AsyncKV, BadRequest, KeyNotFound, Unavailable
+from tests.cluster_helpers import auth, secret
 
 ODD_KEYS = ["a&b=c", "with space", "q?x#frag", "100%", "a/b/c", "tab\there", "ünï©ødé ✓",
             "%2F", "+plus+", "semi;colon", "back\\slash", "x" * 1024]
@@ -169,7 +170,7 @@ async def test_async_client(cluster3):
 
 
 def test_a_partitioned_link_times_out_and_heals(cluster3):
-    with KV(cluster3.url) as kv:
+    with KV(cluster3.url, secret=secret(cluster3)) as kv:
         kv.set("part", "v")
         assert kv.partition("n1")["partitioned"] == "both"
         assert kv.partition("n2", direction="to")["partitioned"] == "to"
@@ -181,8 +182,9 @@ def test_a_partitioned_link_times_out_and_heals(cluster3):
             kv.partition("n1", False)
             kv.partition("n2", False)
         assert kv.get("part", r=3) == "v"
-        assert http(f"{cluster3.url}/cluster/faults/n9", "PUT", b'{"partitioned": true}')[0] == 404
-        assert http(f"{cluster3.url}/cluster/faults/n1", "PUT", b'{"on": 1}')[0] == 400
+        faults = f"{cluster3.url}/cluster/faults"
+        assert http(f"{faults}/n9", "PUT", b'{"partitioned": true}', auth(cluster3))[0] == 404
+        assert http(f"{faults}/n1", "PUT", b'{"on": 1}', auth(cluster3))[0] == 400
         # "from": the node applies the write but the proxy never hears its acknowledgement.
         kv.partition("n3", direction="from")
         try:
@@ -214,7 +216,7 @@ def test_bench_against_the_real_cluster(cluster3, api):
 def test_removing_a_node_below_n_is_refused_by_the_api_itself(cluster3):
     # Three nodes, N=3: the CLI refuses too, but a script talking to the proxy must not be
     # able to leave keys with fewer replicas than N.
-    status, _, body = http(f"{cluster3.url}/cluster/nodes/n1", "DELETE")
+    status, _, body = http(f"{cluster3.url}/cluster/nodes/n1", "DELETE", headers=auth(cluster3))
     assert status == 409 and "fewer than N=3" in json.loads(body)["message"]
     nodes = json.loads(http(f"{cluster3.url}/cluster")[2])["nodes"]
     assert [n["name"] for n in nodes] == ["n1", "n2", "n3"]

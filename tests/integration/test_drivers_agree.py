@@ -69,7 +69,7 @@ def run_on_simulator() -> list[tuple[str, str | None]]:
 
 async def run_on_real_cluster(cluster) -> list[tuple[str, str | None]]:
     results = []
-    async with AsyncKV(cluster.url) as kv:
+    async with AsyncKV(cluster.url, secret=cluster.secret) as kv:
         for action, key, arg in SCENARIO:
             if action in OPS:
                 results.append(await perform(kv, Op(0, action, key, arg)))

@@ -82,8 +82,9 @@ def healing_of(cluster: Cluster, name: str) -> dict:
     return stats["healing"]
 
 
-def http(url: str, method: str = "GET", body: bytes | None = None):
-    request = urllib.request.Request(url, data=body, method=method)
+def http(url: str, method: str = "GET", body: bytes | None = None,
+         headers: dict[str, str] | None = None):
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
             return r.status, dict(r.headers), r.read()

@@ -20,7 +20,7 @@ from kvlab.client import AsyncKV
 from kvlab.cluster.ports import free_port_block
 from kvlab.cluster.process import Proc
 from kvlab.cluster.supervisor import Cluster
-from tests.cluster_helpers import eventually, real_cluster
+from tests.cluster_helpers import auth, eventually, real_cluster
 from tests.integration.test_healing import http, node_stats, write_all
 
 KEYS = {f"member-{i}": f"value {i}" for i in range(600)}
@@ -81,14 +81,15 @@ def get_json(url: str) -> dict:
     return json.loads(body)
 
 
-def post(url: str, body: object) -> tuple[int, dict]:
+def post(cluster: Cluster, path: str, body: object) -> tuple[int, dict]:
+    """POST to the proxy's `path`, with the cluster's secret."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    status, _, answer = http(url, "POST", raw)
+    status, _, answer = http(cluster.url + path, "POST", raw, auth(cluster))
     return status, json.loads(answer)
 
 
-def delete(url: str) -> tuple[int, dict]:
-    status, _, answer = http(url, "DELETE")
+def delete(cluster: Cluster, path: str) -> tuple[int, dict]:
+    status, _, answer = http(cluster.url + path, "DELETE", headers=auth(cluster))
     return status, json.loads(answer)
 
 
@@ -133,7 +134,7 @@ def test_a_node_added_receives_its_ranges_and_no_key_is_lost(cluster):
     assert all(len(r.acked) >= 2 for r in written.values())
     url = extra.start("n4", members(cluster))
 
-    status, body = post(f"{cluster.url}/cluster/nodes", {"name": "n4", "url": url})
+    status, body = post(cluster, "/cluster/nodes", {"name": "n4", "url": url})
     assert status == 202, body
     change = body["change"]
     assert (change["kind"], change["node"], change["phase"]) == ("add", "n4", "joining")
@@ -142,9 +143,9 @@ def test_a_node_added_receives_its_ranges_and_no_key_is_lost(cluster):
     assert change["moving"] and all(m["target"] == "n4" for m in change["moving"])
     # Steps go at the committer's heartbeat (100 ms): the change is still on.
     elsewhere = f"http://127.0.0.1:{free_port_block(1)}"
-    status, refused = post(f"{cluster.url}/cluster/nodes", {"name": "n9", "url": elsewhere})
+    status, refused = post(cluster, "/cluster/nodes", {"name": "n9", "url": elsewhere})
     assert status == 409 and "in progress" in refused["message"]
-    assert delete(f"{cluster.url}/cluster/nodes/n2")[0] == 409
+    assert delete(cluster, "/cluster/nodes/n2")[0] == 409
     listed = {n["name"]: n for n in get_json(f"{cluster.url}/cluster")["nodes"]}
     assert listed["n4"]["joining"] and not listed["n1"]["leaving"]
 
@@ -166,28 +167,28 @@ def test_changes_that_cannot_be_made_are_refused_with_the_reason(cluster):
     url = extra.urls["n4"]
     for bad in (b"nope", {"name": "n9"}, {"name": 9, "url": url}, {"name": "n9", "url": "ftp://x"},
                 [1, 2]):
-        status, body = post(f"{cluster.url}/cluster/nodes", bad)
+        status, body = post(cluster, "/cluster/nodes", bad)
         assert status == 400 and body["error"] == "bad_request", (bad, body)
     free = f"http://127.0.0.1:{free_port_block(1)}"
-    status, body = post(f"{cluster.url}/cluster/nodes", {"name": "n4", "url": free})
+    status, body = post(cluster, "/cluster/nodes", {"name": "n4", "url": free})
     assert status == 409 and "already in the ring" in body["message"]
     for name in ("a#b", "", "n 9\n\u0000x", "a/b", "x" * 65):
-        status, body = post(f"{cluster.url}/cluster/nodes", {"name": name, "url": free})
+        status, body = post(cluster, "/cluster/nodes", {"name": name, "url": free})
         assert status == 400 and "bad node name" in body["message"], (name, body)
     for bad in ("http://", "http://127.0.0.1:notaport", "http://127.0.0.1:99999", "http://[::1",
                 f"{free}/../x?y#z", "http://127.0.0.1"):
-        status, body = post(f"{cluster.url}/cluster/nodes", {"name": "n9", "url": bad})
+        status, body = post(cluster, "/cluster/nodes", {"name": "n9", "url": bad})
         assert status == 400 and body["error"] == "bad_request", (bad, body)
     # Where the proxy or a node of the cluster listens: nobody new would ever answer there.
     for taken in (cluster.url, members(cluster)["n2"]):
-        status, body = post(f"{cluster.url}/cluster/nodes", {"name": "n9", "url": taken})
+        status, body = post(cluster, "/cluster/nodes", {"name": "n9", "url": taken})
         assert status == 409 and "listens already" in body["message"], (taken, body)
-    status, body = delete(f"{cluster.url}/cluster/nodes/n9")
+    status, body = delete(cluster, "/cluster/nodes/n9")
     assert status == 404 and body["error"] == "not_found"
-    status, body = post(f"{cluster.url}/cluster/nodes/n9/replace", {"name": "n5", "url": url})
+    status, body = post(cluster, "/cluster/nodes/n9/replace", {"name": "n5", "url": url})
     assert status == 404
-    assert post(f"{cluster.url}/cluster/nodes/n1/rename", {"name": "n5", "url": url})[0] == 404
-    assert post(f"{cluster.url}/cluster/nodes/n1/replace", b"{}")[0] == 400
+    assert post(cluster, "/cluster/nodes/n1/rename", {"name": "n5", "url": url})[0] == 404
+    assert post(cluster, "/cluster/nodes/n1/replace", b"{}")[0] == 400
     assert get_json(f"{cluster.url}/cluster/change")["change"] is None
 
 
@@ -195,24 +196,24 @@ def test_a_move_to_a_node_that_never_answers_can_be_aborted(cluster):
     cluster, _ = cluster
     before = sorted(members(cluster))
     nobody = f"http://127.0.0.1:{free_port_block(1)}"  # nothing listens there
-    status, _ = post(f"{cluster.url}/cluster/nodes", {"name": "ghost", "url": nobody})
+    status, _ = post(cluster, "/cluster/nodes", {"name": "ghost", "url": nobody})
     assert status == 202
     eventually(lambda: get_json(f"{cluster.url}/cluster")["membership"]["nodes"]["ghost"]
                ["health"] == "down", 10, "the ghost to be held down")
     assert get_json(f"{cluster.url}/cluster/change")["change"]["phase"] == "streaming"
     assert misses(cluster) == []  # writes and reads go on meanwhile (joint quorums)
-    status, body = delete(f"{cluster.url}/cluster/change")
+    status, body = delete(cluster, "/cluster/change")
     assert status == 200 and body["aborted"]["phase"] == "aborted"
     assert sorted(body["nodes"]) == before
     assert sorted(members(cluster)) == before
     assert get_json(f"{cluster.url}/cluster")["membership"]["pending"] is None
-    assert delete(f"{cluster.url}/cluster/change")[0] == 404
+    assert delete(cluster, "/cluster/change")[0] == 404
     assert misses(cluster) == []
 
 
 def test_a_node_decommissioned_streams_its_ranges_out_before_it_leaves(cluster):
     cluster, _ = cluster
-    status, body = delete(f"{cluster.url}/cluster/nodes/n1")
+    status, body = delete(cluster, "/cluster/nodes/n1")
     assert status == 202, body
     change = body["change"]
     assert (change["kind"], change["node"]) == ("remove", "n1")
@@ -231,7 +232,7 @@ def test_a_node_decommissioned_streams_its_ranges_out_before_it_leaves(cluster):
     cluster.kill("n1")  # decommissioned: what it held is elsewhere now
     assert misses(cluster) == []
     # Three nodes are left, N=3: no further removal.
-    status, body = delete(f"{cluster.url}/cluster/nodes/n2")
+    status, body = delete(cluster, "/cluster/nodes/n2")
     assert status == 409 and "fewer than N=3" in body["message"]
 
 
@@ -241,7 +242,7 @@ def test_a_dead_node_is_replaced_by_an_empty_one_and_no_key_is_lost(cluster):
     eventually(lambda: get_json(f"{cluster.url}/cluster")["membership"]["nodes"]["n2"]
                ["health"] == "down", 5, "n2 to be down")
     url = extra.start("n5", {n: u for n, u in members(cluster).items() if n != "n2"})
-    status, body = post(f"{cluster.url}/cluster/nodes/n2/replace", {"name": "n5", "url": url})
+    status, body = post(cluster, "/cluster/nodes/n2/replace", {"name": "n5", "url": url})
     assert status == 202, body
     change = body["change"]
     assert (change["kind"], change["node"], change["replaced"]) == ("replace", "n5", "n2")

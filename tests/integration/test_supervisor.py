@@ -12,7 +12,7 @@ from kvlab.client import KV
 from kvlab.cluster import supervisor
 from kvlab.cluster.ports import free_port_block, port_free
 from kvlab.cluster.supervisor import Cluster, ClusterError
-from tests.cluster_helpers import eventually, real_cluster
+from tests.cluster_helpers import auth, eventually, real_cluster
 
 
 def test_concurrent_restarts_from_two_commands_are_both_recorded(kvlab_home):
@@ -74,7 +74,7 @@ def test_a_change_while_one_is_in_progress_starts_no_node_and_leaves_the_file_al
         nowhere = free_port_block(1)
         body = json.dumps({"name": "n9", "url": f"http://127.0.0.1:{nowhere}"}).encode()
         request = urllib.request.Request(f"{cluster.url}/cluster/nodes", data=body,
-                                         method="POST")
+                                         method="POST", headers=auth(cluster))
         assert urllib.request.urlopen(request, timeout=5).status == 202
         before = (cluster.dir / "cluster.json").read_text()
         with pytest.raises(ClusterError, match="in progress"):

@@ -139,7 +139,7 @@ async def test_cut_and_heal_the_link_to_a_node(cluster: Cluster) -> None:
             assert "⌁" not in region_text(app, app.nodes)
             assert (await proxy_partitions(cluster))["n2"] is None
     finally:  # the other tests need the link whatever happened here
-        async with AsyncKV(cluster.url) as kv:
+        async with AsyncKV(cluster.url, secret=cluster.secret) as kv:
             await kv.partition("n2", on=False)
 
 

@@ -63,9 +63,10 @@ def test_bad_up_flags_are_usage_errors(capsys):
 
 def test_each_process_is_told_the_healing_settings_and_its_peers(kvlab_home: Path, monkeypatch):
     spawned: dict[str, list[str]] = {}
+    envs: dict[str, dict[str, str]] = {}
 
-    def spawn(argv: list[str], log: Path, cwd: Path) -> Proc:
-        spawned[log.parent.name] = argv
+    def spawn(argv: list[str], log: Path, cwd: Path, env: dict[str, str]) -> Proc:
+        spawned[log.parent.name], envs[log.parent.name] = argv, env
         return Proc(0, 0)
 
     monkeypatch.setattr(supervisor.Proc, "spawn", staticmethod(spawn))
@@ -90,3 +91,8 @@ def test_each_process_is_told_the_healing_settings_and_its_peers(kvlab_home: Pat
     assert "--sloppy" in proxy and flags(proxy, "--hints") == ["on"]
     assert flags(proxy, "--state") == [str(cluster.dir / "proxy")]
     assert flags(proxy, "--clock-offset-ms") == ["-5000"]
+    # The secret goes in the environment, never on argv (which every local user can read).
+    assert len(cluster.secret) >= 40 and set(envs) == {"n1", "n2", "n3", "proxy"}
+    assert all(env == {"KVLAB_SECRET": cluster.secret} for env in envs.values())
+    assert not any(cluster.secret in arg for argv in spawned.values() for arg in argv)
+    assert "--protect-data" not in proxy
