@@ -141,6 +141,7 @@ class Coordinator:
         self.clock = HybridClock(name, max_ahead_ms)
         self.hints_sent = 0
         self.restamped = 0
+        self.repairs_sent = 0  # records a read sent back to replicas that answered older
         self._ops: dict[int, _Op] = {}
         self._requests: dict[int, tuple[_Op, str]] = {}
         self._next_op = 0
@@ -453,6 +454,7 @@ class Coordinator:
             if (had is None or had.version < newest.version) and \
                     op.repaired.get(node) != newest.version:
                 op.repaired[node] = newest.version
+                self.repairs_sent += 1
                 self._next_req += 1
                 self._requests[self._next_req] = (op, node)
                 op.repairs[self._next_req] = newest.version

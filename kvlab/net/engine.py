@@ -16,6 +16,7 @@ from kvlab.core.membership import Membership
 from kvlab.core.messages import (
     CoordinatorEffect,
     Done,
+    OpKind,
     Outcome,
     Reply,
     Report,
@@ -63,7 +64,8 @@ class Engine:
         self._closing: set[asyncio.Task] = set()  # links being stopped
         self._tick: asyncio.TimerHandle | None = None
         self._waiting: dict[int, asyncio.Future[Outcome]] = {}
-        self.served: dict[str, int] = {}  # outcomes by status, for /cluster
+        # op kind -> status -> operations that ended so, for /cluster and /metrics
+        self.outcomes: dict[str, dict[str, int]] = {kind: {} for kind in OpKind}
         # Deadlines of every operation behind a single loop timer, far cheaper than a
         # TimerHandle per operation (nearly all of them find the op long done). They are
         # grouped by millisecond, rounded up: an op costs one append to its millisecond's
@@ -206,7 +208,8 @@ class Engine:
                         self._arm()
                 case Done():
                     outcome = effect.outcome
-                    self.served[outcome.status] = self.served.get(outcome.status, 0) + 1
+                    counts = self.outcomes[outcome.kind]
+                    counts[outcome.status] = counts.get(outcome.status, 0) + 1
                     future = self._waiting.pop(outcome.op, None)
                     # Every operation ends in exactly one Done; its future can only have been
                     # cancelled by whoever awaited it giving up.
@@ -214,6 +217,15 @@ class Engine:
                         future.set_result(outcome)
                 case _:
                     assert_never(effect)
+
+    @property
+    def served(self) -> dict[str, int]:
+        """Operations by the status they ended with, whatever their kind."""
+        served: dict[str, int] = {}
+        for counts in self.outcomes.values():
+            for status, count in counts.items():
+                served[status] = served.get(status, 0) + count
+        return served
 
     def _arm(self) -> None:
         if self._timer is not None:

@@ -10,7 +10,8 @@ this module routes, runs one handler per request and writes the answer.
 What it does: keep-alive and pipelining (answers in request order), HTTP/1.0, chunked
 request bodies, `Expect: 100-continue`, HEAD on GET routes, a request body limit (413),
 400 on malformed requests, 404 and 405 (with `Allow`), and every error as a JSON body
-`{"error": CODE, "message": TEXT, ...}`. What it leaves out, because the API has no use for
+`{"error": CODE, "message": TEXT, ...}`; every answer is timed, by route and status
+(`Router.durations`, for `/metrics`). What it leaves out, because the API has no use for
 it: upgrades, trailers, streaming bodies, TLS.
 """
 
@@ -20,22 +21,27 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
+from time import perf_counter
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import httptools
 import orjson
 
+from kvlab.net.histogram import DURATION_BOUNDS, Histogram
+
 logger = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 75.0  # a kept-alive connection with nothing to do is closed after this
 MAX_PIPELINED = 32  # parsed requests waiting behind the one being served; then stop reading
 DISCARD_LIMIT = 64 * 1024 * 1024  # bytes of a refused (413) body read to keep its connection
+UNROUTED = "none"  # the route of an answer given without a handler (400, 404, 405, 413)
 
 
 class Request:
@@ -126,10 +132,17 @@ class Router:
         self._exact: dict[str, dict[str, Handler]] = {}
         self._prefixes: list[tuple[str, dict[str, Handler]]] = []
         self.direct: set[Handler] = set()  # handlers that are plain functions
+        # route ("METHOD /path", "/kv/*" for a prefix) -> status -> time to answer, never
+        # by a request's own path (one per key would grow without bound); `timings` finds
+        # a handler's route in one lookup
+        self.durations: dict[str, dict[int, Histogram]] = {UNROUTED: {}}
+        self.timings: dict[Handler, dict[int, Histogram]] = {}
 
     def add(self, method: str, path: str, handler: Handler, *, prefix: bool = False) -> None:
         if not inspect.iscoroutinefunction(handler):
             self.direct.add(handler)
+        self.timings[handler] = self.durations.setdefault(
+            f"{method} {path}{'*' if prefix else ''}", {})
         if prefix:
             for known, methods in self._prefixes:
                 if known == path:
@@ -204,6 +217,8 @@ class _Queued(NamedTuple):
     keep_alive: bool  # the connection stays open after the answer
     head: bool  # a HEAD request: the answer has no body
     http10: bool  # an HTTP/1.0 client: keep-alive must be said out loud
+    timing: dict[int, Histogram] | None = None  # its route's durations (None: UNROUTED)
+    started: float = 0.0  # perf_counter() once it was received whole (0: not timed)
 
 
 class _Connection(asyncio.Protocol):
@@ -371,8 +386,10 @@ class _Connection(asyncio.Protocol):
         except HttpError as exc:  # 404, 405
             self._queue(_Queued(exc.response(), None, keep_alive, head, http10))
             return
-        queued = _Queued(request, handler, keep_alive, head, http10)
-        if handler in self._server.router.direct and not self._busy and not self._pending \
+        router = self._server.router
+        queued = _Queued(request, handler, keep_alive, head, http10, router.timings[handler],
+                         perf_counter())
+        if handler in router.direct and not self._busy and not self._pending \
                 and not self._writing_paused:
             self._answer_now(queued)
         else:
@@ -530,6 +547,17 @@ class _Connection(asyncio.Protocol):
             lines.append(response.body)
         transport.write(b"".join(lines))
         self.last_active = self._loop.time()
+        timings = queued.timing
+        if timings is None:
+            timings = self._server.router.durations[UNROUTED]
+        timing = timings.get(response.status)
+        if timing is None:
+            timing = timings[response.status] = Histogram()
+        # Histogram.observe, inlined: every answer passes here (a call is ~0.05 µs).
+        started = queued.started
+        elapsed = perf_counter() - started if started else 0.0
+        timing.counts[bisect_left(DURATION_BOUNDS, elapsed)] += 1
+        timing.sum += elapsed
         if not keep_alive:
             self._accepting = False
             self._pending.clear()

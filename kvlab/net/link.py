@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -29,6 +28,7 @@ import aiohttp
 from kvlab.core.messages import REPORTS, Control, Message, Reply, Report, Request
 from kvlab.net import codec
 from kvlab.net.framing import FrameWriter
+from kvlab.net.histogram import Histogram
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,13 @@ class ReplicaLink(Link):
         self._on_connected = on_connected
         self._inflight: dict[int, float] = {}
         self.replies = 0
-        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        # Round trips in seconds: every one goes into `latency` (for /metrics), in batches:
+        # a reply costs one append, and `_frame` folds the list in once it holds a window.
+        # The window before is kept for `p99_ms`.
+        self.latency = Histogram()
+        self.latencies: list[float] = []
+        self._folded = 0  # of `latencies`, how many `latency` counts already
+        self._window: list[float] = []
 
     def send(self, request: Request) -> bool:
         """Queue `request` for the node; False if the link is down (the caller fails it)."""
@@ -172,10 +178,18 @@ class ReplicaLink(Link):
         self._inflight.clear()
 
     def p99_ms(self) -> float | None:
-        if not self.latencies:
+        """The 99th percentile of the last `LATENCY_WINDOW` round trips, in ms."""
+        recent = (self._window + self.latencies)[-LATENCY_WINDOW:]
+        if not recent:
             return None
-        ordered = sorted(self.latencies)
+        ordered = sorted(recent)
         return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3)
+
+    def fold_latencies(self) -> Histogram:
+        """`latency`, counting every round trip so far (a scrape calls this)."""
+        self.latency.observe_many(self.latencies[self._folded:])
+        self._folded = len(self.latencies)
+        return self.latency
 
     def _frame(self, data: bytes) -> None:
         replies = codec.decode_replies(data)
@@ -189,6 +203,9 @@ class ReplicaLink(Link):
             sent = inflight.pop(reply.req, None)  # type: ignore[union-attr]
             if sent is not None:
                 latencies.append(now - sent)
+        if len(latencies) >= LATENCY_WINDOW:
+            self.fold_latencies()
+            self._window, self.latencies, self._folded = latencies, [], 0
         if reports:
             replies = [r for r in replies if r.__class__ not in REPORTS]
             self._on_reports(self.name, reports)

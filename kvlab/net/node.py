@@ -16,7 +16,8 @@ Routes:
   as `/replica?from=<its name>`; what this node sends a peer goes on its own outgoing link
   to that peer (`kvlab.net.link.PeerLink`), never back on the peer's socket. The replica
   ignores what a node that is not its peer (under the ring it holds) sends.
-- `GET /health`, `GET /stats` (counters, and the replica's healing figures).
+- `GET /health`, `GET /stats` (counters, and the replica's healing figures), `GET /metrics`
+  (the same figures for Prometheus: `kvlab.net.metrics`).
 
 A database that can't be opened or is found damaged (`kvlab.storage.sqlite.is_corruption`)
 ends the node with status 3, after it wrote why in `failed.json` next to the database: at
@@ -44,7 +45,7 @@ import time
 from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 import aiohttp
 import orjson
@@ -61,6 +62,9 @@ from kvlab.net.framing import FrameWriter
 from kvlab.net.link import PeerLink
 from kvlab.net.runner import serve
 from kvlab.storage.sqlite import SqliteStore, is_corruption
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +117,7 @@ class Node:
         self.failed: str | None = None  # why the node gave up on its store, if it did
         self._session: aiohttp.ClientSession | None = None
         self._closing: set[asyncio.Task] = set()  # links to former peers being stopped
+        self._registry: CollectorRegistry | None = None  # made at the first scrape
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -307,6 +312,14 @@ class Node:
 
     # -- views ------------------------------------------------------------------------------
 
+    def metrics(self, accept: str) -> tuple[bytes, str]:
+        """The Prometheus exposition of this node and its content type."""
+        from kvlab.net import metrics  # at the first scrape (see kvlab.net.metrics)
+
+        if self._registry is None:
+            self._registry = metrics.registry(metrics.NodeCollector(self))
+        return metrics.render(self._registry, accept)
+
     def stats(self) -> dict:
         now = now_ms()
         replica, store = self.replica, self.store
@@ -352,6 +365,11 @@ async def health(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[NODE].stats())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[NODE].metrics(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def replica_channel(request: web.Request) -> web.StreamResponse:
@@ -413,6 +431,7 @@ def make_app(node: Node) -> web.Application:
     app[NODE] = node
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/replica", replica_channel)
     app.cleanup_ctx.append(_run_node)
     app.on_shutdown.append(_close_channels)

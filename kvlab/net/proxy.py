@@ -4,7 +4,7 @@
 
 Go-compatible routes (`POST /set`, `GET /get?key=`, `DELETE /delete?key=`), the REST form
 (`GET|PUT|DELETE /kv/{key}`), introspection (`/cluster`, `/cluster/keys/{key}`,
-`/cluster/change`, `/health`), and membership changes, carried out in steps by the core's
+`/cluster/change`, `/health`), Prometheus metrics (`/metrics`), and membership changes, carried out in steps by the core's
 committer (`kvlab.core.membership`): `POST /cluster/nodes` (add), `DELETE
 /cluster/nodes/{name}` (decommission), `POST /cluster/nodes/{name}/replace`; each answers
 202 at once with the change, which `/cluster/change` follows to its end, and `DELETE
@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -61,6 +61,9 @@ from kvlab.net.http import (
 from kvlab.net.link import UP, ReplicaLink
 from kvlab.net.ring_state import RingState, RingStateError
 from kvlab.net.runner import run
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 # /cluster asks every node for its healing counters; one that can't answer this fast is
 # shown without them rather than holding up the dashboard's poll.
@@ -111,6 +114,8 @@ class Proxy:
                             else ClockState(state_dir, coordinator.clock, self.engine.now_ms))
         self.session: aiohttp.ClientSession | None = None
         self.listening: tuple[str, int] | None = None  # (host, port) of its own server
+        self.server: HttpServer | None = None
+        self._registry: CollectorRegistry | None = None  # made at the first scrape
 
     @property
     def coordinator(self) -> Coordinator:
@@ -136,6 +141,14 @@ class Proxy:
             raise RingStateError(f"the saved ring has {', '.join(missing)}, with no address "
                                  f"known: give --node NAME=URL for each")
         return membership.topology
+
+    def metrics(self, accept: str) -> tuple[bytes, str]:
+        """The Prometheus exposition of this proxy and its content type."""
+        from kvlab.net import metrics  # at the first scrape (see kvlab.net.metrics)
+
+        if self._registry is None:
+            self._registry = metrics.registry(metrics.ProxyCollector(self))
+        return metrics.render(self._registry, accept)
 
     def add_link(self, name: str, url: str) -> None:
         assert self.session is not None
@@ -341,6 +354,12 @@ async def rest_empty_key(proxy: Proxy, request: Request) -> Response:
 async def health(proxy: Proxy, request: Request) -> Response:
     return json_response({"status": "ok", "proxy": proxy.name, "pid": os.getpid(),
                           "nodes": {n: link.state for n, link in proxy.engine.links.items()}})
+
+
+async def metrics(proxy: Proxy, request: Request) -> Response:
+    """`GET /metrics`: Prometheus's text format (OpenMetrics if `Accept` asks for it)."""
+    body, content_type = proxy.metrics(request.headers.get("accept", ""))
+    return Response(body=body, content_type=content_type)
 
 
 async def _healing(proxy: Proxy, link: ReplicaLink) -> dict | None:
@@ -586,6 +605,7 @@ ROUTES: list[tuple[str, str, Route]] = [
     ("PUT", "/kv/*", rest_put),
     ("DELETE", "/kv/*", rest_delete),
     ("GET", "/health", health),
+    ("GET", "/metrics", metrics),
     ("GET", "/cluster", cluster),
     ("GET", "/cluster/keys/*", cluster_key),
     ("GET", "/cluster/change", cluster_change),
@@ -651,6 +671,7 @@ async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event
     state = proxy.clock_state
     saving = None if state is None else asyncio.get_running_loop().create_task(
         state.keep_saved(stopped))
+    proxy.server = server
     try:
         await server.start(host, port)
         proxy.listening = (host, port)
