@@ -239,7 +239,8 @@ class Cluster:
 
         def node_view(m: Member) -> dict:
             out = view(m)
-            stats = _get_json(f"{m.url(host)}/stats") if out["state"] == UP else None
+            stats = _get_json(f"{m.url(host)}/stats", headers=self.auth()) \
+                if out["state"] == UP else None
             out["healing"] = (stats or {}).get("healing")
             seen = detector.get(m.name) or {}
             out["health"], out["phi"] = seen.get("health"), seen.get("phi")
@@ -755,9 +756,11 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
         return text or f"HTTP {exc.code}"
 
 
-def _get_json(url: str, timeout: float = 0.5) -> dict | None:
+def _get_json(url: str, timeout: float = 0.5, headers: dict[str, str] | None = None
+              ) -> dict | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None

@@ -60,8 +60,10 @@ class BadName(MembershipError):
     """A node name that can never be used (the request is wrong, not the moment)."""
 
 
-# Names show in logs, status lines and URLs: plain characters only.
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A node joining over the API is named as kvlab names its nodes, n1, n2, ...: names show in
+# logs, status lines, URLs and folder names, and the supervisor numbers the next node after
+# the ones it knows.
+NODE_NAME = re.compile(r"n[1-9][0-9]{0,5}")
 
 
 class Phase(StrEnum):
@@ -557,8 +559,8 @@ class Membership:
 
 
 def _check_name(node: str, ring: Ring) -> None:
-    if not _NAME.fullmatch(node):
-        raise BadName(f"bad node name {node!r}: 1-64 letters, digits, '.', '_' or '-'")
+    if not NODE_NAME.fullmatch(node):
+        raise BadName(f"bad node name {node!r}: n and a number from 1 to 999999 (n4, n12)")
     seats = {seat for _, seat in ring.seats}
     if node in seats:
         # Its tokens are those of the node sitting on them: the two would always be

@@ -12,6 +12,9 @@ sender can tell its state machine. Two kinds:
 - `PeerLink`, a node's link to another node (`/replica?from=<me>`): replica-to-replica
   messages one way. The peer answers on its own link back, so nothing is expected in return
   here, and a message lost with a socket is the replica's to time out.
+
+A link connects with its session's headers, which show the cluster's secret (the node
+refuses a channel without it): the proxy's and the node's sessions carry it.
 """
 
 from __future__ import annotations

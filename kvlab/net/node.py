@@ -19,6 +19,10 @@ Routes:
 - `GET /health`, `GET /stats` (counters, and the replica's healing figures), `GET /metrics`
   (the same figures for Prometheus: `kvlab.net.metrics`).
 
+Given the cluster's secret (`KVLAB_SECRET`, see `kvlab.net.auth`), the node asks it of every
+request but `/health` and `/metrics`, the channel's before its upgrade, and shows it on its
+own links to its peers.
+
 A database that can't be opened or is found damaged (`kvlab.storage.sqlite.is_corruption`)
 ends the node with status 3, after it wrote why in `failed.json` next to the database: at
 start (before it listens), or at run time, when it first stops taking replica traffic and
@@ -58,6 +62,7 @@ from kvlab.core.topology import Topology
 from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net import codec
 from kvlab.net.args import name_url, on_off
+from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, bearer, secret_from_env
 from kvlab.net.framing import FrameWriter
 from kvlab.net.link import PeerLink
 from kvlab.net.runner import serve
@@ -91,8 +96,10 @@ class Node:
     """One node process: the replica, its store, and the channels; interprets effects."""
 
     def __init__(self, name: str, store: SqliteStore, peers: dict[str, str],
-                 config: ReplicaConfig, vnodes: int = DEFAULT_VNODES) -> None:
+                 config: ReplicaConfig, vnodes: int = DEFAULT_VNODES,
+                 secret: str | None = None) -> None:
         self.name = name
+        self.secret = secret  # asked of every connection, shown to every peer (kvlab.net.auth)
         self.store = store
         self.peer_urls = dict(peers)  # peer -> where it listens (kept up to date by Connect)
         began = time.perf_counter()
@@ -122,7 +129,7 @@ class Node:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        self._session = aiohttp.ClientSession(headers=bearer(self.secret))
         if self._restored:  # the stored membership says who the peers are
             self._apply(self._restored, now_ms())
             self._restored = []
@@ -426,8 +433,26 @@ async def _run_node(app: web.Application):
     await node.stop()
 
 
+# Open to anyone: readiness and metrics. The channel, and what the node holds, need the
+# cluster's secret (an unauthenticated peer could give it a ring, order streams, write).
+OPEN_ROUTES = frozenset({"/health", "/metrics"})
+
+
+def _authorized(guard: Guard):
+    @web.middleware
+    async def authorized(request: web.Request, handler) -> web.StreamResponse:
+        # Before any handler, so a channel without the secret is refused before its upgrade.
+        if request.path not in OPEN_ROUTES \
+                and not guard.allows(request.headers.get("Authorization")):
+            return web.json_response({"error": "unauthorized", "message": MESSAGE},
+                                     status=401, headers=UNAUTHORIZED)
+        return await handler(request)
+    return authorized
+
+
 def make_app(node: Node) -> web.Application:
-    app = web.Application()
+    app = web.Application(
+        middlewares=[] if node.secret is None else [_authorized(Guard(node.secret))])
     app[NODE] = node
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
@@ -460,7 +485,7 @@ def open_node(args: argparse.Namespace, peers: dict[str, str], config: ReplicaCo
     try:
         store = SqliteStore(path, durable=args.durability == "fsync")
         store.check()
-        node = Node(args.name, store, peers, config, args.vnodes)
+        node = Node(args.name, store, peers, config, args.vnodes, secret_from_env())
         (args.data / FAILED_FILE).unlink(missing_ok=True)  # repaired by hand, say
         return node
     except sqlite3.DatabaseError as exc:
@@ -581,6 +606,7 @@ def main(argv: list[str] | None = None) -> None:
         config = config_from(args)
     except ValueError as exc:
         p.error(str(exc))
+    os.umask(0o077)  # the database, its WAL, the log: readable by their owner only
     args.data.mkdir(parents=True, exist_ok=True)
     node = open_node(args, peers, config)
     print(f"node {args.name} pid {os.getpid()} on {args.host}:{args.port}: "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import ipaddress
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -461,11 +462,12 @@ def _new_node(proxy: Proxy, request: Request) -> tuple[str, str]:
         port = parts.port
     except ValueError:
         parts, port = None, None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
-            or port is None or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise HttpError(400, "bad_request", f"url must be http://HOST:PORT (no path), got "
-                        f"{url!r}")
-    url = f"{parts.scheme}://{parts.netloc}"
+    if parts is None or parts.scheme != "http" or not _ip_or_localhost(parts.hostname) \
+            or not port or parts.username is not None or parts.path not in ("", "/") \
+            or parts.query or parts.fragment:
+        raise HttpError(400, "bad_request", f"url must be http://HOST:PORT, HOST an IP address "
+                        f"or localhost (no path), got {url!r}")
+    url = f"http://{parts.netloc}"
     taken = {_where(u): n for n, u in proxy.membership.addresses.items()}
     if proxy.listening is not None:
         taken[proxy.listening] = "the proxy"
@@ -473,6 +475,17 @@ def _new_node(proxy: Proxy, request: Request) -> tuple[str, str]:
     if holder is not None:
         raise HttpError(409, "conflict", f"{url} is where {holder} listens already")
     return body["name"], url
+
+
+def _ip_or_localhost(host: str | None) -> bool:
+    # No names to look up: the proxy reconnects to a node for as long as it is a member.
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return True
 
 
 def _where(url: str) -> tuple[str | None, int | None]:
@@ -745,6 +758,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(set(names)) != len(names):
         parser.error("a --node name is given twice")
     quorum = Quorum(args.replicas, args.read_quorum, args.write_quorum)
+    os.umask(0o077)  # the clock and ring it keeps in --state: its owner's only
     proxy = Proxy(args.name, dict(args.node), quorum, args.vnodes, args.timeout_ms,
                   Limits(args.max_key, args.max_value), hints=args.hints, sloppy=args.sloppy,
                   max_ahead_ms=round(args.max_clock_ahead * 1000),

@@ -100,9 +100,10 @@ class LiveSource(ActionsByName):
             self._kv = AsyncKV(url, timeout=OP_TIMEOUT_S, secret=cluster.secret)
         return self._kv
 
-    async def _get_json(self, url: str) -> dict | None:
+    async def _get_json(self, url: str, headers: dict[str, str] | None = None
+                        ) -> dict | None:
         try:
-            async with self._http().get(url) as response:
+            async with self._http().get(url, headers=headers) as response:
                 if response.status != 200:
                     return None
                 return await response.json()
@@ -120,7 +121,8 @@ class LiveSource(ActionsByName):
         polls = [self._get_json(f"{cluster.url}/cluster") if procs["proxy"] == UP else _none()]
         # A node being removed runs on (its ranges stream out) until the move is over.
         rows = [*cluster.nodes, *cluster.leaving]
-        polls += [self._get_json(f"{m.url(host)}/stats") if procs[m.name] == UP else _none()
+        polls += [self._get_json(f"{m.url(host)}/stats", cluster.auth())
+                  if procs[m.name] == UP else _none()
                   for m in rows]
         coordinator, *stats = await asyncio.gather(*polls)
         links = {n["name"]: n for n in (coordinator or {}).get("nodes", [])}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import socket
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -31,18 +33,20 @@ def raw(cluster: Cluster, method: str, path: str, body: bytes = b"",
         headers: dict[str, str] | None = None, port: int | None = None
         ) -> tuple[int, dict[str, str], bytes]:
     """One request, byte for byte, on its own connection: (status, headers, body)."""
-    head = [f"{method} {path} HTTP/1.1", f"Host: {cluster.spec.host}",
-            f"Content-Length: {len(body)}", "Connection: close",
-            *(f"{name}: {value}" for name, value in (headers or {}).items())]
+    fields = {"Host": cluster.spec.host, "Content-Length": str(len(body)),
+              "Connection": "close", **(headers or {})}
+    head = [f"{method} {path} HTTP/1.1", *(f"{name}: {value}" for name, value in fields.items())]
     with socket.create_connection((cluster.spec.host, port or cluster.proxy.port), 5) as sock:
-        sock.sendall("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+        sock.sendall("\r\n".join(head).encode("utf-8") + b"\r\n\r\n" + body)
         received = b""
-        while chunk := sock.recv(65536):
+        while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
             received += chunk
-    header_block, _, answer = received.partition(b"\r\n\r\n")
-    status_line, *lines = header_block.decode("latin-1").split("\r\n")
-    fields = dict(line.split(": ", 1) for line in lines)
-    return int(status_line.split()[1]), {k.lower(): v for k, v in fields.items()}, answer
+        header_block, _, answer = received.partition(b"\r\n\r\n")
+        status_line, *lines = header_block.decode("latin-1").split("\r\n")
+        got = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
+        while len(answer) < int(got.get("content-length", 0)) and (chunk := sock.recv(65536)):
+            answer += chunk
+    return int(status_line.split()[1]), got, answer
 
 
 def assert_unauthorized(answer: tuple[int, dict[str, str], bytes]) -> None:
@@ -99,7 +103,71 @@ def test_a_link_is_not_cut_without_the_secret(cluster):
         assert kv.partition("n1", False)["partitioned"] is None
 
 
-def test_the_secret_is_kept_in_a_file_only_its_owner_can_read(cluster):
-    mode = stat.S_IMODE((cluster.dir / "cluster.json").stat().st_mode)
-    assert mode == 0o600, oct(mode)
-    assert stat.S_IMODE(cluster.dir.stat().st_mode) == 0o700
+def test_a_node_refuses_its_channel_and_routes_without_the_secret(cluster):
+    node = cluster.nodes[0]
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    # Neither as a coordinator nor as a peer: no RingUpdate, StreamOrder or write gets in.
+    for path in ("/replica", "/replica?from=n2"):
+        for presented in ({}, {"Authorization": "Bearer " + "x" * 43}):
+            status, headers, body = raw(cluster, "GET", path, port=node.port,
+                                        headers={**upgrade, **presented})
+            assert status == 401 and "upgrade" not in headers, (path, status, headers)
+            assert json.loads(body)["error"] == "unauthorized"
+    assert_unauthorized(raw(cluster, "GET", "/stats", port=node.port))
+    status, _, body = raw(cluster, "GET", "/health", port=node.port)
+    assert status == 200 and json.loads(body)["node"] == node.name
+    # The cluster's own links show it: the proxy's to each node, and the nodes' to each other.
+    status, headers, _ = raw(cluster, "GET", "/replica", port=node.port,
+                             headers={**upgrade, "Authorization": f"Bearer {secret(cluster)}"})
+    assert status == 101 and headers["upgrade"].lower() == "websocket"
+    with KV(cluster.url) as kv:
+        assert all(n["state"] == "up" for n in kv.cluster()["nodes"])
+    peers = json.loads(raw(cluster, "GET", "/health", port=cluster.nodes[1].port)[2])["peers"]
+    assert peers == {"n1": "up", "n3": "up"}
+
+
+def test_the_data_api_is_open_by_default(cluster):
+    status, _, body = raw(cluster, "POST", "/set", b'{"key": "open", "value": "v"}')
+    assert (status, body) == (200, b"OK")
+    assert raw(cluster, "GET", "/kv/open")[2] == b"v"
+    assert raw(cluster, "GET", "/cluster/keys/open")[0] == 200
+
+
+def test_protect_data_guards_the_data_api_too(module_home):
+    with real_cluster(nodes=1, replicas=1, read_quorum=1, write_quorum=1,
+                      protect_data=True) as cluster:
+        for method, path, body in (("POST", "/set", b'{"key": "k", "value": "v"}'),
+                                   ("GET", "/get?key=k", b""), ("DELETE", "/delete?key=k", b""),
+                                   ("PUT", "/kv/k", b"v"), ("GET", "/kv/k", b""),
+                                   ("DELETE", "/kv/k", b""), ("GET", "/cluster/keys/k", b"")):
+            assert_unauthorized(raw(cluster, method, path, body))
+        assert raw(cluster, "GET", "/health")[0] == 200  # and what the dashboard polls
+        assert raw(cluster, "GET", "/cluster")[0] == 200
+        with KV(cluster.url, secret=secret(cluster)) as kv:
+            kv.set("k", "v")
+            assert kv.get("k") == "v" and kv.inspect("k")["replicas"][0]["value"] == "v"
+        # kvlab's own commands send it; with --url alone, a clear error and no traceback.
+        cli = [sys.executable, "-m", "kvlab", "get", "k"]
+        out = subprocess.run([*cli, "--name", cluster.spec.name], capture_output=True,
+                             text=True, timeout=30)
+        assert (out.returncode, out.stdout) == (0, "v\n"), out.stderr
+        out = subprocess.run([*cli, "--name", "other", "--url", cluster.url],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and "secret" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_what_a_cluster_keeps_on_disk_is_its_owners_alone(cluster):
+    with KV(cluster.url) as kv:
+        kv.set("on disk", "v")  # so that every node has its database, WAL and all
+    files, folders = [], [cluster.dir]
+    for path in cluster.dir.rglob("*"):
+        (folders if path.is_dir() else files).append(path)
+    names = {p.name for p in files}
+    assert {"cluster.json", "data.db", "data.db-wal", "data.db-shm", "node.log",
+            "proxy.log"} <= names, names
+    loose = [f"{p.relative_to(cluster.dir)} {oct(stat.S_IMODE(p.stat().st_mode))}"
+             for p in files if stat.S_IMODE(p.stat().st_mode) != 0o600]
+    loose += [f"{p.relative_to(cluster.dir)}/ {oct(stat.S_IMODE(p.stat().st_mode))}"
+              for p in folders if stat.S_IMODE(p.stat().st_mode) != 0o700]
+    assert loose == []

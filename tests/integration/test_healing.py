@@ -23,7 +23,7 @@ from kvlab.client import KV, AsyncKV, Result, Unavailable
 from kvlab.cluster.process import wait_until
 from kvlab.cluster.supervisor import Cluster
 from kvlab.core.ring import Ring
-from tests.cluster_helpers import eventually, real_cluster
+from tests.cluster_helpers import auth, eventually, real_cluster
 
 HANDOFF_KEYS = int(os.environ.get("KVLAB_HANDOFF_KEYS", "1000"))
 REFILL_KEYS = int(os.environ.get("KVLAB_REFILL_KEYS", "2000"))
@@ -57,7 +57,8 @@ def write_all(cluster: Cluster, items: dict[str, str], w: int | None = None
 def node_stats(cluster: Cluster, name: str) -> dict | None:
     url = cluster.node(name).url(cluster.spec.host)
     try:
-        with urllib.request.urlopen(f"{url}/stats", timeout=2) as response:
+        request = urllib.request.Request(f"{url}/stats", headers=auth(cluster))
+        with urllib.request.urlopen(request, timeout=2) as response:
             return json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None

@@ -20,7 +20,7 @@ from kvlab.client import AsyncKV
 from kvlab.cluster.ports import free_port_block
 from kvlab.cluster.process import Proc
 from kvlab.cluster.supervisor import Cluster
-from tests.cluster_helpers import auth, eventually, real_cluster
+from tests.cluster_helpers import auth, eventually, real_cluster, secret
 from tests.integration.test_healing import http, node_stats, write_all
 
 KEYS = {f"member-{i}": f"value {i}" for i in range(600)}
@@ -46,7 +46,8 @@ class Extra:
                 "--vnodes", str(spec.vnodes), "--replicas", str(spec.replicas)]
         for peer, peer_url in peers.items():
             argv += ["--peer", f"{peer}={peer_url}"]
-        self.procs[name] = Proc.spawn(argv, data / "node.log", self.folder)
+        self.procs[name] = Proc.spawn(argv, data / "node.log", self.folder,
+                                      {"KVLAB_SECRET": secret(self.cluster)})
         self.urls[name] = url
         eventually(lambda: _healthy(url), 20, f"{name} to answer /health")
         return url
@@ -153,7 +154,7 @@ def test_a_node_added_receives_its_ranges_and_no_key_is_lost(cluster):
     assert done["streams"] == done["streams_done"] > 0 and done["fraction"] == 1.0
     assert done["keys"] > 0 and done["bytes"] > 0 and done["eta_ms"] is None
     assert misses(cluster) == []
-    n4 = json.loads(http(f"{url}/stats")[2])["healing"]
+    n4 = json.loads(http(f"{url}/stats", headers=auth(cluster))[2])["healing"]
     version = get_json(f"{cluster.url}/cluster")["membership"]["version"]
     assert n4["repaired"]["stream"] > 0 and n4["ring_version"] == version
     assert sum(node_stats(cluster, n)["healing"]["dropped"] for n in ("n1", "n2", "n3")) > 0
@@ -172,11 +173,15 @@ def test_changes_that_cannot_be_made_are_refused_with_the_reason(cluster):
     free = f"http://127.0.0.1:{free_port_block(1)}"
     status, body = post(cluster, "/cluster/nodes", {"name": "n4", "url": free})
     assert status == 409 and "already in the ring" in body["message"]
-    for name in ("a#b", "", "n 9\n\u0000x", "a/b", "x" * 65):
+    # Named as kvlab names nodes: a numeric name broke /health, others show in folders.
+    for name in ("a#b", "", "n 9\n\u0000x", "a/b", "x" * 65, "123", "ghost", "n0", "n04",
+                 "n1234567", "n9\n", "N9"):
         status, body = post(cluster, "/cluster/nodes", {"name": name, "url": free})
         assert status == 400 and "bad node name" in body["message"], (name, body)
     for bad in ("http://", "http://127.0.0.1:notaport", "http://127.0.0.1:99999", "http://[::1",
-                f"{free}/../x?y#z", "http://127.0.0.1"):
+                f"{free}/../x?y#z", "http://127.0.0.1", "http://127.0.0.1:0",
+                free.replace("http", "https"), free.replace("127.0.0.1", "example.com"),
+                free.replace("//", "//user:pw@")):
         status, body = post(cluster, "/cluster/nodes", {"name": "n9", "url": bad})
         assert status == 400 and body["error"] == "bad_request", (bad, body)
     # Where the proxy or a node of the cluster listens: nobody new would ever answer there.
@@ -196,9 +201,9 @@ def test_a_move_to_a_node_that_never_answers_can_be_aborted(cluster):
     cluster, _ = cluster
     before = sorted(members(cluster))
     nobody = f"http://127.0.0.1:{free_port_block(1)}"  # nothing listens there
-    status, _ = post(cluster, "/cluster/nodes", {"name": "ghost", "url": nobody})
+    status, _ = post(cluster, "/cluster/nodes", {"name": "n8", "url": nobody})
     assert status == 202
-    eventually(lambda: get_json(f"{cluster.url}/cluster")["membership"]["nodes"]["ghost"]
+    eventually(lambda: get_json(f"{cluster.url}/cluster")["membership"]["nodes"]["n8"]
                ["health"] == "down", 10, "the ghost to be held down")
     assert get_json(f"{cluster.url}/cluster/change")["change"]["phase"] == "streaming"
     assert misses(cluster) == []  # writes and reads go on meanwhile (joint quorums)
@@ -253,7 +258,7 @@ def test_a_dead_node_is_replaced_by_an_empty_one_and_no_key_is_lost(cluster):
     assert done["streams"] == done["streams_done"] > 0
     assert misses(cluster) == []
     assert sorted(members(cluster)) == ["n3", "n4", "n5"]
-    n5 = json.loads(http(f"{url}/stats")[2])["healing"]
+    n5 = json.loads(http(f"{url}/stats", headers=auth(cluster))[2])["healing"]
     assert n5["repaired"]["stream"] > 0
 
 

@@ -90,7 +90,8 @@ def test_a_change_while_one_is_in_progress_starts_no_node_and_leaves_the_file_al
 
 def _keys_on(cluster: Cluster, name: str) -> int:
     url = cluster.node(name).url(cluster.spec.host)
-    with urllib.request.urlopen(f"{url}/stats", timeout=5) as response:
+    request = urllib.request.Request(f"{url}/stats", headers=auth(cluster))
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())["keys"]
 
 
