@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 EXIT_OK = 0
@@ -63,15 +64,33 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return EXIT_USAGE
+    from kvlab.client import KVError
     from kvlab.client import Unavailable as ClientUnavailable
+    from kvlab.cluster.supervisor import ClusterError, NoCluster
 
     try:
         return func(args)
     except UsageError as exc:
         print(f"kvlab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NoCluster as exc:
+        print(f"kvlab: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ClusterError as exc:  # a command that does not say it better itself
+        print(f"kvlab: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (Unavailable, ClientUnavailable) as exc:
         print(f"kvlab: unavailable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except KVError as exc:  # an answer the command did not expect (--url not a proxy's?)
+        text = str(exc)
+        detail = f": {text}" if len(text) <= 200 and "\n" not in text else ""  # not a page
+        print(f"kvlab: the server answered HTTP {exc.status}{detail}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Its reader left (`kvlab status | head -1`): nothing more to say. Stdout goes to
+        # /dev/null, or the flush at exit would fail, and print, again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a process killed by SIGPIPE, which Python ignores

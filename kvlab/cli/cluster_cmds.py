@@ -11,6 +11,7 @@ import time
 
 from kvlab.cli import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from kvlab.cli.options import add_name, add_spec, spec_from
+from kvlab.cli.signals import interrupt_on_termination
 from kvlab.cluster import supervisor
 from kvlab.cluster.supervisor import (
     Cluster,
@@ -151,11 +152,16 @@ def cmd_abort(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     spec = spec_from(args)
+    interrupt_on_termination()  # so that SIGTERM, too, stops what was started so far
     began = time.monotonic()
     try:
         cluster = supervisor.up(spec)
     except ClusterError as exc:
         return _fail(exc)
+    except KeyboardInterrupt:
+        print(f"kvlab: interrupted; what had started of cluster {spec.name} was stopped",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     took = time.monotonic() - began
     note = supervisor.membership_note(spec, cluster)
     if note:
@@ -172,7 +178,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  healing: {_healing_settings(spec.to_json())}")
     guarded = "membership, faults and data" if spec.protect_data else "membership and faults"
     print(f"  {guarded} need the secret in {cluster.dir / 'cluster.json'}")
+    for member in cluster.failed():
+        print(f"kvlab: {member.name} failed: {cluster.failure(member)['reason']}; the cluster "
+              f"runs without it ({_recover(member.name, spec.name)})", file=sys.stderr)
     return EXIT_OK
+
+
+def _recover(node: str, cluster: str) -> str:
+    return (f"recover: kvlab wipe {node} --name {cluster}: it starts empty and anti-entropy "
+            f"refills it from its replicas")
 
 
 def _healing_settings(spec: dict) -> str:
@@ -230,6 +244,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             health += f" (in {m['seat']}'s place)" if m.get("seat") else ""
         print(f"  {m['name']:<6} {m['url']:<24} pid {pid!s:<8} {m['state']:<9}{health}"
               f"{_healing_line(m.get('healing'))}")
+        if m.get("failed"):
+            print(f"         {m['failed']['reason']}; {_recover(m['name'], status['name'])}")
     if status["change"] is not None:
         print(f"  change: {_change_title(status['change'])}: {_progress(status['change'])}")
     elif status["last_change"] is not None:

@@ -6,12 +6,20 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from kvlab.cluster.spec import DEFAULT_NAME, DEFAULT_PORT, ClusterSpec
+from kvlab.cluster.spec import DEFAULT_NAME, DEFAULT_PORT, ClusterSpec, check_name
 from kvlab.net.args import on_off
 
 
+def cluster_name(text: str) -> str:
+    """An argparse type: a name `check_name` accepts."""
+    try:
+        return check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_name(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", default=DEFAULT_NAME,
+    parser.add_argument("--name", default=DEFAULT_NAME, type=cluster_name,
                         help="which cluster (a folder under $KVLAB_HOME, default ~/.kvlab); "
                              "default: %(default)s")
 

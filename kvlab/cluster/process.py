@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 UP, DOWN, PAUSED, STARTING = "up", "down", "paused", "starting"
 STOP_GRACE_S = 3.0
@@ -39,24 +41,27 @@ class Proc:
     started: int  # start time in clock ticks since boot, from /proc/PID/stat
 
     @classmethod
-    def spawn(cls, argv: list[str], log: Path, cwd: Path,
-              env: Mapping[str, str] | None = None) -> Proc:
-        """Start a detached process (own session, so a Ctrl-C in the terminal spares it),
-        with `env` added to this process's environment.
+    def spawn(cls, module: str, args: list[str], log: Path, cwd: Path,
+              env: Mapping[str, str] | None = None) -> Held:
+        """Start `python -m module args` detached (own session, so a Ctrl-C in the terminal
+        spares it), with `env` added to this process's environment, held at its gate (see
+        kvlab.cluster.launch) until `release()`.
 
         Its folder, its log and whatever it creates are its owner's alone (0700 and 0600):
         they hold the cluster's data."""
         log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as out:
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+            child = subprocess.Popen([sys.executable, "-m", "kvlab.cluster.launch", module,
+                                      *args], stdin=subprocess.PIPE, stdout=out,
                                      stderr=subprocess.STDOUT, cwd=cwd,
                                      env={**os.environ, **(env or {})}, umask=0o077,
                                      start_new_session=True, close_fds=True)
         started = start_time(child.pid)
         # Popen keeps a handle only to reap the child; ours are reaped in `state()`.
         child.returncode = 0
-        return cls(child.pid, started or 0)
+        assert child.stdin is not None
+        return Held(cls(child.pid, started or 0), child.stdin)
 
     def _reap(self) -> None:
         try:
@@ -86,13 +91,18 @@ class Proc:
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM, then SIGKILL if it is still there after `grace_s`."""
-        if not self.alive():
-            return
-        self.signal(signal.SIGCONT)  # a stopped process would hold SIGTERM pending forever
-        self.signal(signal.SIGTERM)
-        if not wait_until(lambda: not self.alive(), grace_s):
-            self.signal(signal.SIGKILL)
-            wait_until(lambda: not self.alive(), grace_s)
+        stop_all([self], grace_s)
+
+
+def stop_all(procs: list[Proc], grace_s: float = STOP_GRACE_S) -> None:
+    """`Proc.stop` for several at once: they shut down side by side, not one after another."""
+    for proc in procs:
+        proc.signal(signal.SIGCONT)  # a stopped process would hold SIGTERM pending forever
+        proc.signal(signal.SIGTERM)
+    if not wait_until(lambda: not any(p.alive() for p in procs), grace_s):
+        for proc in procs:
+            proc.signal(signal.SIGKILL)
+        wait_until(lambda: not any(p.alive() for p in procs), grace_s)
 
 
 def wait_until(condition, timeout_s: float, interval_s: float = 0.02) -> bool:
@@ -103,3 +113,28 @@ def wait_until(condition, timeout_s: float, interval_s: float = 0.02) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval_s)
+
+
+@dataclass
+class Held:
+    """A process started but held at its gate: it runs nothing until `release()`, and
+    exits by itself if the gate closes first (`cancel()`, or this process dying)."""
+
+    proc: Proc
+    gate: IO[bytes]
+
+    def release(self) -> None:
+        try:
+            self.gate.write(b"1")
+            self.gate.close()
+        except OSError:
+            pass  # it died already: its state says so
+
+    def cancel(self) -> None:
+        """Close the gate, and return once the process has exited (it does at once)."""
+        try:
+            self.gate.close()
+        except OSError:
+            pass
+        if not wait_until(lambda: not self.proc.alive(), STOP_GRACE_S):
+            self.proc.stop()

@@ -14,6 +14,19 @@ DEFAULT_PORT = 8000
 HOST = "127.0.0.1"
 
 
+# A cluster's name is a folder's: one path component, and short enough to be one.
+MAX_NAME = 100
+
+
+def check_name(name: str) -> str:
+    """`name` if it can name a cluster, else ValueError saying why."""
+    if (not name or "/" in name or name.startswith(".") or len(name) > MAX_NAME
+            or not name.isprintable()):
+        raise ValueError(f"invalid cluster name {name!r}: 1 to {MAX_NAME} printable "
+                         f"characters, no '/', not starting with '.'")
+    return name
+
+
 def kvlab_home() -> Path:
     return Path(os.environ.get("KVLAB_HOME") or Path.home() / ".kvlab")
 
@@ -53,8 +66,7 @@ class ClusterSpec:
     protect_data: bool = False
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"invalid cluster name {self.name!r}")
+        check_name(self.name)
         if self.nodes < 1:
             raise ValueError("a cluster needs at least one node")
         if self.replicas > self.nodes:

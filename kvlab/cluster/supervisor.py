@@ -4,6 +4,13 @@ A cluster lives in `$KVLAB_HOME/NAME/`: `cluster.json` (spec, ports, PIDs) and a
 process with its database and log. Every command reads that file, so `kvlab kill n2` in one
 terminal acts on the cluster a dashboard started in another.
 
+Every process is in cluster.json before it can outlive the command that started it: it
+starts held at a gate (`kvlab.cluster.launch`) and runs once its PID is written. A write
+that fails (a full disk) or a command killed before it closes the gate, and the process
+exits having started nothing; so `kvlab down` finds all there is, and the ports are free
+for the next `up`. A node started for a membership change waits in `starting` until the
+proxy answered. Only one `up` of a name runs at a time (`up.lock`).
+
 Membership in cluster.json: `nodes` is the ring the proxy has committed to, written by the
 command that changed it (add-node, remove-node, replace-node) the moment the proxy accepted
 the change, never before and never by any other command. While a change runs, the data
@@ -28,7 +35,6 @@ import json
 import os
 import secrets
 import signal
-import sys
 import tempfile
 import time
 import urllib.error
@@ -40,7 +46,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kvlab.cluster.ports import port_free
-from kvlab.cluster.process import DOWN, PAUSED, STARTING, UP, Proc, wait_until
+from kvlab.cluster.process import (
+    DOWN,
+    PAUSED,
+    STARTING,
+    UP,
+    Held,
+    Proc,
+    stop_all,
+    wait_until,
+)
 from kvlab.cluster.spec import ClusterSpec, cluster_dir
 from kvlab.net.auth import SECRET_ENV, bearer
 
@@ -50,6 +65,11 @@ PORT_WAIT_S = 3.0
 # it goes on asking a proxy that does not answer before it gives up waiting.
 CHANGE_POLL_S = 0.2
 PROXY_LOST_S = 5.0
+# A node that finds its database corrupt (at start, or when SQLite reports it later) writes
+# why in this file in its folder and exits for good (kvlab.net.node's FAILED_FILE): the
+# cluster runs on without it.
+FAILED_FILE = "failed.json"
+FAILED = "failed"
 
 # A membership change's view, as the proxy's /cluster/change gives it (see
 # kvlab.core.membership.Change.view): kind, node, phase, streams, keys, bytes, ...
@@ -102,6 +122,9 @@ class Cluster:
     nodes: list[Member] = field(default_factory=list)  # the ring the proxy committed to
     leaving: list[Member] = field(default_factory=list)  # streaming their ranges out
     secret: str | None = None  # None: a cluster.json from before secrets (`up` makes one)
+    # Started for a change the proxy has not accepted yet: in cluster.json before they run
+    # (so `kvlab down` finds them should the command die), out of it once it answered.
+    starting: list[Member] = field(default_factory=list)
 
     # -- persistence --------------------------------------------------------------------
 
@@ -126,27 +149,31 @@ class Cluster:
         except FileNotFoundError:
             raise NoCluster(f"no cluster named {name!r} (looked for {path}); "
                                f"start one with `kvlab up --name {name}`") from None
-        except json.JSONDecodeError as exc:
-            raise ClusterError(f"{path} is corrupt: {exc}") from None
-        return cls._from_json(data)
+        except (OSError, ValueError) as exc:  # unreadable, or not JSON (or not UTF-8)
+            raise ClusterError(f"can't read {path}: {exc}") from None
+        try:
+            return cls._from_json(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ClusterError(f"{path} is corrupt: {type(exc).__name__}: {exc}") from None
 
     @classmethod
     def _from_json(cls, data: dict) -> Cluster:
         return cls(ClusterSpec.from_json(data["spec"]), Member.from_json(data["proxy"]),
                    [Member.from_json(n) for n in data["nodes"]],
                    [Member.from_json(n) for n in data.get("leaving", [])],
-                   data.get("secret"))
+                   data.get("secret"),
+                   [Member.from_json(n) for n in data.get("starting", [])])
 
     def refresh(self) -> None:
         """Re-read cluster.json: another command may have restarted, added or removed a node."""
         path = self.dir / "cluster.json"
         try:
             fresh = Cluster._from_json(json.loads(path.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return  # gone or unreadable: what this object knows is the best there is
         self.spec, self.proxy = fresh.spec, fresh.proxy
         self.nodes, self.leaving = fresh.nodes, fresh.leaving
-        self.secret = fresh.secret
+        self.secret, self.starting = fresh.secret, fresh.starting
 
     def save(self) -> None:
         with self._locked():
@@ -180,14 +207,34 @@ class Cluster:
     def _write(self, data: dict) -> None:
         # mkstemp creates the file 0600, before the secret is in it: never readable by others.
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".cluster.", suffix=".json")
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, self.dir / "cluster.json")  # atomic: a reader never sees half a file
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(data, indent=2) + "\n")
+            os.replace(tmp, self.dir / "cluster.json")  # atomic: no reader sees half a file
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)  # a full disk leaves no half-written file
+            raise
+
+    def _launch(self, held: list[Held], record: Callable[[], None]) -> None:
+        """Let the `held` processes run once `record()` has written their PIDs to
+        cluster.json. If it can't (a full disk, say) they exit without having started:
+        a process `kvlab down` can't see would hold its port until someone finds it."""
+        try:
+            record()
+        except OSError as exc:
+            for process in held:
+                process.cancel()
+            names = ", ".join(m.name for m in self.members()
+                              if m.proc in [h.proc for h in held])
+            raise ClusterError(f"could not record {names} in {self.dir / 'cluster.json'} "
+                               f"({exc}); not started") from None
+        for process in held:
+            process.release()
 
     # -- queries ------------------------------------------------------------------------
 
     def members(self) -> list[Member]:
-        return [self.proxy, *self.nodes, *self.leaving]
+        return [self.proxy, *self.nodes, *self.leaving, *self.starting]
 
     def node(self, name: str) -> Member:
         """A node of the ring, or one leaving it (it can still be killed or paused)."""
@@ -209,13 +256,31 @@ class Cluster:
         return [m for m in self.members() if m.proc and m.proc.alive()]
 
     def state(self, member: Member) -> str:
-        """up, down, paused or starting (alive but not yet answering /health)."""
-        if member.proc is None:
-            return DOWN
-        state = member.proc.state()
+        """up, down, paused, starting (alive but not yet answering /health) or failed (a
+        node that stopped itself on a corrupt database, see `failure`)."""
+        state = member.proc.state() if member.proc else DOWN
+        if state == DOWN:
+            return FAILED if self.failure(member) else DOWN
         if state == UP and not _healthy(member.url(self.spec.host)):
             return STARTING
         return state
+
+    def failure(self, member: Member) -> dict | None:
+        """Why `member` stopped itself for good, from its failed.json: {"reason": text,
+        "since": unix seconds}, or None if it did not. `kvlab wipe` is the way back."""
+        try:
+            data = json.loads((self.dir / member.name / FAILED_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            return {"reason": f"{FAILED_FILE} unreadable ({exc})", "since": None}
+        if not isinstance(data, dict):
+            data = {}
+        return {"reason": str(data.get("reason") or "unknown"), "since": data.get("since")}
+
+    def failed(self) -> list[Member]:
+        """The nodes that stopped themselves on a corrupt database (see `failure`)."""
+        return [m for m in [*self.nodes, *self.leaving] if self.state(m) == FAILED]
 
     def status(self) -> dict:
         """Every process with its URL, PID and state; each node with its healing counters
@@ -245,6 +310,7 @@ class Cluster:
             seen = detector.get(m.name) or {}
             out["health"], out["phi"] = seen.get("health"), seen.get("phi")
             out["leaving"] = m in self.leaving
+            out["failed"] = self.failure(m) if out["state"] == FAILED else None
             if m.seat is not None:
                 out["seat"] = m.seat
             return out
@@ -259,7 +325,11 @@ class Cluster:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start every process and return when all answer /health (or raise, leaving none)."""
+        """Start every process and return when all answer /health (or raise, leaving none).
+
+        A node that finds its database corrupt stops itself (see `failure`): the cluster
+        starts without it, and `failed()` lists it.
+        """
         alive = self.running()
         if alive:
             pids = ", ".join(f"{m.name} pid {m.proc.pid}" for m in alive)
@@ -275,9 +345,10 @@ class Cluster:
             # A node still leaving when the cluster stopped starts too: the proxy resumes
             # the move from the topology it kept, and the node is a source of it.
             for member in [*self.nodes, *self.leaving]:
-                self._spawn_node(member)
-            self._spawn_proxy()
-            self.save()
+                self._clear_failure(member)  # each start tries again: the node checks anew
+            held = [self._spawn_node(member) for member in [*self.nodes, *self.leaving]]
+            held.append(self._spawn_proxy())
+            self._launch(held, self.save)
             self._await_ready([self.proxy, *self.nodes])
         except BaseException:
             self.stop()
@@ -293,11 +364,10 @@ class Cluster:
         quitting, say) must not write its stale view back.
         """
         known = {m.name: m.to_json() for m in self.members()}
+        stop_all([m.proc for m in self.members() if m.proc])
         for member in self.members():
-            if member.proc:
-                member.proc.stop()
-                if not member.proc.alive():  # keep the PID of one that survived SIGKILL
-                    member.proc = None
+            if member.proc and not member.proc.alive():  # keep one that survived SIGKILL
+                member.proc = None
         with self._locked():
             try:
                 data = json.loads((self.dir / "cluster.json").read_text())
@@ -312,7 +382,14 @@ class Cluster:
             data["proxy"] = update(data["proxy"])
             for group in ("nodes", "leaving"):
                 data[group] = [update(n) for n in data.get(group, [])]
-            self._write(data)
+            # Stopped, a node started for a change not taken is nothing to remember.
+            data["starting"] = [entry for entry in map(update, data.get("starting", []))
+                                if entry.get("pid")]
+            self.starting = [m for m in self.starting if m.proc]
+            try:
+                self._write(data)
+            except OSError:
+                pass  # a full disk, say: the PIDs left in the file are dead, and read as down
 
     def kill(self, name: str) -> Member:
         member = self.node(name)
@@ -345,10 +422,18 @@ class Cluster:
         # proxy's socket, say): give it a short while before calling it taken.
         if not wait_until(lambda: port_free(self.spec.host, member.port), PORT_WAIT_S, 0.05):
             raise ClusterError(f"port {member.port} for {name} is in use by another program")
-        self._spawn_node(member)
-        self._save_member(member)
+        self._clear_failure(member)
+        self._launch([self._spawn_node(member)], lambda: self._save_member(member))
         self._await_ready([member])
+        failure = self.failure(member)
+        if failure is not None:
+            raise ClusterError(f"{name} failed: {failure['reason']}; recover: kvlab wipe "
+                               f"{name} --name {self.spec.name} (it starts empty and its "
+                               f"replicas refill it)")
         return member
+
+    def _clear_failure(self, member: Member) -> None:
+        (self.dir / member.name / FAILED_FILE).unlink(missing_ok=True)
 
     def restart_proxy(self, clock_offset_ms: int = 0) -> Member:
         """Stop the proxy if it runs and start it again (its clock restored from its folder).
@@ -361,8 +446,7 @@ class Cluster:
             proxy.proc.stop()
         if not wait_until(lambda: port_free(self.spec.host, proxy.port), PORT_WAIT_S, 0.05):
             raise ClusterError(f"port {proxy.port} for the proxy is in use by another program")
-        self._spawn_proxy(clock_offset_ms)
-        self._save_member(proxy)
+        self._launch([self._spawn_proxy(clock_offset_ms)], lambda: self._save_member(proxy))
         self._await_ready([proxy, *(n for n in self.nodes if n.proc and n.proc.state() == UP)])
         return proxy
 
@@ -370,6 +454,7 @@ class Cluster:
         """Lose a node's disk: SIGKILL it, delete its database, start it again, empty.
 
         What it held comes back from the other replicas (anti-entropy, hints, read repair).
+        The way back for a node that failed on a corrupt database (its mark goes too).
         """
         member = self.node(name)
         if member.proc is not None and member.proc.signal(signal.SIGKILL):
@@ -402,6 +487,7 @@ class Cluster:
             member = self._start_next()
             view = self._accepted(member, "POST", "/cluster/nodes",
                                   {"name": member.name, "url": member.url(self.spec.host)})
+            self.starting.remove(member)
             self.nodes.append(member)
             self._write_membership()
         if wait:
@@ -474,6 +560,7 @@ class Cluster:
             new.seat = old.seat or old.name
             view = self._accepted(new, "POST", f"/cluster/nodes/{_quote(name)}/replace",
                                   {"name": new.name, "url": new.url(self.spec.host)})
+            self.starting.remove(new)
             self.nodes[self.nodes.index(old)] = new
             self.leaving.append(old)
             self._write_membership()
@@ -537,13 +624,26 @@ class Cluster:
             raise ClusterError(f"port {member.port} for {member.name} is in use by "
                                f"another program")
         self._check_proxy()
-        self._spawn_node(member)
+        held = self._spawn_node(member)
+        self.starting.append(member)
         try:
+            self._launch([held], lambda: self._write(self._data()))
             self._await_node(member)
         except BaseException:
-            member.proc.stop()
+            self._unstart(member)
             raise
         return member
+
+    def _unstart(self, member: Member) -> None:
+        """Stop a node started for a change the proxy did not take (lock held), and take it
+        out of cluster.json."""
+        if member.proc is not None:
+            member.proc.stop()
+        self.starting.remove(member)
+        try:
+            self._write(self._data())
+        except OSError:
+            pass  # its entry stays, with a dead PID: the next `kvlab down` drops it
 
     def _accepted(self, member: Member, method: str, path: str, body: dict) -> ChangeView:
         """Ask the proxy for a change that brings in `member` (already running); stop it
@@ -562,12 +662,12 @@ class Cluster:
                         return view
                     break
                 time.sleep(CHANGE_POLL_S)
-            member.proc.stop()
+            self._unstart(member)
             raise ProxyUnreachable(
                 f"{exc}; {member.name} was stopped again. Should the proxy still take the "
                 f"change, `kvlab status` shows it and `kvlab abort-move` gives it up") from None
         except BaseException:
-            member.proc.stop()
+            self._unstart(member)
             raise
 
     def _forget(self, member: Member) -> None:
@@ -628,7 +728,8 @@ class Cluster:
     def _data(self) -> dict:
         return {"spec": self.spec.to_json(), "proxy": self.proxy.to_json(),
                 "nodes": [n.to_json() for n in self.nodes],
-                "leaving": [n.to_json() for n in self.leaving], "secret": self.secret}
+                "leaving": [n.to_json() for n in self.leaving], "secret": self.secret,
+                "starting": [n.to_json() for n in self.starting]}
 
     def _membership(self, method: str, path: str, body: dict | None,
                     field: str = "change") -> ChangeView:
@@ -652,15 +753,14 @@ class Cluster:
             raise ClusterError(f"{member.name} not ready after {READY_TIMEOUT_S:.0f}s:\n"
                                f"{self._log_tail(member)}")
 
-    def _spawn_node(self, member: Member) -> None:
+    def _spawn_node(self, member: Member) -> Held:
         """Start `member` with the cluster's healing settings and every other node it knows
         of as a peer (nodes added later are its peers only from its next start)."""
         spec = self.spec
         folder = self.dir / member.name
-        argv = [sys.executable, "-m", "kvlab.net.node", "--name", member.name,
-                "--host", spec.host, "--port", str(member.port), "--data", str(folder),
-                "--durability", spec.durability, "--vnodes", str(spec.vnodes),
-                "--replicas", str(spec.replicas),
+        argv = ["--name", member.name, "--host", spec.host, "--port", str(member.port),
+                "--data", str(folder), "--durability", spec.durability,
+                "--vnodes", str(spec.vnodes), "--replicas", str(spec.replicas),
                 "--tombstone-grace", f"{spec.tombstone_grace_s:g}",
                 "--hint-window", f"{spec.hint_window_s:g}",
                 "--hints", _on_off(spec.hints), "--anti-entropy", _on_off(spec.anti_entropy),
@@ -671,13 +771,15 @@ class Cluster:
         for peer in self.nodes:
             if peer.name != member.name:
                 argv += ["--peer", f"{peer.name}={peer.url(spec.host)}"]
-        member.proc = Proc.spawn(argv, folder / "node.log", self.dir, self._env())
+        held = Proc.spawn("kvlab.net.node", argv, folder / "node.log", self.dir, self._env())
+        member.proc = held.proc
+        return held
 
-    def _spawn_proxy(self, clock_offset_ms: int = 0) -> None:
+    def _spawn_proxy(self, clock_offset_ms: int = 0) -> Held:
         spec = self.spec
         folder = self.dir / "proxy"
-        argv = [sys.executable, "-m", "kvlab.net.proxy", "--host", spec.host,
-                "--port", str(self.proxy.port), "--replicas", str(spec.replicas),
+        argv = ["--host", spec.host, "--port", str(self.proxy.port),
+                "--replicas", str(spec.replicas),
                 "--read-quorum", str(spec.read_quorum), "--write-quorum",
                 str(spec.write_quorum), "--vnodes", str(spec.vnodes),
                 "--timeout-ms", str(spec.timeout_ms), "--hints", _on_off(spec.hints),
@@ -690,7 +792,9 @@ class Cluster:
             argv += ["--clock-offset-ms", str(clock_offset_ms)]
         for node in self.nodes:
             argv += ["--node", f"{node.name}={node.url(spec.host)}"]
-        self.proxy.proc = Proc.spawn(argv, folder / "proxy.log", self.dir, self._env())
+        held = Proc.spawn("kvlab.net.proxy", argv, folder / "proxy.log", self.dir, self._env())
+        self.proxy.proc = held.proc
+        return held
 
     def auth(self) -> dict[str, str]:
         """The header that shows the cluster's secret (none for a cluster without one)."""
@@ -701,13 +805,20 @@ class Cluster:
         return {} if self.secret is None else {SECRET_ENV: self.secret}
 
     def _await_ready(self, members: list[Member]) -> None:
-        """Wait until each member answers /health and the proxy has a link to each node."""
+        """Wait until each member answers /health and the proxy has a link to each node,
+        but for a node that stopped itself on a corrupt database (see `failure`)."""
         host = self.spec.host
         names = {m.name for m in members if m is not self.proxy}
 
+        def waited(m: Member) -> bool:
+            return m is self.proxy or m.name in names
+
         def ready() -> bool:
-            for m in members:
+            for m in filter(waited, members):
                 if m.proc is None or not m.proc.alive():
+                    if m is not self.proxy and self.failure(m) is not None:
+                        names.discard(m.name)  # it stopped itself: the others go on without it
+                        continue
                     raise ClusterError(f"{m.name} exited while starting; its log says:\n"
                                        f"{self._log_tail(m)}")
                 if not _healthy(m.url(host)):
@@ -717,7 +828,7 @@ class Cluster:
                 links.get("nodes", {}).get(n) == UP for n in names)
 
         if not wait_until(ready, READY_TIMEOUT_S, 0.05):
-            slow = [m.name for m in members if not _healthy(m.url(host))]
+            slow = [m.name for m in filter(waited, members) if not _healthy(m.url(host))]
             raise ClusterError(f"cluster {self.spec.name!r} not ready after "
                                f"{READY_TIMEOUT_S:.0f}s (not answering: "
                                f"{', '.join(slow) or 'proxy links'})")
@@ -777,7 +888,15 @@ def up(spec: ClusterSpec) -> Cluster:
     since included, on their ports), whatever `spec.nodes` and `spec.port` say: only
     add-node and remove-node change membership. Its other settings come from `spec`.
     `membership_note(spec, cluster)` says when the two differ.
+
+    One `up` per name at a time: another one starting the same cluster meanwhile is
+    refused (`ClusterError`) and starts nothing.
     """
+    with _starting(spec.name):
+        return _up(spec)
+
+
+def _up(spec: ClusterSpec) -> Cluster:
     try:
         previous = Cluster.load(spec.name)
     except ClusterError:
@@ -799,6 +918,35 @@ def up(spec: ClusterSpec) -> Cluster:
             cluster.secret = new_secret()
     cluster.start()
     return cluster
+
+
+@contextmanager
+def _starting(name: str) -> Iterator[None]:
+    """Hold the cluster's start lock (`up.lock`, with the holder's PID in it), or refuse.
+
+    Not cluster.lock: that one is taken, briefly, by every write of cluster.json, and a
+    start writes it too.
+    """
+    folder = cluster_dir(name)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # its data: its owner's only
+        lock = os.fdopen(os.open(folder / "up.lock", os.O_RDWR | os.O_CREAT | os.O_APPEND,
+                                 0o600), "a+")
+    except OSError as exc:
+        raise ClusterError(f"can't start cluster {name!r}: {exc}") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            by = f" (pid {holder})" if holder else ""
+            raise ClusterError(f"cluster {name!r} is being started by another command{by}; "
+                               f"nothing was started here") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
 
 
 def membership_note(spec: ClusterSpec, cluster: Cluster) -> str | None:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from kvlab.cli import main
 from kvlab.cluster.ports import free_port_block
 from kvlab.cluster.process import Proc, wait_until
+from kvlab.cluster.spec import ClusterSpec
+from kvlab.cluster.supervisor import Cluster
 
 
 def kvlab(*args: str, home: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
@@ -132,3 +140,89 @@ def test_usage_errors_exit_2(kvlab_home):
     out = kvlab("status", "--name", "nothing-here", home=kvlab_home)
     assert out.returncode == 3 and b"no cluster named 'nothing-here'" in out.stderr
     assert kvlab("get", "k", "--url", "ftp://x", home=kvlab_home).returncode == 2
+
+
+# -- bad input: a message and an exit code, never a traceback --------------------------------
+
+NOT_A_PROXY = "not-a-proxy"  # --url: a server that answers 404 to everything
+CLUSTER_FILES = {
+    "empty": "{}",
+    "list": "[1]",
+    "broken": "{not json",
+    "portless": '{"spec": {"name": "portless"}, "proxy": {"name": "proxy"}, "nodes": [{}]}',
+    "badspec": '{"spec": {"name": "badspec", "nodes": 1, "replicas": 5}, '
+               '"proxy": {"name": "proxy", "port": 1}, "nodes": []}',
+}
+
+
+class NotAProxy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_error(404)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def bad_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    """A $KVLAB_HOME of corrupt cluster.json files and one cluster that is down (its PIDs
+    dead, its proxy's port free), and the port of a server that is not a proxy."""
+    home = tmp_path_factory.mktemp("bad-home")
+    for name, text in CLUSTER_FILES.items():
+        (home / name).mkdir()
+        (home / name / "cluster.json").write_text(text)
+    spec = ClusterSpec(name="stopped", nodes=1, replicas=1, read_quorum=1, write_quorum=1,
+                       port=free_port_block(2))
+    (home / "stopped").mkdir()
+    data = Cluster.new(spec)._data()
+    (home / "stopped" / "cluster.json").write_text(json.dumps(data))
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotAProxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield home, server.server_address[1]
+    server.shutdown()
+
+
+@pytest.mark.parametrize(("argv", "code", "says"), [
+    (["status", "--name", "empty"], 2, "is corrupt: KeyError"),
+    (["down", "--name", "list"], 2, "is corrupt: TypeError"),
+    (["kill", "n1", "--name", "portless"], 2, "is corrupt: KeyError"),
+    (["status", "--name", "badspec"], 2, "can't exceed nodes"),
+    (["get", "k", "--name", "broken"], 2, "can't read"),
+    (["status", "--name", "x" * 300], 2, "invalid cluster name"),
+    (["get", "k", "--name", ".."], 2, "invalid cluster name"),
+    (["up", "--name", "a/b"], 2, "invalid cluster name"),
+    (["up", "--nodes", "many"], 2, "expected a number"),
+    (["up", "--port", "70000"], 2, "out of range"),
+    (["restart", "n1", "--clock-offset-ms", "soon"], 2, "invalid int value"),
+    (["frobnicate"], 2, "invalid choice"),
+    (["status", "--name", "nothing"], 3, "no cluster named 'nothing'"),
+    (["get", "k", "--name", "stopped"], 3, "unreachable"),
+    (["kill", "n9", "--name", "stopped"], 2, "no node 'n9'"),
+    (["kill", "n1", "--name", "stopped"], 2, "n1 is not running"),
+    (["get", "k", "--url", NOT_A_PROXY], 3, "answered HTTP 404"),
+])
+def test_bad_input_is_a_message_and_an_exit_code(bad_home, monkeypatch, capsys, argv, code,
+                                                  says):
+    home, port = bad_home
+    monkeypatch.setenv("KVLAB_HOME", str(home))
+    argv = [f"http://127.0.0.1:{port}" if a == NOT_A_PROXY else a for a in argv]
+    try:
+        got = main(argv)  # any other exception would be a traceback
+    except SystemExit as exc:  # argparse's own errors
+        got = exc.code
+    assert got == code
+    assert says in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_is_no_traceback(bad_home):
+    home, _ = bad_home
+    read, write = os.pipe()
+    os.close(read)  # `kvlab status | head -0`
+    try:
+        out = subprocess.run([sys.executable, "-m", "kvlab", "status", "--name", "stopped"],
+                             env={**os.environ, "KVLAB_HOME": str(home)}, stdout=write,
+                             stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write)
+    assert out.returncode == 141 and out.stderr == b""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,13 +40,15 @@ class Extra:
         port = free_port_block(1)
         url = f"http://{spec.host}:{port}"
         data = self.folder / name
-        argv = [sys.executable, "-m", "kvlab.net.node", "--name", name, "--host", spec.host,
-                "--port", str(port), "--data", str(data), "--durability", "none",
-                "--vnodes", str(spec.vnodes), "--replicas", str(spec.replicas)]
+        argv = ["--name", name, "--host", spec.host, "--port", str(port), "--data", str(data),
+                "--durability", "none", "--vnodes", str(spec.vnodes),
+                "--replicas", str(spec.replicas)]
         for peer, peer_url in peers.items():
             argv += ["--peer", f"{peer}={peer_url}"]
-        self.procs[name] = Proc.spawn(argv, data / "node.log", self.folder,
-                                      {"KVLAB_SECRET": secret(self.cluster)})
+        held = Proc.spawn("kvlab.net.node", argv, data / "node.log", self.folder,
+                          {"KVLAB_SECRET": secret(self.cluster)})
+        held.release()
+        self.procs[name] = held.proc
         self.urls[name] = url
         eventually(lambda: _healthy(url), 20, f"{name} to answer /health")
         return url

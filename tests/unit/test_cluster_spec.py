@@ -3,6 +3,7 @@ supervisor tells each process it starts (no process is started here)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from kvlab.cli import build_parser
 from kvlab.cli.options import spec_from
 from kvlab.cluster import supervisor
-from kvlab.cluster.process import Proc
+from kvlab.cluster.process import Held, Proc
 from kvlab.cluster.spec import ClusterSpec
 from kvlab.cluster.supervisor import Cluster
 
@@ -65,9 +66,10 @@ def test_each_process_is_told_the_healing_settings_and_its_peers(kvlab_home: Pat
     spawned: dict[str, list[str]] = {}
     envs: dict[str, dict[str, str]] = {}
 
-    def spawn(argv: list[str], log: Path, cwd: Path, env: dict[str, str]) -> Proc:
+    def spawn(module: str, argv: list[str], log: Path, cwd: Path, env: dict[str, str]
+              ) -> Held:
         spawned[log.parent.name], envs[log.parent.name] = argv, env
-        return Proc(0, 0)
+        return Held(Proc(0, 0), io.BytesIO())
 
     monkeypatch.setattr(supervisor.Proc, "spawn", staticmethod(spawn))
     spec = ClusterSpec(name="argv", nodes=3, port=9000, sloppy=True, anti_entropy_s=0.5,
