@@ -90,6 +90,7 @@ class KvlabApp(App[None]):
         Binding("k", "chaos('kill')", "Kill"),
         Binding("p", "chaos('pause')", "Pause"),
         Binding("r", "chaos('restart')", "Restart"),
+        Binding("P", "restart_proxy", "Restart proxy", show=False),
         Binding("x", "partition", "Cut/Heal"),
         Binding("a", "add_node", "Add"),
         Binding("X", "remove_node", "Remove"),
@@ -271,6 +272,11 @@ class KvlabApp(App[None]):
                 "restart": "restarted"}[action]
         self._act(f"{action} {node}", lambda: getattr(self.source, action)(node),
                   lambda _: f"{node} {past}")
+
+    def action_restart_proxy(self) -> None:
+        self.events.add("restart the proxy (the nodes keep running)", "action")
+        self._act("restart the proxy", self.source.restart_proxy,
+                  lambda _: "proxy restarted")
 
     def action_partition(self) -> None:
         node = self.selected

@@ -244,6 +244,9 @@ class LiveSource(ActionsByName):
     async def act(self, action: str, node: str) -> None:
         await self._supervise(lambda cluster: getattr(cluster, action)(node))
 
+    async def restart_proxy(self) -> None:
+        await self._supervise(lambda cluster: cluster.restart_proxy())
+
     async def add_node(self) -> str:
         # The supervisor spawns n{k+1}, records it in cluster.json, has the coordinator
         # begin its join and follows the move until its ranges have arrived.

@@ -407,6 +407,10 @@ class SimSource(ActionsByName):
         elif action == "resume":
             world.resume(node)
 
+    async def restart_proxy(self) -> None:
+        self._sync()
+        self.world.restart_coordinator(0)  # on its kept clock, as the real proxy's folder
+
     # -- traffic ------------------------------------------------------------------------
 
     async def start_traffic(self, settings: TrafficSettings) -> None:

@@ -429,6 +429,11 @@ class ClusterSource(Protocol):
         """Stop the node if it runs and start it again on its own data."""
         ...
 
+    async def restart_proxy(self) -> None:
+        """Stop the coordinator (the proxy) and start it again on its kept state (its
+        clock, the ring); the nodes keep running."""
+        ...
+
     async def partition(self, node: str, on: bool) -> None:
         """Cut (`on`) or heal the link between the coordinator and the node, both ways."""
         ...

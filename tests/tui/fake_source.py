@@ -135,6 +135,9 @@ class FakeSource(ActionsByName):
     async def act(self, action: str, node: str) -> None:
         self.calls.append((action, node))
 
+    async def restart_proxy(self) -> None:
+        self.calls.append(("restart", "proxy"))
+
     async def partition(self, node: str, on: bool) -> None:
         self.calls.append(("partition" if on else "heal", node))
         self._nodes(replace(n, partitioned=on) if n.name == node else n

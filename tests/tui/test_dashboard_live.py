@@ -101,6 +101,28 @@ async def test_kill_and_restart_from_the_dashboard(cluster: Cluster) -> None:
                        "traffic stopped")
 
 
+def pids(cluster: Cluster) -> dict[str, int | None]:
+    current = Cluster.load(cluster.spec.name)
+    return {m.name: m.proc.pid if m.proc else None for m in current.members()}
+
+
+async def test_restart_only_the_proxy_from_the_dashboard(cluster: Cluster) -> None:
+    before = pids(cluster)
+    app = live_app(cluster)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: all_up(app), 10, "every node up")
+        await pilot.press("P")
+        await wait_for(pilot, lambda: logged(app, "proxy restarted"), 10, "the restart logged")
+        after = pids(cluster)
+        assert after.pop("proxy") != before.pop("proxy")
+        assert after == before  # every node runs on, the same process
+        await wait_for(pilot, lambda: app.view.proxy_state == "up" and all_up(app), 10,
+                       "the proxy and every node up")
+        async with AsyncKV(cluster.url) as kv:
+            await kv.set("after-proxy-restart", "v")
+            assert await kv.get("after-proxy-restart") == "v"
+
+
 async def test_pause_and_resume_from_the_dashboard(cluster: Cluster) -> None:
     app = live_app(cluster)
     async with app.run_test(size=SIZE) as pilot:

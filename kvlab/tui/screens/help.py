@@ -83,6 +83,7 @@ HEALING = (
 KEYS = (
     ("↑ ↓ / 1-9", "select a node"), ("k", "kill it (SIGKILL)"),
     ("p", "pause / resume it (SIGSTOP / SIGCONT)"), ("r", "restart it"),
+    ("P", "restart the proxy alone"),
     ("x", "cut / heal its link to the proxy"), ("a / X", "add a node / remove the selected"),
     ("/", "type a key; Enter inspects it"), ("g / u", "read / write the key"),
     ("t", "start / stop traffic"), ("+ -", "traffic rate"), ("m", "read/write mix"),
