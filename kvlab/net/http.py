@@ -12,7 +12,26 @@ request bodies, `Expect: 100-continue`, HEAD on GET routes, a request body limit
 400 on malformed requests, 404 and 405 (with `Allow`), and every error as a JSON body
 `{"error": CODE, "message": TEXT, ...}`; every answer is timed, by route and status
 (`Router.durations`, for `/metrics`). What it leaves out, because the API has no use for
-it: upgrades, trailers, streaming bodies, TLS.
+it: upgrades, trailers (read and dropped), streaming bodies, TLS.
+
+One client must not hurt the others, so everything a client can make it hold is bounded:
+the request target (8 KiB, else 414) and the headers (32 KiB and 100 of them, else 431),
+counted as llhttp reports them so that buffering stays linear; the time a request takes to
+arrive (10 s for its head, 20 s plus 1 s per 16 KiB for the whole of it, else 408); the
+connections (beyond the cap: 503 and close); the bytes of requests parsed but not served yet,
+per connection and in all (reading pauses beyond them); the answers a client doesn't read
+(reading pauses, and a connection stuck so for the idle timeout is dropped). Deadlines are
+checked by the once-a-second housekeeping, not a timer per request. A connection closed on a
+client still sending (an error, a refused body) lingers: the answer, then a half-close, then
+what the client still sends is read and dropped for a while, so that the kernel doesn't reset
+the connection over the unread bytes before the client has read the answer.
+
+Strictness is mostly llhttp's (see tests/integration/test_http_server.py for the list of
+attacks and their answers); on top of it: a Host header is required in HTTP/1.1 and only
+once, HTTP versions other than 1.0 and 1.1 get 505, a Transfer-Encoding other than chunked
+501, one in HTTP/1.0 400. Raw bytes >= 0x80 in the request target (as the Go client of the
+system kvlab descends from sends non-ASCII keys) are percent-encoded before llhttp sees them,
+which refuses them otherwise: they then read as the UTF-8 they are.
 """
 
 from __future__ import annotations
@@ -22,6 +41,7 @@ import contextlib
 import inspect
 import logging
 from bisect import bisect_left
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from email.utils import formatdate
@@ -42,6 +62,23 @@ IDLE_TIMEOUT_S = 75.0  # a kept-alive connection with nothing to do is closed af
 MAX_PIPELINED = 32  # parsed requests waiting behind the one being served; then stop reading
 DISCARD_LIMIT = 64 * 1024 * 1024  # bytes of a refused (413) body read to keep its connection
 UNROUTED = "none"  # the route of an answer given without a handler (400, 404, 405, 413)
+MAX_URL = 8 * 1024  # bytes of request target (414 beyond)
+MAX_HEAD = 32 * 1024  # bytes of header names and values (431 beyond)
+MAX_HEADERS = 100  # header lines (431 beyond)
+REQUEST_TIMEOUT_S = 10.0  # a request's head must arrive whole in this (408 after)
+BODY_RATE = 16 * 1024  # bytes/s: the whole request has twice the timeout, plus 1 s per this
+MAX_CONNECTIONS = 10_000  # beyond: 503 `too_many_connections`
+MAX_REFUSING = 512  # refused connections being told so at once; beyond, they are dropped
+MAX_QUEUED = 2 * 1024 * 1024  # body bytes of requests parsed but not served, per connection
+MAX_QUEUED_TOTAL = 128 * 1024 * 1024  # ... and across the server; then reading pauses
+MAX_UNREAD_TOTAL = 256 * 1024 * 1024  # answers buffered for clients that don't read them
+LINGER_S = 2.0  # a closed connection reads and drops what its client still sends this long
+RETRY_AFTER_S = 1  # said to the connections refused beyond the cap
+
+# The parse of the message in progress: between messages, in its head, in its body.
+_IDLE, _HEAD, _BODY = 0, 1, 2
+
+_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
 
 
 class Request:
@@ -245,14 +282,20 @@ class _Connection(asyncio.Protocol):
         self._writing_paused = False
         self._continue_wanted = False  # a request waits for its turn to get `100 Continue`
         self.last_active = self._loop.time()  # last time data moved either way
-        self._reset()
-
-    def _reset(self) -> None:
-        self._url = b""
-        self._headers: dict[str, str] = {}
-        self._body: list[bytes] = []
-        self._size = 0
-        self._refused = False  # answered 413 already; its body is read and dropped
+        self._began = 0.0  # when the message in progress began arriving
+        self._chunk = 0  # bytes of the chunk being parsed
+        self._carried_phase = _IDLE  # what `_carried` counts (see `_unfinished`)
+        self._carried_size = 0
+        self._version = "1.1"
+        self._keep_alive = True
+        self._request_line_open = False  # the request line's end is still to come
+        self._queued = 0  # body bytes of the requests in `_pending`
+        self._broken = False  # stopped on an error: the client may still be sending
+        self._lingering = 0.0  # when the answers were done and the lingering close began
+        self._dropped = 0  # bytes read and dropped while lingering
+        self._eof = False
+        self.on_message_begin()
+        self._phase = _IDLE
 
     @property
     def idle(self) -> bool:
@@ -269,6 +312,20 @@ class _Connection(asyncio.Protocol):
         """Nothing to do but wait: for a new request, or for the client to read."""
         return self.idle or self._writing_paused or self._transport is None
 
+    def overdue(self, now: float) -> bool:
+        """The request in progress is taking too long to arrive."""
+        phase = self._phase
+        if phase == _IDLE or not self._accepting:
+            return False
+        timeout = self._server.request_timeout_s
+        if phase == _BODY:  # a slow body is fine as long as it moves
+            return now - self._began > 2 * timeout + self._size / self._server.body_rate
+        return now - self._began > timeout
+
+    def timed_out(self) -> None:
+        self._stop_with(HttpError(408, "request_timeout", "the request did not arrive whole "
+                                  "in time"))
+
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -280,27 +337,92 @@ class _Connection(asyncio.Protocol):
         self._server.connections.discard(self)
         self._transport = None
         self._pending.clear()
+        self._unqueue(self._queued)
         if self._worker is not None:
             self._worker.cancel()
 
     def eof_received(self) -> bool:
         # The client is done sending (a half-close, as `nc -N` or `curl` with a body read to
         # EOF do), but it still reads: answer what it sent, then close.
+        self._eof = True
         self._accepting = False
+        if self._lingering:
+            return False  # it has read its answers: close
         if self.idle:
             self._close_transport()
         return True  # keep our side open for the answers
 
     def data_received(self, data: bytes) -> None:
         if not self._accepting:
-            return  # after an error or a close: whatever else the client sent goes unanswered
+            # After an error or a close: whatever else the client sent goes unanswered.
+            if self._lingering:
+                self._dropped += len(data)
+                if self._dropped > DISCARD_LIMIT:
+                    self.abort()
+            return
         self.last_active = self._loop.time()
+        self._chunk = len(data)
         try:
-            self._parser.feed_data(data)
+            if data.isascii():
+                self._parser.feed_data(data)
+            else:
+                self._feed_high(data)
         except httptools.HttpParserUpgrade:
             pass  # answered 400 in on_message_complete
         except httptools.HttpParserError as exc:
-            self._stop_with(HttpError(400, "bad_request", f"malformed HTTP request: {exc}"))
+            # A limit or check raised by a callback comes as its context.
+            cause = exc.__context__
+            self._stop_with(cause if isinstance(cause, HttpError) else
+                            HttpError(400, "bad_request", f"malformed HTTP request: {exc}"))
+        else:
+            if self._phase:  # a message goes on in the next chunk: the rare case
+                self._unfinished(len(data))
+
+    def _unfinished(self, size: int) -> None:
+        """Bound a message arriving over several chunks. llhttp reports the target piece by
+        piece, but httptools buffers a header (or a trailer) until it is whole, unseen: so
+        whole chunks are counted, those that began and ended inside the head, or inside
+        the body without a byte of body (trailers, chunk extensions). The chunk in which
+        that part began isn't (so none is counted twice, and no head under the limit is
+        refused); the headers it completed are checked as they are."""
+        phase = self._phase
+        if self._carried < 0 or self._carried_phase != phase:
+            self._carried, self._carried_phase, self._carried_size = 0, phase, self._size
+        elif phase == _HEAD or self._size == self._carried_size:
+            self._carried += size
+        else:
+            self._carried_size = self._size
+        server = self._server
+        if phase == _HEAD and len(self._url) > server.max_url:
+            self._stop_with(_uri_too_long(server))
+        elif self._carried > server.max_head or phase == _HEAD and _too_many(
+                self._headers, server):
+            self._stop_with(_headers_too_large(server))
+
+    def _feed_high(self, data: bytes) -> None:
+        """Feed a chunk holding bytes >= 0x80, percent-encoding those of request lines: llhttp
+        refuses them in the target. Bodies and header values go as they are, so the chunk
+        is fed a request line, a header line or a body (its Content-Length) at a time."""
+        parser, end, at = self._parser, len(data), 0
+        while at < end and self._accepting:
+            phase = self._phase
+            if phase == _BODY:
+                length = self._headers.get("content-length")
+                if length is None:  # a chunked body: the rest goes as it is
+                    parser.feed_data(data[at:])
+                    return
+                stop = min(end, at + max(1, int(length) - self._size))
+            else:
+                newline = data.find(b"\n", at)
+                stop = end if newline < 0 else newline + 1
+            piece = data[at:stop]
+            # (A request line split across chunks, the first of them all ASCII, is not
+            # known to be open here: its high bytes get the 400 llhttp gives them.)
+            if phase == _IDLE or self._request_line_open:
+                self._request_line_open = not piece.endswith(b"\n")
+                piece = _HIGH_BYTE.sub(_percent_encoded, piece)
+            parser.feed_data(piece)
+            at = stop
 
     def pause_writing(self) -> None:
         # The client reads slower than we answer: take no new requests, and write no more
@@ -318,21 +440,60 @@ class _Connection(asyncio.Protocol):
     # llhttp callbacks
 
     def on_message_begin(self) -> None:
-        self._reset()
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._size = 0
+        self._refused = False  # answered 413 already; its body is read and dropped
+        self._carried = -1  # bytes of the message in chunks wholly inside a part of it
+        self._repeats = self._repeat_size = 0  # headers given again, and their bytes
+        self._phase = _HEAD
+        self._began = self.last_active
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url += url  # one piece per chunk; the length is checked after each chunk
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if self._phase == _BODY:
+            return  # a trailer: dropped
+        key, headers = name.decode("latin-1").lower(), self._headers
+        if key in headers:
+            self._repeated(key, len(name) + len(value))
+        else:
+            headers[key] = value.decode("latin-1")
+
+    def _repeated(self, key: str, size: int) -> None:
+        """A header given again. The first value stands (no route reads a list), and the
+        repeats are bounded as the headers are; a header that frames the message or names
+        the host, given twice, is ambiguous (RFC 9112 3.2, 6.3): refused."""
+        if key in ("host", "transfer-encoding", "content-length"):
+            raise HttpError(400, "bad_request", f"the {key} header is given more than once")
+        self._repeats += 1
+        self._repeat_size += size
+        if self._repeats > self._server.max_headers or \
+                self._repeat_size > self._server.max_head:
+            raise _headers_too_large(self._server)
 
     def on_headers_complete(self) -> None:
+        self._phase = _BODY
         if not self._accepting:
             return
-        length = self._headers.get("content-length")
+        parser, headers, server = self._parser, self._headers, self._server
+        self._keep_alive = keep_alive = parser.should_keep_alive()
+        # get_http_version() formats a string (0.2 µs): a connection kept unasked is
+        # HTTP/1.1 (1.0 keeps one only when asked to; llhttp refuses 1.2 and later).
+        version = "1.1" if keep_alive and "connection" not in headers \
+            else parser.get_http_version()
+        self._version = version
+        # One test for the common case; the exact checks when something may be wrong.
+        if version != "1.1" or "host" not in headers or "transfer-encoding" in headers \
+                or len(self._url) > server.max_url or len(headers) > server.max_headers \
+                or self._chunk > server.max_head or self._carried >= 0:
+            self._check_head(version)
+        length = headers.get("content-length")
         too_large = length is not None and length.isdigit() and int(length) > self._server.max_body
         expects = self._headers.get("expect", "").lower() == "100-continue" \
-            and self._parser.get_http_version() == "1.1"  # a 1.0 client's Expect is ignored
+            and version == "1.1"  # a 1.0 client's Expect is ignored
         if too_large:
             # Answer now, and drop the body as it comes (it may never come: a client that
             # expects `100 Continue` waits for an answer before sending it).
@@ -361,12 +522,13 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         # Stopped in the middle of a chunk (an error, a refused Expect, an abort): the rest
         # of it is not served. A refused message was answered already.
+        self._phase = _IDLE
         if self._refused or not self._accepting:
             return
         self._continue_wanted = False  # the body came anyway: no `100 Continue` now
         parser = self._parser
-        keep_alive, method = parser.should_keep_alive(), parser.get_method().decode("ascii")
-        head, http10 = method == "HEAD", parser.get_http_version() == "1.0"
+        keep_alive, method = self._keep_alive, parser.get_method().decode("ascii")
+        head, http10 = method == "HEAD", self._version == "1.0"
         if parser.should_upgrade():
             error = HttpError(400, "bad_request", "protocol upgrades are not supported")
             self._queue(_Queued(error.response(), None, False, head, http10))
@@ -395,6 +557,26 @@ class _Connection(asyncio.Protocol):
         else:
             self._queue(queued)
 
+    def _check_head(self, version: str) -> None:
+        headers, server = self._headers, self._server
+        if version not in ("1.1", "1.0"):
+            raise HttpError(505, "http_version_not_supported",
+                            f"HTTP/{version} is not supported; use HTTP/1.1")
+        if len(self._url) > server.max_url:
+            raise _uri_too_long(server)
+        if _too_many(headers, server):
+            raise _headers_too_large(server)
+        if version == "1.1" and "host" not in headers:
+            raise HttpError(400, "bad_request", "an HTTP/1.1 request needs a Host header")
+        coding = headers.get("transfer-encoding")
+        if coding is not None:
+            if version == "1.0":  # RFC 9112 6.1: the framing of such a message is faulty
+                raise HttpError(400, "bad_request",
+                                "Transfer-Encoding is not allowed in HTTP/1.0")
+            if coding.strip().lower() != "chunked":
+                raise HttpError(501, "not_implemented",
+                                f"Transfer-Encoding {coding!r} is not supported; only chunked")
+
     def _refuse(self) -> None:
         self._refused = True
         limit = self._server.max_body
@@ -407,9 +589,19 @@ class _Connection(asyncio.Protocol):
 
     def _queue(self, queued: _Queued) -> None:
         self._pending.append(queued)
-        if len(self._pending) > MAX_PIPELINED:
+        item = queued.item
+        if isinstance(item, Request) and item.body:
+            size = len(item.body)
+            self._queued += size
+            self._server.queued += size
+        if len(self._pending) > MAX_PIPELINED or self._queued > self._server.max_queued \
+                or self._server.queued > self._server.max_queued_total:
             self._pause_reading()
         self._wake()
+
+    def _unqueue(self, size: int) -> None:
+        self._queued -= size
+        self._server.queued -= size
 
     def _wake(self) -> None:
         if self._worker is None:
@@ -487,6 +679,8 @@ class _Connection(asyncio.Protocol):
             item, handler = queued.item, queued.handler
             if isinstance(item, Request):
                 assert handler is not None
+                if item.body:
+                    self._unqueue(len(item.body))
                 self._busy = True
                 try:
                     answer = handler(item)
@@ -514,8 +708,12 @@ class _Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
+        # Over the server's total, a connection waits until it has served its own queue (it
+        # then holds nothing: pausing it longer would not free anything).
+        server = self._server
         if self._reading_paused and not self._writing_paused and self._transport is not None \
-                and len(self._pending) <= MAX_PIPELINED:
+                and len(self._pending) <= MAX_PIPELINED and self._queued <= server.max_queued \
+                and (self._queued == 0 or server.queued <= server.max_queued_total):
             self._reading_paused = False
             self._transport.resume_reading()
 
@@ -561,6 +759,7 @@ class _Connection(asyncio.Protocol):
         if not keep_alive:
             self._accepting = False
             self._pending.clear()
+            self._unqueue(self._queued)
             self._close_transport()
 
     def _stop(self) -> None:
@@ -573,13 +772,32 @@ class _Connection(asyncio.Protocol):
         """The input can't be parsed (and the stream is out of step): answer what came
         before, then `error`, then close."""
         if self._accepting:
+            self._broken = True
             self._queue(_Queued(error.response(), None, False, False, False))
             self._accepting = False
 
     def _close_transport(self) -> None:
-        if self._transport is not None:
-            self._transport.close()  # after the buffered answers are sent
-            self._transport = None
+        transport = self._transport
+        if transport is None:
+            return
+        self._transport = None
+        if (self._broken or self._phase != _IDLE) and not self._eof \
+                and transport.can_write_eof():
+            # The client may still be sending: closing now would make the kernel reset the
+            # connection over the unread bytes, and the client would lose the answer. Say
+            # we are done, read and drop what comes, close at its EOF or after `LINGER_S`.
+            transport.write_eof()
+            self._lingering = self._loop.time()
+            if self._reading_paused:
+                self._reading_paused = False
+                transport.resume_reading()
+        else:
+            transport.close()  # after the buffered answers are sent
+
+    @property
+    def lingered(self) -> float:
+        """Since when the connection lingers after its close (0: it doesn't)."""
+        return self._lingering
 
     def close(self) -> None:
         """Answer the requests already received, then close (at once if there are none)."""
@@ -592,24 +810,114 @@ class _Connection(asyncio.Protocol):
             self._raw.abort()
 
 
+class _Refusal(asyncio.Protocol):
+    """A connection beyond the cap: answered 503 at once, half-closed, and closed when the
+    client is done sending (or after `LINGER_S`), so that it reads the answer."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._dropped = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        refusing = self._server.refusing
+        if len(refusing) >= MAX_REFUSING:  # a flood: not even the answer is worth an fd
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        refusing.add(self)
+        error = HttpError(503, "too_many_connections",
+                          f"the server has {self._server.max_connections} connections open; "
+                          "try again later", headers={"Retry-After": str(RETRY_AFTER_S)})
+        response = error.response()
+        head = b"".join((_STATUS_LINES[503], self._server.date_line,
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+                         % len(response.body),
+                         b"Retry-After: %d\r\nConnection: close\r\n\r\n" % RETRY_AFTER_S))
+        self._transport.write(head + response.body)
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(LINGER_S, self._transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        self._dropped += len(data)
+        if self._dropped > MAX_HEAD and self._transport is not None:
+            self._transport.abort()
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.refusing.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _percent_encoded(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match[0][0]
+
+
+def _headers_too_large(server: HttpServer) -> HttpError:
+    return HttpError(431, "headers_too_large", f"the headers are larger than "
+                     f"{server.max_head} bytes or more than {server.max_headers}")
+
+
+def _uri_too_long(server: HttpServer) -> HttpError:
+    return HttpError(414, "uri_too_long",
+                     f"the request target is longer than {server.max_url} bytes")
+
+
+def _too_many(headers: dict[str, str], server: HttpServer) -> bool:
+    return len(headers) > server.max_headers or \
+        sum(len(name) + len(value) for name, value in headers.items()) > server.max_head
+
+
+
+
 class HttpServer:
     """`await start(host, port)`, later `await close()`; routes come from `router`."""
 
     def __init__(self, router: Router, *, max_body: int,
-                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S, body_rate: int = BODY_RATE,
+                 max_connections: int = MAX_CONNECTIONS, max_url: int = MAX_URL,
+                 max_head: int = MAX_HEAD, max_headers: int = MAX_HEADERS,
+                 max_queued: int = MAX_QUEUED, max_queued_total: int = MAX_QUEUED_TOTAL,
+                 max_unread_total: int = MAX_UNREAD_TOTAL) -> None:
         self.router = router
         self.max_body = max_body
         self.idle_timeout_s = idle_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.body_rate = body_rate
+        self.max_connections = max_connections
+        self.max_url = max_url
+        self.max_head = max_head
+        self.max_headers = max_headers
+        self.max_queued = max_queued
+        self.max_queued_total = max_queued_total
+        self.max_unread_total = max_unread_total
+        self.queued = 0  # body bytes of the requests parsed and not served yet, in all
         self.connections: set[_Connection] = set()
+        self.refusing: set[_Refusal] = set()
         self.date_line = _date_line()
         self._server: asyncio.Server | None = None
         self._housekeeper: asyncio.Task | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port,
-                                                reuse_address=True)
+        self._server = await loop.create_server(self._accept, host, port,
+                                                reuse_address=True, backlog=1024)
         self._housekeeper = loop.create_task(self._housekeeping())
+
+    def _accept(self) -> asyncio.Protocol:
+        if len(self.connections) >= self.max_connections:
+            return _Refusal(self)
+        return _Connection(self)
 
     async def close(self, grace_s: float = 1.0) -> None:
         """Stop listening, let requests being served finish (up to `grace_s`), close all."""
@@ -625,20 +933,47 @@ class HttpServer:
             await asyncio.sleep(0.01)
         for connection in list(self.connections):
             connection.abort()
+        for refusal in list(self.refusing):
+            refusal.abort()
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), grace_s)
 
     async def _housekeeping(self) -> None:
-        # Once a second rather than per request: refresh the Date header, and close the
-        # connections idle for too long (the hot path only stamps `last_active`).
+        # Once a second rather than per request: refresh the Date header, answer 408 to the
+        # requests too slow to arrive, close the connections idle for too long and those
+        # done lingering (the hot path only stamps `last_active` and `_began`).
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
             self.date_line = _date_line()
-            cutoff = loop.time() - self.idle_timeout_s
+            now = loop.time()
+            cutoff = now - self.idle_timeout_s
+            unread: list[tuple[float, int, _Connection]] = []
             for connection in list(self.connections):
-                # Idle, or stuck on a client that stopped reading: its buffered answers
-                # would hold memory for as long as the client keeps the socket open.
-                if connection.stalled and connection.last_active < cutoff:
+                lingered = connection.lingered
+                if lingered:
+                    if now - lingered > LINGER_S:
+                        connection.abort()
+                elif connection.stalled and connection.last_active < cutoff:
+                    # Idle, or stuck on a client that stopped reading: its buffered answers
+                    # would hold memory for as long as the client keeps the socket open.
                     connection.abort()
+                elif connection.overdue(now):
+                    connection.timed_out()
+                elif connection.buffered:
+                    unread.append((connection.last_active, connection.buffered, connection))
+            self._drop_unread(unread)
+
+    def _drop_unread(self, unread: list[tuple[float, int, _Connection]]) -> None:
+        """Over `max_unread_total` of answers waiting for their clients to read them, drop
+        the connections stuck longest until under it."""
+        total = sum(size for _, size, _ in unread)
+        if total <= self.max_unread_total:
+            return
+        unread.sort(key=lambda item: item[0])
+        for _, size, connection in unread:
+            connection.abort()
+            total -= size
+            if total <= self.max_unread_total:
+                break

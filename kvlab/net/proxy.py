@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import ipaddress
 import os
+import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -51,6 +53,8 @@ from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, bearer, secret_from_env
 from kvlab.net.clock_state import ClockState, ClockStateError
 from kvlab.net.engine import Engine, wall_clock
 from kvlab.net.http import (
+    MAX_CONNECTIONS,
+    REQUEST_TIMEOUT_S,
     HttpError,
     HttpServer,
     Later,
@@ -669,7 +673,9 @@ def _guarded(handler: Callable[[Request], Any], guard: Guard) -> Callable[[Reque
     return guarded
 
 
-async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event) -> None:
+async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event, *,
+                      max_connections: int = MAX_CONNECTIONS,
+                      request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
     """Open the links to the nodes, serve the API until `stopped`, then close everything."""
     # The secret goes with every request to a node: the replica channels, and /stats.
     proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
@@ -680,7 +686,8 @@ async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event
     proxy.engine.start()
     # Room for the largest value plus the JSON around it; larger bodies get 413.
     server = HttpServer(make_router(proxy),
-                        max_body=proxy.limits.max_value + proxy.limits.max_key + 4096)
+                        max_body=proxy.limits.max_value + proxy.limits.max_key + 4096,
+                        max_connections=max_connections, request_timeout_s=request_timeout_s)
     state = proxy.clock_state
     saving = None if state is None else asyncio.get_running_loop().create_task(
         state.keep_saved(stopped))
@@ -749,7 +756,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--protect-data", action="store_true",
                         help="the data routes and /cluster/keys/* need the secret too (the "
                              "secret comes in $KVLAB_SECRET; without it, nothing is checked)")
+    parser.add_argument("--max-connections", type=int, metavar="N",
+                        help="client connections served at once; beyond, a 503 "
+                             "too_many_connections (default: %d, or less if the file "
+                             "descriptors allowed can't hold them)" % MAX_CONNECTIONS)
+    parser.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="a request's head must arrive whole in this, and the whole "
+                             "request in twice this plus 1 s per 16 KiB of body; else 408 "
+                             "(default: %(default)g)")
     args = parser.parse_args(argv)
+    fds = _raise_fd_limit()
+    max_connections = args.max_connections or max(1, min(MAX_CONNECTIONS, fds - FD_RESERVE))
+    if max_connections < 1 or max_connections > fds - FD_RESERVE:
+        parser.error(f"--max-connections must be 1..{fds - FD_RESERVE}: the {fds} file "
+                     f"descriptors allowed, less {FD_RESERVE} kept for the node links, logs "
+                     f"and refusals")
+    if args.request_timeout <= 0:
+        parser.error("--request-timeout must be positive")
     if args.sloppy and not args.hints:
         parser.error("--sloppy counts hints toward W: it needs --hints on")
     if args.heartbeat_ms < 1:
@@ -778,7 +802,22 @@ def main(argv: list[str] | None = None) -> None:
             f", moving to {', '.join(ring.pending.nodes)} (started over)"
         clock += f"; ring version {ring.version} restored: {', '.join(ring.ring.nodes)}{moving}"
     print(f"proxy {args.name} pid {os.getpid()} on {args.host}:{args.port}{clock}", flush=True)
-    run(partial(serve_proxy, proxy, args.host, args.port))
+    run(partial(serve_proxy, proxy, args.host, args.port, max_connections=max_connections,
+                request_timeout_s=args.request_timeout))
+
+
+FD_RESERVE = 1024  # file descriptors kept beyond the client connections
+
+
+def _raise_fd_limit() -> int:
+    """Raise this process's soft limit of open files to the hard one; the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    return soft
 
 
 if __name__ == "__main__":

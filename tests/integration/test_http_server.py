@@ -1,10 +1,39 @@
 """The proxy's HTTP server (`kvlab.net.http`) over real sockets, at the level of raw bytes:
-keep-alive, pipelining, chunked bodies, 100-continue, limits, malformed input, shutdown."""
+keep-alive, pipelining, chunked bodies, 100-continue, limits, malformed input, shutdown.
+
+The classic attacks on an HTTP/1.1 parser and what each gets (`test_strict_parsing`); all are
+answered with the status below and `Connection: close`. llhttp refuses most by itself (L);
+the rest are the server's own checks (S):
+
+| request | answer |
+|---|---|
+| Content-Length and Transfer-Encoding together | 400 (L) |
+| Content-Length twice, equal or not; `3, 3` | 400 (L) |
+| Content-Length not a number, negative, `+3`, overflowing | 400 (L) |
+| Transfer-Encoding other than chunked: `gzip`; `gzip, chunked` | 501 (S) |
+| Transfer-Encoding twice (`gzip` then `chunked`) | 400 (S) |
+| Transfer-Encoding in HTTP/1.0 | 400 (S) |
+| obs-fold (a header line starting with a space) | 400 (L) |
+| whitespace between a header name and the colon | 400 (L) |
+| bare LF line endings; a bare CR | 400 (L) |
+| NUL, CR or another control character in a header value | 400 (L) |
+| an invalid character in the method; an unknown or lowercase method | 400 (L) |
+| an invalid character in a header name; an empty one | 400 (L) |
+| HTTP/1.1 without Host; Host twice | 400 (S) |
+| 101 different headers; a header repeated 101 times | 431 (S) |
+| HTTP/2.0, HTTP/0.9 | 505 (S) |
+| HTTP/1.2, HTTP/9.9 | 400 (L) |
+| a chunk size overflowing 64 bits; a chunk size not hex | 400 (L) |
+| a NUL or tab in the target | 400 (L) |
+| raw bytes >= 0x80 in the target that are not UTF-8 | 400 (S) |
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 
 import pytest
 
@@ -79,8 +108,7 @@ async def refuse(request: Request) -> Response:
     raise HttpError(409, "conflict", "no", thing=1)
 
 
-@pytest.fixture
-async def server():
+def make_router() -> Router:
     router = Router()
     router.add("GET", "/echo", echo)
     router.add("POST", "/echo", echo)
@@ -91,7 +119,12 @@ async def server():
     router.add("GET", "/direct/", direct, prefix=True)
     router.add("GET", "/items/", echo, prefix=True)
     router.add("GET", "/items/special/", slow, prefix=True)
-    srv = HttpServer(router, max_body=MAX_BODY, idle_timeout_s=0.5)
+    return router
+
+
+@pytest.fixture
+async def server():
+    srv = HttpServer(make_router(), max_body=MAX_BODY, idle_timeout_s=0.5)
     port = free_port_block(1)
     await srv.start("127.0.0.1", port)
     yield srv, port
@@ -463,4 +496,261 @@ async def test_no_stray_100_continue_when_the_body_came_anyway(server):
     assert json.loads((await read_response(reader))[2])["query"] == {"n": "3"}
     writer.write(b"GET /echo?n=4 HTTP/1.1\r\nHost: t\r\n\r\n")  # next comes its answer
     assert json.loads((await read_response(reader))[2])["query"] == {"n": "4"}
+    writer.close()
+
+
+# The front door: limits, deadlines, a cap on connections, strict parsing, raw UTF-8
+
+
+@pytest.fixture
+async def strict():
+    """A server with small limits, so that tests reach them quickly."""
+    srv = HttpServer(make_router(), max_body=MAX_BODY, request_timeout_s=0.3,
+                     max_connections=3, max_queued=4 * MAX_BODY, max_queued_total=6 * MAX_BODY)
+    port = free_port_block(1)
+    await srv.start("127.0.0.1", port)
+    yield srv, port
+    await srv.close()
+
+
+async def refused_with(reader: asyncio.StreamReader, status: int, code: str) -> dict:
+    got, headers, body = await read_response(reader)
+    assert (got, json.loads(body)["error"]) == (status, code), body
+    assert headers["connection"] == "close" and await closed(reader)
+    return headers
+
+
+def send_forever(port: int, head: bytes, filler: bytes) -> threading.Thread:
+    """A thread sending `head`, then `filler` over and over until the server stops it."""
+    sock = socket.create_connection(("127.0.0.1", port))
+
+    def run() -> None:
+        try:
+            sock.sendall(head)
+            for _ in range(4096):  # 4096 x 64 KiB: 256 MiB at most
+                sock.sendall(filler)
+        except OSError:
+            pass  # the server closed: what the test waits for
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.sock = sock  # type: ignore[attr-defined]
+    return thread
+
+
+def answer_of(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("what, head, filler, status, code", [
+    ("a URL", b"GET /echo?k=", b"a" * 65536, 414, "uri_too_long"),
+    ("a header", b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Big: ", b"b" * 65536, 431,
+     "headers_too_large"),
+    ("header lines", b"GET /echo HTTP/1.1\r\nHost: t\r\n", b"X: y\r\n" * 13107, 431,
+     "headers_too_large"),
+], ids=["url", "header", "lines"])
+async def test_endless_url_or_headers_are_refused_without_buffering(server, what, head, filler,
+                                                                  status, code):
+    """Up to 256 MiB sent: the answer comes after the limit, not after the sender is done,
+    and the server serves other clients meanwhile."""
+    _, port = server
+    sender = await asyncio.to_thread(send_forever, port, head, filler)
+    answer = await asyncio.to_thread(answer_of, sender.sock)
+    assert answer.startswith(b"HTTP/1.1 %d " % status) and b"Connection: close" in answer
+    assert code.encode() in answer or b"Content-Length" in answer
+    reader, writer = await connect(port)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    writer.close()
+    sender.sock.close()
+    await asyncio.to_thread(sender.join, 10)
+    assert not sender.is_alive()
+
+
+async def test_limits_on_one_chunk(server):
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"GET /echo?k=" + b"a" * 8200 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    await refused_with(reader, 414, "uri_too_long")
+    reader, writer = await connect(port)
+    headers = b"".join(b"X-%d: v\r\n" % i for i in range(101))
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n")
+    await refused_with(reader, 431, "headers_too_large")
+    reader, writer = await connect(port)  # just under the limits: served
+    headers = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 300) for i in range(99))
+    writer.write(b"GET /echo?k=" + b"a" * 8000 + b" HTTP/1.1\r\nHost: t\r\n" + headers
+                 + b"\r\n")
+    assert (await read_response(reader))[0] == 200
+    writer.close()
+
+
+async def test_a_request_trickling_in_gets_408(strict):
+    _, port = strict
+    reader, writer = await connect(port)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")  # a whole request: served
+    assert (await read_response(reader))[0] == 200
+    for byte in b"GET /echo HTTP/1.1\r\n":  # one byte every 0.1 s: never whole in 0.3 s
+        writer.write(bytes([byte]))
+        await asyncio.sleep(0.1)
+        if reader.at_eof() or reader._buffer:  # type: ignore[attr-defined]
+            break
+    await refused_with(reader, 408, "request_timeout")
+    reader, writer = await connect(port)  # a body that stops coming
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab")
+    await refused_with(reader, 408, "request_timeout")
+
+
+async def test_connections_beyond_the_cap_are_refused_politely(strict):
+    srv, port = strict
+    held = [await connect(port) for _ in range(3)]
+    await until(lambda: len(srv.connections) == 3)
+    reader, writer = await connect(port)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    headers = await refused_with(reader, 503, "too_many_connections")
+    assert headers["retry-after"] == "1"
+    held[0][1].close()
+    await until(lambda: len(srv.connections) == 2)
+    reader, writer = await connect(port)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    writer.close()
+
+
+def post_too_large_and_close(port: int) -> bytes:
+    """A client that says `Connection: close` and sends its whole 2 MB body before reading."""
+    body = b"x" * 2_000_000
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        try:
+            sock.sendall(body)
+        except OSError:
+            pass
+        return answer_of(sock)
+
+
+async def test_413_arrives_before_the_close(server):
+    _, port = server
+    for _ in range(3):  # a reset lost the answer most of the time, not always
+        answer = await asyncio.to_thread(post_too_large_and_close, port)
+        assert answer.startswith(b"HTTP/1.1 413 ") and b"too_large" in answer
+
+
+async def test_queued_bodies_are_bounded(strict):
+    """A client pipelining bodies without reading the answers: reading pauses once its
+    parsed, unserved bodies pass the connection's bound, and every answer still comes."""
+    srv, port = strict
+    reader, writer = await connect(port)
+    body = b"z" * (MAX_BODY - 10)
+    request = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+    writer.write(b"GET /slow?s=0.3 HTTP/1.1\r\nHost: t\r\n\r\n" + request * 1000)
+    await until(lambda: srv.queued > 0)
+    await asyncio.sleep(0.1)  # what it would have parsed meanwhile
+    # llhttp parses a chunk to its end: the bound holds to within one chunk (256 KiB).
+    assert srv.queued <= srv.max_queued + 256 * 1024 < 1000 * len(body)
+    assert (await read_response(reader))[2] == b"slow"
+    for _ in range(1000):
+        assert json.loads((await read_response(reader))[2])["body"] == body.decode()
+    assert srv.queued == 0
+    writer.close()
+
+
+async def test_raw_utf8_in_the_target(server):
+    _, port = server
+    reader, writer = await connect(port)
+    # Raw, pipelined, between requests whose bodies hold raw UTF-8 too.
+    writer.write("GET /echo?key=é&k2=日本 HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+                 + "POST /echo?key=ü HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n"
+                   "ab\nü\n".encode()
+                 + "GET /items/ä%20b HTTP/1.1\r\nHost: t\r\nX-Name: é\r\n\r\n".encode())
+    assert json.loads((await read_response(reader))[2])["query"] == {"key": "é", "k2": "日本"}
+    answer = json.loads((await read_response(reader))[2])
+    assert (answer["query"], answer["body"]) == ({"key": "ü"}, "ab\nü\n")
+    assert json.loads((await read_response(reader))[2])["tail"] == "%C3%A4%20b"
+    writer.write("GET /echo?key=%C3%A9 HTTP/1.1\r\nHost: t\r\n\r\n".encode())  # the same
+    assert json.loads((await read_response(reader))[2])["query"] == {"key": "é"}
+    writer.write(b"GET /echo?key=\xff HTTP/1.1\r\nHost: t\r\n\r\n")  # not UTF-8
+    status, _, body = await read_response(reader)
+    assert status == 400 and "UTF-8" in json.loads(body)["message"]
+    writer.close()
+
+
+ATTACKS = {
+    "CL and TE": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "CL twice": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                 b"Content-Length: 3\r\n\r\nabc", 400),
+    "CL conflicting": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                       b"Content-Length: 4\r\n\r\nabcd", 400),
+    "CL list": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 3\r\n\r\nabc", 400),
+    "CL not a number": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n", 400),
+    "CL negative": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400),
+    "CL plus": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc", 400),
+    "CL overflow": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: "
+                    b"99999999999999999999999\r\n\r\n", 400),
+    "TE gzip": (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nabc", 501),
+    "TE gzip, chunked": (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, "
+                         b"chunked\r\n\r\n0\r\n\r\n", 501),
+    "TE gzip then chunked": (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "TE in HTTP/1.0": (b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"0\r\n\r\n", 400),
+    "obs-fold": (b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n", 400),
+    "space before colon": (b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A : a\r\n\r\n", 400),
+    "bare LF": (b"GET /echo HTTP/1.1\nHost: t\n\n", 400),
+    "bare LF in headers": (b"GET /echo HTTP/1.1\r\nHost: t\nX: y\r\n\r\n", 400),
+    "bare CR": (b"GET /echo HTTP/1.1\r\nHost: t\rX: y\r\n\r\n", 400),
+    "NUL in value": (b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n", 400),
+    "CR in value": (b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n", 400),
+    "control in value": (b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A: a\x01b\r\n\r\n", 400),
+    "bad char in method": (b"G(T /echo HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    "unknown method": (b"FOO /echo HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    "lowercase method": (b"get /echo HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    "bad char in name": (b"GET /echo HTTP/1.1\r\nHost: t\r\nX(A: a\r\n\r\n", 400),
+    "empty name": (b"GET /echo HTTP/1.1\r\nHost: t\r\n: a\r\n\r\n", 400),
+    "no Host": (b"GET /echo HTTP/1.1\r\n\r\n", 400),
+    "Host twice": (b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "101 headers": (b"GET /echo HTTP/1.1\r\nHost: t\r\n"
+                    + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n", 431),
+    "a header 101 times": (b"GET /echo HTTP/1.1\r\nHost: t\r\n" + b"X: v\r\n" * 102
+                           + b"\r\n", 431),
+    "HTTP/2.0": (b"GET /echo HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+    "HTTP/0.9": (b"GET /echo\r\n\r\n", 505),
+    "HTTP/1.2": (b"GET /echo HTTP/1.2\r\nHost: t\r\n\r\n", 400),
+    "HTTP/9.9": (b"GET /echo HTTP/9.9\r\nHost: t\r\n\r\n", 400),
+    "chunk size overflow": (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked"
+                            b"\r\n\r\nFFFFFFFFFFFFFFFFF\r\n", 400),
+    "chunk size not hex": (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked"
+                           b"\r\n\r\nzz\r\n", 400),
+    "NUL in target": (b"GET /ec\x00ho HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    "tab in target": (b"GET /ec\tho HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+}
+
+
+async def test_strict_parsing(server):
+    """Each attack of the module's list, after a request that is served: the answer, then
+    the close; the connection's earlier request is unaffected."""
+    _, port = server
+    for name, (attack, status) in ATTACKS.items():
+        reader, writer = await connect(port)
+        writer.write(b"GET /echo?before HTTP/1.1\r\nHost: t\r\n\r\n" + attack)
+        assert (await read_response(reader))[0] == 200, name
+        got, headers, body = await read_response(reader)
+        assert got == status, (name, body)
+        assert json.loads(body)["error"] and headers["connection"] == "close", name
+        assert await closed(reader), name
+    reader, writer = await connect(port)  # what stays allowed: trailers are read and dropped
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                 b"2;ext=1\r\nok\r\n0\r\nHost: evil\r\n\r\n"
+                 b"GET /echo HTTP/1.0\r\n\r\n")
+    assert json.loads((await read_response(reader))[2])["body"] == "ok"
+    assert (await read_response(reader))[0] == 200
     writer.close()
