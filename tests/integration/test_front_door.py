@@ -25,6 +25,7 @@ import pytest
 
 from kvlab.cluster.ports import free_port_block
 from kvlab.cluster.supervisor import Cluster
+from kvlab.net.auth import SECRET_ENV
 from tests.cluster_helpers import eventually
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,10 @@ def proxy(cluster3: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     for node in cluster3.nodes:
         argv += ["--node", f"{node.name}={node.url(host)}"]
     log = (tmp_path_factory.mktemp("door") / "proxy.log").open("wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    env = dict(os.environ)  # the secret, for the links to the nodes
+    if cluster3.secret is not None:
+        env[SECRET_ENV] = cluster3.secret
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         eventually(lambda: _up(port), 15, "the proxy to answer /health")
         yield port, proc
