@@ -64,7 +64,7 @@ DISCARD_LIMIT = 64 * 1024 * 1024  # bytes of a refused (413) body read to keep i
 UNROUTED = "none"  # the route of an answer given without a handler (400, 404, 405, 413)
 MAX_URL = 8 * 1024  # bytes of request target (414 beyond)
 MAX_HEAD = 32 * 1024  # bytes of header names and values (431 beyond)
-MAX_HEADERS = 100  # header lines (431 beyond)
+MAX_HEADERS = 100  # different headers, and repeats of them (431 beyond)
 REQUEST_TIMEOUT_S = 10.0  # a request's head must arrive whole in this (408 after)
 BODY_RATE = 16 * 1024  # bytes/s: the whole request has twice the timeout, plus 1 s per this
 MAX_CONNECTIONS = 10_000  # beyond: 503 `too_many_connections`
@@ -296,6 +296,7 @@ class _Connection(asyncio.Protocol):
         self._eof = False
         self.on_message_begin()
         self._phase = _IDLE
+        self._opened = self.last_active
 
     @property
     def idle(self) -> bool:
@@ -321,6 +322,12 @@ class _Connection(asyncio.Protocol):
         if phase == _BODY:  # a slow body is fine as long as it moves
             return now - self._began > 2 * timeout + self._size / self._server.body_rate
         return now - self._began > timeout
+
+    def unused(self, now: float) -> bool:
+        """Connected and silent since for longer than a request may take to arrive: a
+        client that holds a connection it doesn't use (or a slot of the cap)."""
+        return self.last_active == self._opened and \
+            now - self._opened > self._server.request_timeout_s
 
     def timed_out(self) -> None:
         self._stop_with(HttpError(408, "request_timeout", "the request did not arrive whole "
@@ -955,7 +962,8 @@ class HttpServer:
                 if lingered:
                     if now - lingered > LINGER_S:
                         connection.abort()
-                elif connection.stalled and connection.last_active < cutoff:
+                elif connection.stalled and connection.last_active < cutoff \
+                        or connection.unused(now):
                     # Idle, or stuck on a client that stopped reading: its buffered answers
                     # would hold memory for as long as the client keeps the socket open.
                     connection.abort()

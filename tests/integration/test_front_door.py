@@ -248,7 +248,7 @@ def test_clients_pipelining_bodies_without_reading_hold_bounded_memory(proxy):
     bystander = Bystander(port)
     bystander.start()
     peak = before
-    deadline = time.monotonic() + 4
+    deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
         peak = max(peak, rss_mb(proc))
         time.sleep(0.05)

@@ -596,15 +596,30 @@ async def test_a_request_trickling_in_gets_408(strict):
     reader, writer = await connect(port)
     writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")  # a whole request: served
     assert (await read_response(reader))[0] == 200
-    for byte in b"GET /echo HTTP/1.1\r\n":  # one byte every 0.1 s: never whole in 0.3 s
+    answer = asyncio.create_task(refused_with(reader, 408, "request_timeout"))
+    for byte in b"GET /echo HTTP/1.1\r\nHost: t\r\n":  # a byte every 0.1 s: never whole
+        if answer.done():
+            break
         writer.write(bytes([byte]))
         await asyncio.sleep(0.1)
-        if reader.at_eof() or reader._buffer:  # type: ignore[attr-defined]
-            break
-    await refused_with(reader, 408, "request_timeout")
+    await answer
     reader, writer = await connect(port)  # a body that stops coming
     writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab")
     await refused_with(reader, 408, "request_timeout")
+
+
+async def test_unused_connections_and_unread_answers_are_dropped(strict):
+    """A connection that never sends is closed after the request deadline (it would hold a
+    slot of the cap for the idle timeout); over the total of answers unread, the client
+    stuck longest is dropped."""
+    srv, port = strict
+    silent, _ = await connect(port)
+    assert await closed(silent)
+    srv.max_unread_total = 100_000
+    reader, writer = await connect(port)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n" * 50)  # 12.8 MB, never read
+    await until(lambda: not srv.connections, timeout=5)
+    writer.close()
 
 
 async def test_connections_beyond_the_cap_are_refused_politely(strict):
