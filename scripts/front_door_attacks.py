@@ -7,7 +7,7 @@ peak RSS during the attack:
     python scripts/front_door_attacks.py [--json]
 
 The attacks: a 256 MiB request target, a 64 MiB header, 20,000 idle connections (past the
-cap), 200 clients sending a byte every second (past the request deadline), 50 connections
+cap; as many as the open-files limit allows), 200 clients sending a byte every second (past the request deadline), 50 connections
 pipelining 1 MB writes without reading their answers, urllib posting a body over the limit.
 """
 
@@ -112,18 +112,25 @@ def header_attack(port: int) -> str:
 
 
 def idle_connections(port: int) -> str:
+    # As many as this process may open, less some for the rest of it (20,000 here).
+    count = min(20_000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 300)
     socks, refused = [], 0
-    for _ in range(20_000):
+    try:
+        for _ in range(count):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            except OSError:
+                refused += 1
+        time.sleep(1)
         try:
-            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        except OSError:
-            refused += 1
-    time.sleep(1)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET /get?key=k HTTP/1.1\r\nHost: t\r\n\r\n")
-        answer = read_answer(sock).split(b"\r\n", 1)[0].decode() or "reset"
-    for sock in socks:
-        sock.close()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"GET /get?key=k HTTP/1.1\r\nHost: t\r\n\r\n")
+                answer = read_answer(sock).split(b"\r\n", 1)[0].decode() or "closed"
+        except OSError as exc:
+            answer = type(exc).__name__
+    finally:
+        for sock in socks:
+            sock.close()
     return f"{len(socks)} open, {refused} failed to connect; a new client: {answer}"
 
 

@@ -69,8 +69,8 @@ REQUEST_TIMEOUT_S = 10.0  # a request's head must arrive whole in this (408 afte
 BODY_RATE = 16 * 1024  # bytes/s: the whole request has twice the timeout, plus 1 s per this
 MAX_CONNECTIONS = 10_000  # beyond: 503 `too_many_connections`
 MAX_REFUSING = 512  # refused connections being told so at once; beyond, they are dropped
-MAX_QUEUED = 2 * 1024 * 1024  # body bytes of requests parsed but not served, per connection
-MAX_QUEUED_TOTAL = 128 * 1024 * 1024  # ... and across the server; then reading pauses
+MAX_QUEUED = 1024 * 1024  # body bytes of requests parsed but not served, per connection
+MAX_QUEUED_TOTAL = 64 * 1024 * 1024  # ... and across the server; then reading pauses
 MAX_UNREAD_TOTAL = 256 * 1024 * 1024  # answers buffered for clients that don't read them
 LINGER_S = 2.0  # a closed connection reads and drops what its client still sends this long
 RETRY_AFTER_S = 1  # said to the connections refused beyond the cap
@@ -400,6 +400,8 @@ class _Connection(asyncio.Protocol):
         else:
             self._carried_size = self._size
         server = self._server
+        if self._queued and self._queued + self._size > server.max_queued:
+            self._pause_reading()  # the rest of this body waits for the queue to be served
         if phase == _HEAD and len(self._url) > server.max_url:
             self._stop_with(_uri_too_long(server))
         elif self._carried > server.max_head or phase == _HEAD and _too_many(
