@@ -7,8 +7,9 @@ peak RSS during the attack:
     python scripts/front_door_attacks.py [--json]
 
 The attacks: a 256 MiB request target, a 64 MiB header, 20,000 idle connections (past the
-cap; as many as the open-files limit allows), 200 clients sending a byte every second (past the request deadline), 50 connections
-pipelining 1 MB writes without reading their answers, urllib posting a body over the limit.
+cap; as many as the open-files limit allows), 200 clients sending a byte every second (past
+the request deadline), 50 connections pipelining 1 MB writes without reading their answers,
+urllib posting a body over the limit.
 """
 
 from __future__ import annotations

@@ -886,8 +886,6 @@ def _too_many(headers: dict[str, str], server: HttpServer) -> bool:
         sum(len(name) + len(value) for name, value in headers.items()) > server.max_head
 
 
-
-
 class HttpServer:
     """`await start(host, port)`, later `await close()`; routes come from `router`."""
 
