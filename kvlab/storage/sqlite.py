@@ -13,6 +13,12 @@ stored only if it supersedes the stored one, a hint replaces only an older hint 
 (target, key), and `drop_hints` / `purge` / `drop` remove only an exact version. The last
 membership the node was told (`Persist.ring`) is kept in the `meta` table.
 
+A replica's in-memory index of the store (every key's version, in hash trees) can be kept
+for the next start, next to the database (`close(index=...)`, `take_index`): rebuilding it
+by reading every row took seconds with a million keys. It is used only if nothing was
+written since it was made (see `take_index`), so it never says the store holds what it
+does not.
+
 A file that is not a database, or one SQLite finds damaged, raises `sqlite3.DatabaseError`
 with a code `is_corruption` recognizes: the node gives up on it then (see
 `kvlab.net.node`), as retrying would meet the same damaged pages.
@@ -21,6 +27,7 @@ with a code `is_corruption` recognizes: the node gives up on it then (see
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import sqlite3
 import threading
@@ -85,6 +92,12 @@ _DROP = ("DELETE FROM records WHERE key = ? AND physical = ? AND logical = ? "
          "AND coordinator = ?")
 _SET_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
 _GET_META = "SELECT value FROM meta WHERE name = ?"
+_DELETE_META = "DELETE FROM meta WHERE name = ?"
+# The index file is the database's name plus this (`kvlab wipe` removes data.db*), and
+# starts with the random token that `meta` holds while the file describes the store.
+INDEX_SUFFIX = "-index"
+_INDEX_TOKEN = "index"
+_TOKEN_BYTES = 16
 _ring_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(RingUpdate))
 _ENTRIES = "SELECT key, physical, logical, coordinator, value IS NULL FROM records"
 _HINTS = "SELECT target, key, value, physical, logical, coordinator, stored_ms FROM hints"
@@ -150,6 +163,7 @@ class SqliteStore:
         # FULL makes every WAL commit fsync: an acknowledged write survives power loss.
         writer.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         writer.executescript(SCHEMA)  # IF NOT EXISTS: a database from before hints opens
+        self._index = self._claim_index(writer)
         self._reader = self._connect()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.commits = 0  # transactions committed: batches / commits = group commit factor
@@ -221,6 +235,35 @@ class SqliteStore:
         row = self._reader.execute(_GET_META, ("ring",)).fetchone()
         return None if row is None else _ring_codec[1].decode(row[0])
 
+    def take_index(self) -> bytes | None:
+        """The index `close(index=...)` kept, if it described the store as it was opened
+        (once; None after)."""
+        index, self._index = self._index, None
+        return index
+
+    def _claim_index(self, db: sqlite3.Connection) -> bytes | None:
+        """Read the kept index, and make it unusable for any later start, before anything
+        else can be written.
+
+        `close` writes the file (made durable) and only then its token into `meta`; opening
+        the store deletes the token (a commit of its own) before the writer starts. So a
+        file is used only for the store exactly as it was closed: after a crash, a later
+        write, a restored or copied database, the token is missing or another.
+        """
+        path = Path(self.path + INDEX_SUFFIX)
+        row = db.execute(_GET_META, (_INDEX_TOKEN,)).fetchone()
+        index = None
+        if row is not None:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = b""
+            if len(data) > _TOKEN_BYTES and data[:_TOKEN_BYTES] == bytes(row[0]):
+                index = data[_TOKEN_BYTES:]
+            db.execute(_DELETE_META, (_INDEX_TOKEN,))
+        path.unlink(missing_ok=True)
+        return index
+
     def count(self) -> int:
         """Live keys (tombstones are not counted). A scan of the table: not for hot paths
         (a node reports its replica's count instead)."""
@@ -252,11 +295,34 @@ class SqliteStore:
         self._queue.put(_Job(None, future, loop))
         await future
 
-    def close(self) -> None:
-        """Commit what is queued, then stop the writer."""
+    async def flush(self) -> None:
+        """Return once everything submitted before is committed (or failed)."""
+        await self.submit(Persist(-1, [], [], [], []))
+
+    def close(self, index: bytes | None = None) -> None:
+        """Commit what is queued, then stop the writer.
+
+        `index`: the replica's in-memory index (`Replica.dump`), kept for `take_index` at
+        the next start. The caller vouches that it describes everything committed.
+        """
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
+        if index is not None and not self._thread.is_alive():
+            self._keep_index(index)
         self._reader.close()
+
+    def _keep_index(self, index: bytes) -> None:
+        token = os.urandom(_TOKEN_BYTES)
+        path = self.path + INDEX_SUFFIX
+        temporary = path + ".tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as out:
+            out.write(token)
+            out.write(index)
+            out.flush()
+            os.fsync(out.fileno())  # the file is durable before the token says it is good
+        os.replace(temporary, path)
+        self._reader.execute(_SET_META, (_INDEX_TOKEN, token))
 
     def _write_loop(self, db: sqlite3.Connection) -> None:
         while True:
