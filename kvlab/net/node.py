@@ -30,6 +30,11 @@ closes its channels with a reason (a node that went on would fail the same reads
 again, and a restart would find the same pages). `kvlab wipe NODE` removes both, and
 anti-entropy refills the node.
 
+At start the replica is given what the store holds: every key's version, in its hash trees.
+A clean stop keeps that index next to the database, and the next start takes it back if
+nothing was written since (`SqliteStore.take_index`), instead of reading every row (4.5 s
+with a million keys; after a crash it still does).
+
 Each frame is given to the replica whole, so its writes share one `Persist`. A Persist goes
 to the store's writer thread without waiting: frames that arrive during a commit join the
 next one, and the acknowledgements go out when the replica hears it is durable. The

@@ -308,7 +308,10 @@ class SqliteStore:
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
         if index is not None and not self._thread.is_alive():
-            self._keep_index(index)
+            try:
+                self._keep_index(index)
+            except (OSError, sqlite3.Error):  # a full disk, say: the next start reads the rows
+                Path(self.path + INDEX_SUFFIX + ".tmp").unlink(missing_ok=True)
         self._reader.close()
 
     def _keep_index(self, index: bytes) -> None:
