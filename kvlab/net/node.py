@@ -646,8 +646,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"node {args.name} pid {os.getpid()} on {args.host}:{args.port}: "
           f"{node.replica.key_count()} keys and {sum(node.replica.hints_held().values())} "
           f"hints loaded in {node.load_s:.2f}s "
-          f"({'from the index kept at stop' if node.indexed else 'from every row'}); peers {', '.join(peers) or 'none'}",
-          flush=True)
+          f"({'from the index kept at stop' if node.indexed else 'from every row'}); "
+          f"peers {', '.join(peers) or 'none'}", flush=True)
     serve(make_app(node), args.host, args.port)
 
 
