@@ -291,8 +291,9 @@ class Replica:
         """What `load` rebuilds from the store, as bytes, for `undump` at the next start.
 
         It describes the store only as it is now: the driver must keep it only if every
-        batch was persisted (`settled`), and drop it before anything is written next time
-        (kvlab.storage.sqlite keeps it under a token the first write would outlive).
+        batch was persisted (`settled`), and make it unusable before anything is written
+        next time (kvlab.storage.sqlite keeps it under a token that opening the store
+        deletes). Then anti-entropy never compares hashes of writes the store lacks.
         """
         ring = self.ring
         return _dump_codec[0].encode(_Dump(
