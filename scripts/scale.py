@@ -14,8 +14,9 @@ a node's restart to healthy, and each node's memory and disk, in one run.
 3. --rounds rounds of wrk (scripts/bench_vs_nginx.py's GET R=1, GET R=2, SET W=2), each run
    on the small cluster then on the large one, so that both see the same host load; the
    medians are compared. Each cluster gets a short unmeasured GET run first.
-4. `kvlab restart n1` on the large cluster, timed (--restarts times; the command returns
-   once the node answers /health and the proxy's link to it is up), and once more after
+4. `kvlab restart n1` on the large cluster, timed (--restarts times, each after one on the
+   small cluster, for comparison; the command returns once the node answers /health and
+   the proxy's link to it is up), and once more after
    `kvlab kill n1` (a crash: no index kept, every row read); each node's RSS
    (/proc/PID/status) and disk (its folder).
 
@@ -104,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                       "errors": sum(sum(r["errors"].values()) for r in rs)}
                 for run, rs in rounds[name].items()}, "nodes": nodes(home / name)}
 
-        report["restart_n1"] = [restart(home / "large", env) for _ in range(args.restarts)]
+        report["restart_n1"], report["restart_n1_small"] = [], []
+        for _ in range(args.restarts):  # alternately, under the same host load
+            report["restart_n1_small"].append(restart(home / "small", env))
+            report["restart_n1"].append(restart(home / "large", env))
         report["after_restart"] = nodes(home / "large")
         bench.kvlab("kill", "n1", "--name", "large", env=env)
         report["restart_n1_after_kill"] = restart(home / "large", env)
@@ -158,17 +162,21 @@ def cluster_json(folder: Path) -> dict:
 
 
 def nodes(folder: Path) -> dict[str, dict]:
-    """Each node's resident memory (MB) and the size of its folder (MB)."""
+    """Each node's resident memory (MB; of it, the database's pages mapped from the page
+    cache: `file_mb`) and the size of its folder (MB)."""
     out = {}
     for node in cluster_json(folder)["nodes"]:
-        rss_kb = 0
+        kb = {"VmRSS": 0, "RssFile": 0}
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{node['pid']}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    rss_kb = int(line.split()[1])
+                field, _, rest = line.partition(":")
+                if field in kb:
+                    kb[field] = int(rest.split()[0])
         disk = sum(f.stat().st_size for f in (folder / node["name"]).iterdir()
                    if f.is_file())
-        out[node["name"]] = {"rss_mb": round(rss_kb / 1024, 1), "disk_mb": round(disk / 1e6, 1)}
+        out[node["name"]] = {"rss_mb": round(kb["VmRSS"] / 1024, 1),
+                             "file_mb": round(kb["RssFile"] / 1024, 1),
+                             "disk_mb": round(disk / 1e6, 1)}
     return out
 
 
@@ -222,16 +230,18 @@ def render(report: dict) -> str:
                      f"{change:>+9.1%}{a['p99_ms']:>9.2f} / {b['p99_ms']:<6.2f}")
     lines.append(f"{report['preload']['records']:,} records written into the stores in "
                  f"{report['preload']['duration_s']}s; kvlab up with them in {report['up_s']}s")
-    lines.append("kvlab restart n1 to healthy: " + ", ".join(
-        f"{r['s']:.2f}s (loaded in {r['load_s']:.2f}s{', index' if r['indexed'] else ''})"
-        for r in report["restart_n1"]))
+    for title, key in ((many, "restart_n1"), (few, "restart_n1_small")):
+        lines.append(f"kvlab restart n1 to healthy, {title}: " + ", ".join(
+            f"{r['s']:.2f}s (loaded in {r['load_s']:.2f}s{', index' if r['indexed'] else ''})"
+            for r in report[key]))
     crash = report["restart_n1_after_kill"]
     lines.append(f"after kvlab kill n1: {crash['s']:.2f}s (loaded in {crash['load_s']:.2f}s, "
                  f"{'index' if crash['indexed'] else 'every row read'})")
     for title, view in ((few, small["nodes"]), (many, large["nodes"]),
                         ("after the restarts", report["after_restart"])):
-        lines.append(f"{title}: " + ", ".join(f"{n} RSS {v['rss_mb']:.0f} MB disk "
-                                               f"{v['disk_mb']:.0f} MB" for n, v in view.items()))
+        lines.append(f"{title}: " + ", ".join(
+            f"{n} RSS {v['rss_mb']:.0f} MB ({v['file_mb']:.0f} file-backed) disk "
+            f"{v['disk_mb']:.0f} MB" for n, v in view.items()))
     return "\n".join(lines)
 
 
