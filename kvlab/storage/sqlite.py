@@ -269,6 +269,7 @@ class SqliteStore:
                 index = data[_TOKEN_BYTES:]
             db.execute(_DELETE_META, (_INDEX_TOKEN,))
         path.unlink(missing_ok=True)
+        Path(self.path + INDEX_SUFFIX + ".tmp").unlink(missing_ok=True)  # a stop cut short
         return index
 
     def count(self) -> int:

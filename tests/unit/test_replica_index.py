@@ -92,9 +92,11 @@ def test_the_store_gives_the_index_back_once_and_not_after_a_write(tmp_path: Pat
     assert store.take_index() is None  # opening the store made it unusable
     store.close(index=b"older")
     (tmp_path / "data.db-index").write_bytes(b"x" * 16 + b"a file from elsewhere")
+    (tmp_path / "data.db-index.tmp").write_bytes(b"a stop killed while writing")
     store = SqliteStore(path)
     assert store.take_index() is None  # its token is not the one the database holds
     assert not (tmp_path / "data.db-index").exists()
+    assert not (tmp_path / "data.db-index.tmp").exists()
     store.close()
 
 
