@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import msgspec
+
 from kvlab.chaos.history import Event, Recorder
 from kvlab.chaos.nemesis import (
     ADD, KILL, MEMBERSHIP, PARTITION, PAUSE, REMOVE, REPLACE, WIPE, Fault, MembershipNemesis,
@@ -42,6 +44,7 @@ from kvlab.chaos.outcomes import history_type
 from kvlab.chaos.summary import sum_healing
 from kvlab.chaos.workload import DELETE, READ, WRITE, Mix, Op
 from kvlab.client import AsyncKV, BadRequest, KeyNotFound, KVError, Unavailable
+from kvlab.client.protocol import ChangeInfo
 from kvlab.cluster.supervisor import Cluster, ClusterError
 from kvlab.core.messages import NOT_FOUND, OK, TIMEOUT, UNAVAILABLE
 from kvlab.core.version import Version
@@ -170,10 +173,10 @@ async def run_chaos(cluster: Cluster, options: ChaosOptions,
         await asyncio.sleep(options.quiesce_s)
         run.under_replicated = await under_replicated(kv, list(run.written))
         state = await kv.cluster()
-        run.healing = sum_healing(node["healing"] for node in state["nodes"]
-                                  if isinstance(node.get("healing"), dict))
-        run.ring = state["membership"]["ring"]["nodes"]
-        run.changing = state["membership"]["change"] is not None
+        run.healing = sum_healing(msgspec.to_builtins(node.healing) for node in state.nodes
+                                  if node.healing is not None)
+        run.ring = state.membership.ring.nodes
+        run.changing = state.membership.change is not None
     return run
 
 
@@ -185,9 +188,9 @@ async def under_replicated(kv: AsyncKV, keys: list[str]) -> list[str]:
     """
     short = []
     for key in keys:
-        replicas = (await kv.inspect(key))["replicas"]
-        versions = [Version.parse(r["version"]) for r in replicas
-                    if r["state"] == "ok" and r["version"] is not None]
+        replicas = (await kv.inspect(key)).replicas
+        versions = [Version.parse(r.version) for r in replicas
+                    if r.state == "ok" and r.version is not None]
         if versions and versions.count(max(versions)) < len(replicas):
             short.append(key)
     return short
@@ -335,28 +338,28 @@ async def _change(name: str, kv: AsyncKV, kind: str, node: str | None, run: Chao
     fault = Fault(round((at - start) * 1000), MEMBERSHIP, 0, nodes=nodes, change=kind)
     run.faults.append(fault)
     view = await _follow(kv, kind, joined)
-    entry.update(done=True, seconds=view["elapsed_ms"] / 1000, streams=view["streams"],
-                 keys=view["keys"], bytes=view["bytes"])
-    run.faults[run.faults.index(fault)] = replace(fault, duration_ms=view["elapsed_ms"])
+    entry.update(done=True, seconds=view.elapsed_ms / 1000, streams=view.streams,
+                 keys=view.keys, bytes=view.bytes)
+    run.faults[run.faults.index(fault)] = replace(fault, duration_ms=view.elapsed_ms)
     if kind != ADD:
         await asyncio.to_thread(lambda: Cluster.load(name).settle())
     if progress:
         what = f"replace {node} by {joined}" if kind == REPLACE else f"{kind} {joined}"
-        progress(f"membership: {what} done in {view['elapsed_ms'] / 1000:.1f} s "
-                 f"({view['keys']} keys, {view['bytes']} bytes streamed)")
+        progress(f"membership: {what} done in {view.elapsed_ms / 1000:.1f} s "
+                 f"({view.keys} keys, {view.bytes} bytes streamed)")
 
 
-async def _follow(kv: AsyncKV, kind: str, node: str) -> dict:
+async def _follow(kv: AsyncKV, kind: str, node: str) -> ChangeInfo:
     """Ask the proxy until the change (`kind`, `node`) is over; its final view."""
     while True:
         await asyncio.sleep(CHANGE_POLL_S)
         try:
-            membership = (await kv.cluster())["membership"]
+            membership = (await kv.cluster()).membership
         except KVError:  # a busy proxy's slow answer: ask again
             continue
-        last = membership["last_change"]
-        if membership["change"] is None and last is not None \
-                and (last["kind"], last["node"]) == (kind, node):
+        last = membership.last_change
+        if membership.change is None and last is not None \
+                and (last.kind, last.node) == (kind, node):
             return last
 
 

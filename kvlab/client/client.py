@@ -23,17 +23,34 @@ if TYPE_CHECKING:
     import aiohttp
 
 from kvlab.client.protocol import (
+    Answer,
     Call,
+    ChangeAborted,
+    ChangeStarted,
+    ChangeStatus,
+    ClusterInfo,
+    HealthInfo,
+    KeyInfo,
     KeyNotFound,
+    NodeStats,
+    PartitionInfo,
     Result,
     Unavailable,
+    abort_call,
+    add_node_call,
+    answer,
+    change_call,
+    cluster_call,
     delete_call,
     get_call,
+    health_call,
     inspect_call,
-    json_result,
     partition_call,
     read_result,
+    remove_node_call,
+    replace_node_call,
     set_call,
+    stats_call,
     write_result,
 )
 
@@ -110,22 +127,54 @@ class KV:
         status, headers, body = self._send(delete_call(key, w, sloppy))
         return write_result(key, status, headers, body, None)
 
-    def inspect(self, key: str) -> dict:
+    # Introspection and membership: typed answers (`kvlab.client.protocol`), `BadAnswer`
+    # for one that does not fit. The membership calls and `partition` need the secret.
+
+    def inspect(self, key: str) -> KeyInfo:
         """Each replica's own copy of `key` (see `GET /cluster/keys/{key}`)."""
-        return json_result(*self._status_body(inspect_call(key)))
+        return self._ask(inspect_call(key), KeyInfo)
 
-    def cluster(self) -> dict:
-        return json_result(*self._status_body(Call("GET", "/cluster")))
+    def cluster(self) -> ClusterInfo:
+        """The ring, quorums, membership and each node as the proxy sees it."""
+        return self._ask(cluster_call(), ClusterInfo)
 
-    def partition(self, node: str, on: bool = True, direction: str = "both") -> dict:
+    def health(self) -> HealthInfo:
+        """`/health` of whatever this client points at: the proxy or a node."""
+        return self._ask(health_call(), HealthInfo)
+
+    def stats(self) -> NodeStats:
+        """A node's counters: for a client pointed at a node (`KV(node_url, secret=...)`)."""
+        return self._ask(stats_call(), NodeStats)
+
+    def change(self) -> ChangeStatus:
+        """The membership change in progress, and the last one over."""
+        return self._ask(change_call(), ChangeStatus)
+
+    def add_node(self, name: str, url: str) -> ChangeStarted:
+        """Join the running, empty node `name` listening on `url` to the ring."""
+        return self._ask(add_node_call(name, url), ChangeStarted)
+
+    def remove_node(self, name: str) -> ChangeStarted:
+        """Decommission `name`: its ranges stream to their new replicas first."""
+        return self._ask(remove_node_call(name), ChangeStarted)
+
+    def replace_node(self, old: str, name: str, url: str) -> ChangeStarted:
+        """A running, empty node `name` (on `url`) takes `old`'s place and tokens."""
+        return self._ask(replace_node_call(old, name, url), ChangeStarted)
+
+    def abort_change(self) -> ChangeAborted:
+        """Give up the change in progress while reads are still on the old ring."""
+        return self._ask(abort_call(), ChangeAborted)
+
+    def partition(self, node: str, on: bool = True, direction: str = "both") -> PartitionInfo:
         """Cut (or heal) the proxy's link to `node`: a fault hook for chaos experiments.
 
         `direction`: "both", "to" (requests are lost) or "from" (replies are lost)."""
-        return json_result(*self._status_body(partition_call(node, on, direction)))
+        return self._ask(partition_call(node, on, direction), PartitionInfo)
 
-    def _status_body(self, call: Call) -> tuple[int, bytes]:
+    def _ask(self, call: Call, kind: type[Answer]) -> Answer:
         status, _, body = self._send(call)
-        return status, body
+        return answer(status, body, kind, self.url + call.path)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -180,17 +229,42 @@ class AsyncKV:
                      ) -> Result:
         return write_result(key, *await self._send(delete_call(key, w, sloppy)), None)
 
-    async def inspect(self, key: str) -> dict:
-        status, _, body = await self._send(inspect_call(key))
-        return json_result(status, body)
+    # As KV's (see there).
 
-    async def cluster(self) -> dict:
-        status, _, body = await self._send(Call("GET", "/cluster"))
-        return json_result(status, body)
+    async def inspect(self, key: str) -> KeyInfo:
+        return await self._ask(inspect_call(key), KeyInfo)
 
-    async def partition(self, node: str, on: bool = True, direction: str = "both") -> dict:
-        status, _, body = await self._send(partition_call(node, on, direction))
-        return json_result(status, body)
+    async def cluster(self) -> ClusterInfo:
+        return await self._ask(cluster_call(), ClusterInfo)
+
+    async def health(self) -> HealthInfo:
+        return await self._ask(health_call(), HealthInfo)
+
+    async def stats(self) -> NodeStats:
+        return await self._ask(stats_call(), NodeStats)
+
+    async def change(self) -> ChangeStatus:
+        return await self._ask(change_call(), ChangeStatus)
+
+    async def add_node(self, name: str, url: str) -> ChangeStarted:
+        return await self._ask(add_node_call(name, url), ChangeStarted)
+
+    async def remove_node(self, name: str) -> ChangeStarted:
+        return await self._ask(remove_node_call(name), ChangeStarted)
+
+    async def replace_node(self, old: str, name: str, url: str) -> ChangeStarted:
+        return await self._ask(replace_node_call(old, name, url), ChangeStarted)
+
+    async def abort_change(self) -> ChangeAborted:
+        return await self._ask(abort_call(), ChangeAborted)
+
+    async def partition(self, node: str, on: bool = True, direction: str = "both"
+                        ) -> PartitionInfo:
+        return await self._ask(partition_call(node, on, direction), PartitionInfo)
+
+    async def _ask(self, call: Call, kind: type[Answer]) -> Answer:
+        status, _, body = await self._send(call)
+        return answer(status, body, kind, self.url + call.path)
 
     async def close(self) -> None:
         if self._session is not None:

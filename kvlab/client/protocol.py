@@ -1,11 +1,21 @@
 """What the two clients share: how a call becomes an HTTP request on the REST API, and how
-a response becomes a result or an exception. No IO here."""
+a response becomes a result or an exception. No IO here.
+
+The introspection and membership answers (`/cluster`, `/cluster/keys/{key}`,
+`/cluster/change`, the changes' 202s, a node's `/stats`, `/health`) are typed once, below,
+as msgspec Structs: the servers encode them, the clients decode them, and an answer that
+does not fit is refused with `BadAnswer` naming the field, rather than read as a dict that
+fails somewhere later.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import quote, urlencode
+
+import msgspec
 
 
 class KVError(Exception):
@@ -31,6 +41,11 @@ class Unavailable(KVError):
 
 class BadRequest(KVError):
     """The request was refused as invalid (empty key, too large, bad quorum override)."""
+
+
+class BadAnswer(KVError):
+    """The server answered 2xx with a body that is not what the route answers (a wrong
+    field, a missing one, not JSON): a different program on that port, or a bug."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,333 @@ def write_result(key: str, status: int, headers, body: bytes, value: bytes | Non
                   hinted)
 
 
-def json_result(status: int, body: bytes) -> dict:
-    raise_for(status, body)
-    return json.loads(body)
+# -- the introspection API, typed ----------------------------------------------------------
+# Unknown fields are ignored (a newer server may say more); a missing or mistyped one is a
+# BadAnswer. Names end in Info (or say what they are) so that none is taken for the
+# dashboard's own view classes (kvlab.tui.source), which are built from these.
+
+_STRUCT = {"kw_only": True, "frozen": True}
+
+
+class ExchangeInfo(msgspec.Struct, **_STRUCT):
+    """The last anti-entropy exchange a node started with a peer that repaired keys."""
+
+    at_ms: int
+    range: str
+    keys_in: int
+    keys_out: int
+    ms: int  # how long it took
+    ago_ms: int
+
+
+class HealingInfo(msgspec.Struct, **_STRUCT):
+    """A node's healing counters since its process started (`Replica.snapshot`)."""
+
+    hints_held: dict[str, int]  # target -> hints kept for it
+    hints_stored: int
+    hints_replayed: int
+    hints_expired: int
+    ae_rounds: int
+    ae_in_sync: int
+    repaired: dict[str, int]  # mechanism -> keys repaired on this node
+    repair_bytes: int
+    superseded: int
+    refused: int
+    purged: int
+    tombstones: int
+    tombstones_unconfirmed: int
+    ignored: int
+    refused_owner: int
+    streamed_keys: int
+    streamed_bytes: int
+    streams: int
+    dropped: int
+    strays: int
+    ring_version: int
+    exchanges: dict[str, ExchangeInfo]  # peer -> its last exchange that repaired keys
+    last_exchange_ago_ms: dict[str, int]  # peer -> since the last exchange of any kind
+
+
+class NodeRingInfo(msgspec.Struct, **_STRUCT):
+    """The ring a node holds (its `/stats`)."""
+
+    nodes: list[str]
+    vnodes: int
+    replicas: int
+    version: int
+    pending: list[str] | None  # the ring a change moves to, if one is under way
+
+
+class PeerInfo(msgspec.Struct, **_STRUCT):
+    """A node's outgoing link to a peer."""
+
+    url: str
+    state: str  # up or down
+    sent: int
+    connects: int
+    errors: int
+    last_error: str | None
+
+
+class NodeStats(msgspec.Struct, **_STRUCT):
+    """`GET /stats` of a node."""
+
+    node: str
+    pid: int
+    keys: int  # live keys
+    reads: int
+    writes: int  # write requests taken (not superseded or refused)
+    stored: int  # records stored, repairs included
+    batches: int
+    commits: int
+    uptime_s: float
+    load_s: float
+    indexed: bool  # loaded from the index kept at its last stop (not by a scan)
+    last_error: str | None
+    held: int  # keys held, tombstones included
+    hints_held: int
+    ring: NodeRingInfo
+    peers: dict[str, PeerInfo]
+    coordinators: int
+    healing: HealingInfo
+
+
+class ProxyInfo(msgspec.Struct, **_STRUCT):
+    """The proxy's own figures in `/cluster`."""
+
+    name: str
+    pid: int
+    served: dict[str, int]  # operations by the status they ended with
+    pending_ops: int
+    hints_sent: int
+    restamped: int
+    high_water_ms: int
+    down: list[str]  # nodes the failure detector holds down
+    clock_offset_ms: int
+
+
+class NodeInfo(msgspec.Struct, **_STRUCT):
+    """One node as the proxy sees it in `/cluster`."""
+
+    name: str
+    url: str
+    state: str  # its link: up or down
+    health: str | None  # the failure detector's: up, suspect or down
+    phi: float | None
+    leaving: bool
+    joining: bool
+    partitioned: str | None  # both, to, from; None: not cut
+    sent: int
+    replies: int
+    errors: int
+    last_error: str | None
+    p99_ms: float | None  # replica round trips, over the last 2,048
+    healing: HealingInfo | None  # None: the node is down or slow to answer
+
+
+class RingInfo(msgspec.Struct, **_STRUCT):
+    """The ring reads are placed by: nodes, vnodes, and seats (node, the node whose tokens
+    it took) of replacements."""
+
+    nodes: list[str]
+    vnodes: int
+    seats: list[tuple[str, str]]
+
+
+class Detected(msgspec.Struct, **_STRUCT):
+    """The failure detector's view of one node."""
+
+    health: str  # up, suspect or down
+    phi: float
+    silent_ms: int | None
+    ring_version: int | None  # the ring version the node last said it holds
+
+
+class StreamInfo(msgspec.Struct, **_STRUCT):
+    """One stream of a change: `arcs` (each `(start, end]`) from `source` to `target`."""
+
+    source: str
+    target: str
+    arcs: list[tuple[int, int]]
+    share: float  # of the key space
+    keys: int
+    bytes: int
+    done: bool
+    error: str
+
+
+class ChangeInfo(msgspec.Struct, **_STRUCT):
+    """A membership change and how far it got."""
+
+    kind: str  # add, remove, replace (resume: one a restarted proxy found)
+    node: str
+    replaced: str | None
+    phase: str  # joining, streaming, handoff, settling, done, aborted
+    nodes_before: list[str]
+    nodes_after: list[str]
+    started_ms: int
+    elapsed_ms: int
+    streams: int
+    streams_done: int
+    keys: int
+    bytes: int
+    fraction: float
+    rate_bytes_s: int
+    eta_ms: int | None
+    moving: list[StreamInfo]
+
+
+class DetectorInfo(msgspec.Struct, **_STRUCT):
+    heartbeat_ms: int
+    suspect_phi: float
+    down_phi: float
+    suspect_after_ms: int
+    down_after_ms: int
+
+
+class MembershipInfo(msgspec.Struct, **_STRUCT):
+    """The membership in `/cluster`: ring, version, detector, change."""
+
+    version: int
+    ring: RingInfo
+    pending: list[str] | None
+    nodes: dict[str, Detected]
+    change: ChangeInfo | None
+    last_change: ChangeInfo | None
+    detector: DetectorInfo
+
+
+class ClusterInfo(msgspec.Struct, **_STRUCT):
+    """`GET /cluster`."""
+
+    proxy: ProxyInfo
+    n: int
+    r: int
+    w: int
+    vnodes: int
+    timeout_ms: int
+    hints: bool
+    sloppy: bool
+    nodes: list[NodeInfo]  # every node the membership watches, joining and leaving ones too
+    membership: MembershipInfo
+
+
+class ChangeStatus(msgspec.Struct, **_STRUCT):
+    """`GET /cluster/change`: the change in progress and the last one over."""
+
+    change: ChangeInfo | None
+    last_change: ChangeInfo | None
+
+
+class ChangeStarted(msgspec.Struct, **_STRUCT):
+    """The 202 of `POST /cluster/nodes`, `DELETE /cluster/nodes/{name}` and
+    `POST /cluster/nodes/{name}/replace`: the change, and the nodes it ends with."""
+
+    change: ChangeInfo
+    nodes: list[str]
+
+
+class ChangeAborted(msgspec.Struct, **_STRUCT):
+    """`DELETE /cluster/change`: the change given up, and the nodes the ring is back to."""
+
+    aborted: ChangeInfo
+    nodes: list[str]
+
+
+class ReplicaCopy(msgspec.Struct, **_STRUCT):
+    """One replica's own copy of a key (`/cluster/keys/{key}`)."""
+
+    node: str
+    state: str  # ok, missing or unreachable
+    version: str | None = None
+    value: str | None = None
+    deleted: bool = False
+    reason: str | None = None  # why it was unreachable
+
+
+class KeyInfo(msgspec.Struct, **_STRUCT):
+    """`GET /cluster/keys/{key}`: each replica's copy, in preference order."""
+
+    key: str
+    replicas: list[ReplicaCopy]
+
+
+class PartitionInfo(msgspec.Struct, **_STRUCT):
+    """`PUT /cluster/faults/{node}`."""
+
+    node: str
+    partitioned: str | None
+
+
+class HealthInfo(msgspec.Struct, omit_defaults=True, **_STRUCT):
+    """`GET /health` of the proxy (`proxy`, its links in `nodes`) or of a node (`node`, its
+    peer links in `peers`; a node whose database failed answers 503 with the `reason`)."""
+
+    status: str  # ok, or failed
+    pid: int
+    proxy: str | None = None
+    node: str | None = None
+    nodes: dict[str, str] = {}
+    peers: dict[str, str] = {}
+    reason: str | None = None
+
+
+Answer = TypeVar("Answer", bound=msgspec.Struct)
+_decoders: dict[type, msgspec.json.Decoder] = {}
+
+
+def encode(answer: msgspec.Struct) -> bytes:
+    """An answer's JSON, as the servers send it."""
+    return msgspec.json.encode(answer)
+
+
+def decode(body: bytes, kind: type[Answer], what: str = "the server") -> Answer:
+    """The answer of a 2xx response as `kind`; `BadAnswer` if it is not one."""
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as exc:  # ValidationError too
+        raise BadAnswer(f"{what} answered with something that is not a {kind.__name__}: "
+                        f"{exc}", 200) from None
+
+
+def answer(status: int, body: bytes, kind: type[Answer], what: str = "the server",
+           key: str | None = None) -> Answer:
+    """Raise for an error response (as `raise_for`), else decode the answer as `kind`."""
+    raise_for(status, body, key)
+    return decode(body, kind, what)
+
+
+def health_call() -> Call:
+    return Call("GET", "/health")
+
+
+def cluster_call() -> Call:
+    return Call("GET", "/cluster")
+
+
+def stats_call() -> Call:
+    return Call("GET", "/stats")
+
+
+def change_call() -> Call:
+    return Call("GET", "/cluster/change")
+
+
+def abort_call() -> Call:
+    return Call("DELETE", "/cluster/change")
+
+
+def add_node_call(name: str, url: str) -> Call:
+    return Call("POST", "/cluster/nodes", json.dumps({"name": name, "url": url}).encode())
+
+
+def remove_node_call(name: str) -> Call:
+    return Call("DELETE", "/cluster/nodes/" + quote(name, safe=""))
+
+
+def replace_node_call(old: str, name: str, url: str) -> Call:
+    return Call("POST", f"/cluster/nodes/{quote(old, safe='')}/replace",
+                json.dumps({"name": name, "url": url}).encode())

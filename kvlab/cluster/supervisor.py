@@ -37,14 +37,21 @@ import secrets
 import signal
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import msgspec
+
+from kvlab.client import KV, KVError
+from kvlab.client.protocol import (
+    Answer,
+    ChangeInfo,
+    ChangeStarted,
+    ChangeStatus,
+    MembershipInfo,
+)
 from kvlab.cluster.ports import port_free
 from kvlab.cluster.process import (
     DOWN,
@@ -57,7 +64,7 @@ from kvlab.cluster.process import (
     wait_until,
 )
 from kvlab.cluster.spec import ClusterSpec, cluster_dir
-from kvlab.net.auth import SECRET_ENV, bearer
+from kvlab.net.auth import SECRET_ENV
 
 READY_TIMEOUT_S = 30.0
 PORT_WAIT_S = 3.0
@@ -71,8 +78,8 @@ PROXY_LOST_S = 5.0
 FAILED_FILE = "failed.json"
 FAILED = "failed"
 
-# A membership change's view, as the proxy's /cluster/change gives it (see
-# kvlab.core.membership.Change.view): kind, node, phase, streams, keys, bytes, ...
+# A membership change's view as plain JSON (a `kvlab.client.protocol.ChangeInfo`, as the CLI
+# prints it): kind, node, phase, streams, keys, bytes, ...
 ChangeView = dict
 Progress = Callable[[ChangeView], None]
 
@@ -261,7 +268,7 @@ class Cluster:
         state = member.proc.state() if member.proc else DOWN
         if state == DOWN:
             return FAILED if self.failure(member) else DOWN
-        if state == UP and not _healthy(member.url(self.spec.host)):
+        if state == UP and not self._healthy(member.url(self.spec.host)):
             return STARTING
         return state
 
@@ -293,10 +300,10 @@ class Cluster:
         the module's docstring): status is where a `--no-wait` removal is seen through.
         """
         host = self.spec.host
-        membership = (_get_json(f"{self.url}/cluster", timeout=2.0) or {}).get("membership") \
-            if self.state(self.proxy) == UP else None
+        info = self._ask(self.url, KV.cluster, 2.0) if self.state(self.proxy) == UP else None
+        membership = None if info is None else info.membership
         self.settle(membership)  # by the same answer as the change shown below
-        detector = (membership or {}).get("nodes", {})
+        detector = {} if membership is None else membership.nodes
 
         def view(m: Member) -> dict:
             return {"name": m.name, "url": m.url(host), "pid": m.proc.pid if m.proc else None,
@@ -304,11 +311,10 @@ class Cluster:
 
         def node_view(m: Member) -> dict:
             out = view(m)
-            stats = _get_json(f"{m.url(host)}/stats", headers=self.auth()) \
-                if out["state"] == UP else None
-            out["healing"] = (stats or {}).get("healing")
-            seen = detector.get(m.name) or {}
-            out["health"], out["phi"] = seen.get("health"), seen.get("phi")
+            stats = self._ask(m.url(host), KV.stats) if out["state"] == UP else None
+            out["healing"] = None if stats is None else msgspec.to_builtins(stats.healing)
+            seen = detector.get(m.name)
+            out["health"], out["phi"] = (None, None) if seen is None else (seen.health, seen.phi)
             out["leaving"] = m in self.leaving
             out["failed"] = self.failure(m) if out["state"] == FAILED else None
             if m.seat is not None:
@@ -317,9 +323,9 @@ class Cluster:
 
         return {"name": self.spec.name, "proxy": view(self.proxy),
                 "nodes": [node_view(n) for n in [*self.nodes, *self.leaving]],
-                "ring_version": (membership or {}).get("version"),
-                "change": (membership or {}).get("change"),
-                "last_change": (membership or {}).get("last_change"),
+                "ring_version": None if membership is None else membership.version,
+                "change": None if membership is None else _view(membership.change),
+                "last_change": None if membership is None else _view(membership.last_change),
                 "spec": self.spec.to_json()}
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -485,8 +491,8 @@ class Cluster:
             self.refresh()
             self._settle()
             member = self._start_next()
-            view = self._accepted(member, "POST", "/cluster/nodes",
-                                  {"name": member.name, "url": member.url(self.spec.host)})
+            view = self._accepted(
+                member, lambda kv: kv.add_node(member.name, member.url(self.spec.host)))
             self.starting.remove(member)
             self.nodes.append(member)
             self._write_membership()
@@ -503,11 +509,11 @@ class Cluster:
         with self._locked():
             self.refresh()
             self._check_proxy()
-            answer = _get_json(f"{self.url}/cluster/change", timeout=2.0)
-            if answer is not None and answer.get("change") is None:
+            answer = self._ask(self.url, KV.change, 2.0)
+            if answer is not None and answer.change is None:
                 raise ClusterError("no change is in progress: there is nothing to abort")
-            view = self._membership("DELETE", "/cluster/change", None, field="aborted")
-            before = view["nodes_before"]
+            view = self._membership(lambda kv: kv.abort_change().aborted)
+            before = view.nodes_before
             known = {m.name: m for m in [*self.nodes, *self.leaving]}
             for member in [m for m in self.nodes if m.name not in before]:
                 if member.proc is not None:
@@ -515,7 +521,7 @@ class Cluster:
             self.nodes = [known[name] for name in before if name in known]
             self.leaving = [m for m in self.leaving if m.name not in before]
             self._write_membership()
-        return view
+        return _view(view)
 
     def remove_node(self, name: str, wait: bool = True,
                     progress: Progress | None = None) -> Member:
@@ -534,7 +540,7 @@ class Cluster:
                 raise ClusterError(f"removing {name} would leave {len(self.nodes) - 1} nodes, "
                                    f"fewer than N={self.spec.replicas} replicas")
             self._check_proxy()
-            view = self._membership("DELETE", f"/cluster/nodes/{_quote(name)}", None)
+            view = self._membership(lambda kv: kv.remove_node(name).change)
             self.nodes.remove(member)
             self.leaving.append(member)
             self._write_membership()
@@ -558,8 +564,8 @@ class Cluster:
             old = self._ring_member(name)
             new = self._start_next()
             new.seat = old.seat or old.name
-            view = self._accepted(new, "POST", f"/cluster/nodes/{_quote(name)}/replace",
-                                  {"name": new.name, "url": new.url(self.spec.host)})
+            view = self._accepted(
+                new, lambda kv: kv.replace_node(name, new.name, new.url(self.spec.host)))
             self.starting.remove(new)
             self.nodes[self.nodes.index(old)] = new
             self.leaving.append(old)
@@ -579,7 +585,7 @@ class Cluster:
             index += 1
         return Member(f"n{index}", max(m.port for m in self.members()) + 1)
 
-    def settle(self, answer: dict | None = None) -> None:
+    def settle(self, answer: ChangeStatus | MembershipInfo | None = None) -> None:
         """Stop and forget every leaving node whose move is over (see the module's
         docstring); `status`, `start` and the membership commands call it. `answer`: the
         proxy's word on the change in progress (`/cluster/change`, or the membership in
@@ -590,18 +596,18 @@ class Cluster:
             self.refresh()
             self._settle(answer)
 
-    def _settle(self, answer: dict | None = None) -> None:
+    def _settle(self, answer: ChangeStatus | MembershipInfo | None = None) -> None:
         """`settle`, with the lock held and the file just read."""
         if not self.leaving:
             return
         if answer is None and self.state(self.proxy) == UP:
-            answer = _get_json(f"{self.url}/cluster/change", timeout=2.0)
+            answer = self._ask(self.url, KV.change, 2.0)
         # No answer, no verdict: a proxy restarted on its kept state may resume the move,
         # and need what only the leaving node holds.
         if answer is None:
             return
-        current = answer.get("change")
-        moving = set(current["nodes_before"]) if current else set()
+        current = answer.change
+        moving = set(current.nodes_before) if current else set()
         over = [m for m in self.leaving if m.name not in moving]
         for member in over:
             if member.proc is not None:
@@ -613,11 +619,11 @@ class Cluster:
     def _start_next(self) -> Member:
         """Start the next member (lock held), and return once it answers /health. Refused
         first, starting nothing, while a change is in progress (the proxy would refuse)."""
-        answer = _get_json(f"{self.url}/cluster/change", timeout=2.0)
-        current = None if answer is None else answer.get("change")
+        answer = self._ask(self.url, KV.change, 2.0)
+        current = None if answer is None else answer.change
         if current is not None:
-            raise ClusterError(f"a change is in progress ({current['kind']} "
-                               f"{current['node']}, {current['phase']}): wait for it, or "
+            raise ClusterError(f"a change is in progress ({current.kind} "
+                               f"{current.node}, {current.phase}): wait for it, or "
                                f"give it up with `kvlab abort-move`")
         member = self.next_member()
         if not port_free(self.spec.host, member.port):
@@ -645,20 +651,20 @@ class Cluster:
         except OSError:
             pass  # its entry stays, with a dead PID: the next `kvlab down` drops it
 
-    def _accepted(self, member: Member, method: str, path: str, body: dict) -> ChangeView:
-        """Ask the proxy for a change that brings in `member` (already running); stop it
-        again if the proxy refuses. If it did not answer in time (a stalled proxy can
-        still take the request later), find out before stopping anything: a change the
-        proxy did start must keep its node."""
+    def _accepted(self, member: Member, begin: Callable[[KV], ChangeStarted]) -> ChangeInfo:
+        """Ask the proxy for a change that brings in `member` (already running) with
+        `begin`; stop it again if the proxy refuses. If it did not answer in time (a
+        stalled proxy can still take the request later), find out before stopping
+        anything: a change the proxy did start must keep its node."""
         try:
-            return self._membership(method, path, body)
+            return self._membership(lambda kv: begin(kv).change)
         except ProxyUnreachable as exc:
             deadline = time.monotonic() + PROXY_LOST_S
             while time.monotonic() < deadline:
-                answer = _get_json(f"{self.url}/cluster/change", timeout=2.0)
+                answer = self._ask(self.url, KV.change, 2.0)
                 if answer is not None:
-                    view = answer.get("change")
-                    if view is not None and view["node"] == member.name:
+                    view = answer.change
+                    if view is not None and view.node == member.name:
                         return view
                     break
                 time.sleep(CHANGE_POLL_S)
@@ -690,16 +696,16 @@ class Cluster:
                 f"membership changes (start the cluster with `kvlab up --name "
                 f"{self.spec.name}`)")
 
-    def _follow(self, accepted: ChangeView, progress: Progress | None) -> ChangeView:
+    def _follow(self, accepted: ChangeInfo, progress: Progress | None) -> ChangeInfo:
         """Poll the proxy until the change it `accepted` is over; its final view. Raises
         `ClusterError` if it was aborted (`abort_change`, from another command)."""
-        ours = (accepted["kind"], accepted["node"])
+        ours = (accepted.kind, accepted.node)
         if progress:
-            progress(accepted)
+            progress(_view(accepted))
         lost_since = None
         while True:
             time.sleep(CHANGE_POLL_S)
-            answer = _get_json(f"{self.url}/cluster/change", timeout=2.0)
+            answer = self._ask(self.url, KV.change, 2.0)
             if answer is None:
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > PROXY_LOST_S:
@@ -708,14 +714,14 @@ class Cluster:
                         f"{_VERBS[ours[0]]}; the move may not have finished")
                 continue
             lost_since = None
-            for view in (answer.get("change"), answer.get("last_change")):
+            for view in (answer.change, answer.last_change):
                 # "resume": ours, started over by a proxy that restarted in the middle.
-                if view is not None and ((view["kind"], view["node"]) == ours
-                                         or view["kind"] == "resume"):
+                if view is not None and ((view.kind, view.node) == ours
+                                         or view.kind == "resume"):
                     if progress:
-                        progress(view)
-                    if view is answer.get("last_change"):
-                        if view["phase"] == "aborted":
+                        progress(_view(view))
+                    if view is answer.last_change:
+                        if view.phase == "aborted":
                             raise ClusterError(f"the move ({_VERBS[ours[0]]}: {ours[1]}) was "
                                                f"aborted; the ring is back as it was")
                         return view
@@ -731,25 +737,33 @@ class Cluster:
                 "leaving": [n.to_json() for n in self.leaving], "secret": self.secret,
                 "starting": [n.to_json() for n in self.starting]}
 
-    def _membership(self, method: str, path: str, body: dict | None,
-                    field: str = "change") -> ChangeView:
-        """Ask the proxy for a ring change; the view of the change it accepted (or
-        `field` of its answer)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json",
-                                                  **self.auth()})
+    def _membership(self, ask: Callable[[KV], ChangeInfo]) -> ChangeInfo:
+        """Ask the proxy for a ring change (`ask`, with the secret); the view of the
+        change it accepted."""
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return json.loads(response.read())[field]
-        except urllib.error.HTTPError as exc:
-            raise ClusterError(f"the proxy refused the change: {_error_message(exc)}") \
-                from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ProxyUnreachable(f"the proxy at {self.url} is unreachable: {exc}") from None
+            with KV(self.url, timeout=5.0, secret=self.secret) as kv:
+                return ask(kv)
+        except KVError as exc:
+            if exc.status == 0:  # no answer at all
+                raise ProxyUnreachable(str(exc)) from None
+            raise ClusterError(f"the proxy refused the change: {exc}") from None
+
+    def _ask(self, url: str, ask: Callable[[KV], Answer], timeout: float = 0.5
+             ) -> Answer | None:
+        """`ask` of the process at `url` (with the secret); None if it does not answer, or
+        not as it should: a process starting, stopping, or not kvlab's."""
+        try:
+            with KV(url, timeout=timeout, secret=self.secret) as kv:
+                return ask(kv)
+        except KVError:
+            return None
+
+    def _healthy(self, url: str) -> bool:
+        return self._ask(url, KV.health) is not None
 
     def _await_node(self, member: Member) -> None:
-        if not wait_until(lambda: _healthy(member.url(self.spec.host)), READY_TIMEOUT_S, 0.05):
+        if not wait_until(lambda: self._healthy(member.url(self.spec.host)), READY_TIMEOUT_S,
+                          0.05):
             raise ClusterError(f"{member.name} not ready after {READY_TIMEOUT_S:.0f}s:\n"
                                f"{self._log_tail(member)}")
 
@@ -796,10 +810,6 @@ class Cluster:
         self.proxy.proc = held.proc
         return held
 
-    def auth(self) -> dict[str, str]:
-        """The header that shows the cluster's secret (none for a cluster without one)."""
-        return bearer(self.secret)
-
     def _env(self) -> dict[str, str]:
         # In the environment, not on argv: a process's argv is readable by every user.
         return {} if self.secret is None else {SECRET_ENV: self.secret}
@@ -821,14 +831,13 @@ class Cluster:
                         continue
                     raise ClusterError(f"{m.name} exited while starting; its log says:\n"
                                        f"{self._log_tail(m)}")
-                if not _healthy(m.url(host)):
+                if not self._healthy(m.url(host)):
                     return False
-            links = _get_json(f"{self.url}/health")
-            return links is not None and all(
-                links.get("nodes", {}).get(n) == UP for n in names)
+            links = self._ask(self.url, KV.health)
+            return links is not None and all(links.nodes.get(n) == UP for n in names)
 
         if not wait_until(ready, READY_TIMEOUT_S, 0.05):
-            slow = [m.name for m in filter(waited, members) if not _healthy(m.url(host))]
+            slow = [m.name for m in filter(waited, members) if not self._healthy(m.url(host))]
             raise ClusterError(f"cluster {self.spec.name!r} not ready after "
                                f"{READY_TIMEOUT_S:.0f}s (not answering: "
                                f"{', '.join(slow) or 'proxy links'})")
@@ -854,31 +863,9 @@ def _on_off(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-def _quote(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
-
-
-def _error_message(exc: urllib.error.HTTPError) -> str:
-    """The `message` of the proxy's JSON error body, or the body itself."""
-    text = exc.read().decode(errors="replace")
-    try:
-        return json.loads(text)["message"]
-    except (ValueError, KeyError, TypeError):
-        return text or f"HTTP {exc.code}"
-
-
-def _get_json(url: str, timeout: float = 0.5, headers: dict[str, str] | None = None
-              ) -> dict | None:
-    try:
-        request = urllib.request.Request(url, headers=headers or {})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def _healthy(url: str) -> bool:
-    return _get_json(f"{url}/health") is not None
+def _view(change: ChangeInfo | None) -> ChangeView | None:
+    """A change as the CLI prints it and `kvlab status --json` gives it: plain JSON."""
+    return None if change is None else msgspec.to_builtins(change)
 
 
 def up(spec: ClusterSpec) -> Cluster:

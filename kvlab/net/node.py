@@ -57,9 +57,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, assert_never
 
 import aiohttp
+import msgspec
 import orjson
 from aiohttp import WSMsgType, web
 
+from kvlab.client import protocol
+from kvlab.client.protocol import HealingInfo, HealthInfo, NodeRingInfo, NodeStats, PeerInfo
 from kvlab.core.messages import Connect, Message, Persist, ReplicaEffect, Send
 from kvlab.core.replica import HOUR_MS, Replica, ReplicaConfig
 from kvlab.core.ring import DEFAULT_VNODES, Ring
@@ -360,36 +363,36 @@ class Node:
             self._registry = metrics.registry(metrics.NodeCollector(self))
         return metrics.render(self._registry, accept)
 
-    def stats(self) -> dict:
+    def stats(self) -> NodeStats:
         now = now_ms()
         replica, store = self.replica, self.store
         healing = replica.snapshot(now)
-        return {
-            "node": self.name,
-            "pid": os.getpid(),
-            "keys": replica.live_keys(),  # live keys (the store would have to scan)
-            "reads": replica.stats.reads,
-            "writes": replica.stats.writes,  # write requests taken (not superseded/refused)
-            "stored": store.writes,  # records stored, repairs included
-            "batches": store.batches,
-            "commits": store.commits,
-            "uptime_s": round(time.time() - self.started, 3),
-            "load_s": round(self.load_s, 3),
-            "indexed": self.indexed,  # loaded from the index kept at the last stop
-            "last_error": self.last_error,
-            "held": replica.key_count(),  # keys the replica holds, tombstones included
-            "hints_held": sum(healing["hints_held"].values()),
-            "ring": {"nodes": list(replica.ring.nodes), "vnodes": replica.ring.vnodes,
-                     "replicas": replica.config.n, "version": replica.topology.version,
-                     "pending": None if replica.topology.pending is None
-                     else list(replica.topology.pending.nodes)},
-            "peers": {name: {"url": link.url, "state": link.state, "sent": link.sent,
-                             "connects": link.connects, "errors": link.errors,
-                             "last_error": link.last_error}
-                      for name, link in self.links.items()},
-            "coordinators": len(self.coordinators),
-            "healing": healing,
-        }
+        return NodeStats(
+            node=self.name,
+            pid=os.getpid(),
+            keys=replica.live_keys(),  # live keys (the store would have to scan)
+            reads=replica.stats.reads,
+            writes=replica.stats.writes,  # write requests taken (not superseded/refused)
+            stored=store.writes,  # records stored, repairs included
+            batches=store.batches,
+            commits=store.commits,
+            uptime_s=round(time.time() - self.started, 3),
+            load_s=round(self.load_s, 3),
+            indexed=self.indexed,  # loaded from the index kept at the last stop
+            last_error=self.last_error,
+            held=replica.key_count(),  # keys the replica holds, tombstones included
+            hints_held=sum(healing["hints_held"].values()),
+            ring=NodeRingInfo(nodes=list(replica.ring.nodes), vnodes=replica.ring.vnodes,
+                              replicas=replica.config.n, version=replica.topology.version,
+                              pending=None if replica.topology.pending is None
+                              else list(replica.topology.pending.nodes)),
+            peers={name: PeerInfo(url=link.url, state=link.state, sent=link.sent,
+                                  connects=link.connects, errors=link.errors,
+                                  last_error=link.last_error)
+                   for name, link in self.links.items()},
+            coordinators=len(self.coordinators),
+            healing=msgspec.convert(healing, HealingInfo),
+        )
 
 
 NODE = web.AppKey("node", Node)
@@ -398,14 +401,20 @@ NODE = web.AppKey("node", Node)
 async def health(request: web.Request) -> web.Response:
     node = request.app[NODE]
     if node.failed is not None:
-        return web.json_response({"status": "failed", "node": node.name, "pid": os.getpid(),
-                                  "reason": node.failed}, status=503)
-    return web.json_response({"status": "ok", "node": node.name, "pid": os.getpid(),
-                              "peers": {n: link.state for n, link in node.links.items()}})
+        return _typed(HealthInfo(status="failed", node=node.name, pid=os.getpid(),
+                                 reason=node.failed), status=503)
+    return _typed(HealthInfo(status="ok", node=node.name, pid=os.getpid(),
+                             peers={n: link.state for n, link in node.links.items()}))
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODE].stats())
+    return _typed(request.app[NODE].stats())
+
+
+def _typed(answer: msgspec.Struct, status: int = 200) -> web.Response:
+    """An answer encoded from its type in `kvlab.client.protocol`."""
+    return web.Response(body=protocol.encode(answer), status=status,
+                        content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -37,8 +37,26 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
+import msgspec
 import orjson
 
+from kvlab.client import protocol
+from kvlab.client.protocol import (
+    ChangeAborted,
+    ChangeInfo,
+    ChangeStarted,
+    ChangeStatus,
+    ClusterInfo,
+    HealingInfo,
+    HealthInfo,
+    KeyInfo,
+    MembershipInfo,
+    NodeInfo,
+    NodeStats,
+    PartitionInfo,
+    ProxyInfo,
+    ReplicaCopy,
+)
 from kvlab.core.coordinator import Coordinator, Quorum
 from kvlab.core.detector import Health
 from kvlab.core.membership import BadName, Membership, MembershipError
@@ -356,9 +374,20 @@ async def rest_empty_key(proxy: Proxy, request: Request) -> Response:
 # -- introspection ----------------------------------------------------------------------
 
 
+def typed_response(answer: msgspec.Struct, status: int = 200) -> Response:
+    """An introspection answer, encoded from its type in `kvlab.client.protocol`."""
+    return Response(status, protocol.encode(answer), "application/json")
+
+
+def _change(view: dict | None) -> ChangeInfo | None:
+    """The core's view of a change (`Change.view`), as the API types it."""
+    return None if view is None else msgspec.convert(view, ChangeInfo)
+
+
 async def health(proxy: Proxy, request: Request) -> Response:
-    return json_response({"status": "ok", "proxy": proxy.name, "pid": os.getpid(),
-                          "nodes": {n: link.state for n, link in proxy.engine.links.items()}})
+    return typed_response(HealthInfo(
+        status="ok", proxy=proxy.name, pid=os.getpid(),
+        nodes={n: link.state for n, link in proxy.engine.links.items()}))
 
 
 async def metrics(proxy: Proxy, request: Request) -> Response:
@@ -367,7 +396,7 @@ async def metrics(proxy: Proxy, request: Request) -> Response:
     return Response(body=body, content_type=content_type)
 
 
-async def _healing(proxy: Proxy, link: ReplicaLink) -> dict | None:
+async def _healing(proxy: Proxy, link: ReplicaLink) -> HealingInfo | None:
     """The node's own healing counters (its `/stats`), or None if it can't say now."""
     if link.state != UP or proxy.session is None \
             or proxy.membership.health(link.name, proxy.engine.now_ms()) != Health.UP:
@@ -376,8 +405,9 @@ async def _healing(proxy: Proxy, link: ReplicaLink) -> dict | None:
         async with proxy.session.get(f"{link.url}/stats", timeout=STATS_TIMEOUT) as response:
             if response.status != 200:
                 return None
-            return (await response.json()).get("healing")
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
+            body = await response.read()
+        return protocol.decode(body, NodeStats, f"{link.name}'s /stats").healing
+    except (aiohttp.ClientError, asyncio.TimeoutError, protocol.BadAnswer):
         return None
 
 
@@ -401,47 +431,44 @@ async def cluster(proxy: Proxy, request: Request) -> Response:
     nodes = []
     for link, heal in zip(links, healing):
         detected = view["nodes"].get(link.name, {})
-        nodes.append({
-            "name": link.name, "url": link.url, "state": link.state,
-            "health": detected.get("health"), "phi": detected.get("phi"),
-            "leaving": link.name in before and link.name not in after,
-            "joining": link.name in after and link.name not in before,
-            "partitioned": link.partitioned, "sent": link.sent,
-            "replies": link.replies, "errors": link.errors, "last_error": link.last_error,
-            "p99_ms": link.p99_ms(), "healing": heal,
-        })
-    return json_response({
-        # Status is a StrEnum, and orjson takes only exact str keys.
-        "proxy": {"name": proxy.name, "pid": os.getpid(),
-                  "served": {str(k): v for k, v in proxy.engine.served.items()},
-                  "pending_ops": coord.pending_ops(), "hints_sent": coord.hints_sent,
-                  "restamped": coord.restamped, "high_water_ms": coord.clock.high_water_ms,
-                  # the nodes it does not ask (held down at the last heartbeat tick)
-                  "down": sorted(coord.down),
-                  "clock_offset_ms": proxy.clock_offset_ms},
-        "n": q.n, "r": q.r, "w": q.w, "vnodes": coord.ring.vnodes,
-        "timeout_ms": coord.timeout_ms, "hints": coord.hints, "sloppy": proxy.sloppy,
-        "nodes": nodes, "membership": view,
-    })
+        nodes.append(NodeInfo(
+            name=link.name, url=link.url, state=link.state,
+            health=detected.get("health"), phi=detected.get("phi"),
+            leaving=link.name in before and link.name not in after,
+            joining=link.name in after and link.name not in before,
+            partitioned=link.partitioned, sent=link.sent,
+            replies=link.replies, errors=link.errors, last_error=link.last_error,
+            p99_ms=link.p99_ms(), healing=heal,
+        ))
+    return typed_response(ClusterInfo(
+        proxy=ProxyInfo(name=proxy.name, pid=os.getpid(),
+                        served={str(k): v for k, v in proxy.engine.served.items()},
+                        pending_ops=coord.pending_ops(), hints_sent=coord.hints_sent,
+                        restamped=coord.restamped, high_water_ms=coord.clock.high_water_ms,
+                        # the nodes it does not ask (held down at the last heartbeat tick)
+                        down=sorted(coord.down), clock_offset_ms=proxy.clock_offset_ms),
+        n=q.n, r=q.r, w=q.w, vnodes=coord.ring.vnodes, timeout_ms=coord.timeout_ms,
+        hints=coord.hints, sloppy=proxy.sloppy, nodes=nodes,
+        membership=msgspec.convert(view, MembershipInfo),
+    ))
 
 
-def _replica_view(node: str, outcome: Outcome) -> dict:
+def _replica_copy(node: str, outcome: Outcome) -> ReplicaCopy:
     if node in outcome.failed:
-        return {"node": node, "state": "unreachable", "reason": outcome.failed[node],
-                "version": None, "value": None}
+        return ReplicaCopy(node=node, state="unreachable", reason=outcome.failed[node])
     record: Record | None = outcome.answers.get(node)
     if record is None:
-        return {"node": node, "state": "missing", "version": None, "value": None}
-    return {"node": node, "state": "ok", "version": str(record.version),
-            "value": None if record.value is None else _text(record.value),
-            "deleted": record.tombstone}
+        return ReplicaCopy(node=node, state="missing")
+    return ReplicaCopy(node=node, state="ok", version=str(record.version),
+                       value=None if record.value is None else _text(record.value),
+                       deleted=record.tombstone)
 
 
 async def cluster_key(proxy: Proxy, request: Request) -> Response:
     key = _path_key(proxy, request)
     outcome = await proxy.engine.inspect(key)
-    return json_response({"key": key,
-                          "replicas": [_replica_view(n, outcome) for n in outcome.replicas]})
+    return typed_response(KeyInfo(
+        key=key, replicas=[_replica_copy(n, outcome) for n in outcome.replicas]))
 
 
 # -- membership -------------------------------------------------------------------------
@@ -523,8 +550,8 @@ def _started(proxy: Proxy, begin: Callable[[int], list]) -> Response:
     engine.control(effects)
     change = proxy.membership.change
     assert change is not None
-    return json_response({"change": change.view(now), "nodes": list(change.new.nodes)},
-                         status=202)
+    return typed_response(ChangeStarted(change=msgspec.convert(change.view(now), ChangeInfo),
+                                        nodes=list(change.new.nodes)), status=202)
 
 
 def _join(proxy: Proxy, name: str, url: str, begin: Callable[[int], list]) -> Response:
@@ -566,7 +593,8 @@ async def replace_node(proxy: Proxy, request: Request) -> Response:
 async def cluster_change(proxy: Proxy, request: Request) -> Response:
     """The change in progress (null when none) and the last one finished."""
     view = proxy.membership.view(proxy.engine.now_ms())
-    return json_response({"change": view["change"], "last_change": view["last_change"]})
+    return typed_response(ChangeStatus(change=_change(view["change"]),
+                                       last_change=_change(view["last_change"])))
 
 
 async def abort_change(proxy: Proxy, request: Request) -> Response:
@@ -582,7 +610,8 @@ async def abort_change(proxy: Proxy, request: Request) -> Response:
     proxy.engine.control(effects)
     last = proxy.membership.last
     assert last is not None
-    return json_response({"aborted": last.view(now), "nodes": list(last.old.nodes)})
+    return typed_response(ChangeAborted(aborted=msgspec.convert(last.view(now), ChangeInfo),
+                                        nodes=list(last.old.nodes)))
 
 
 PARTITION_DIRECTIONS = ("both", "to", "from")
@@ -608,7 +637,7 @@ async def set_fault(proxy: Proxy, request: Request) -> Response:
         raise HttpError(400, "bad_request", "body must be {\"partitioned\": true|false, "
                        "\"direction\": \"both\"|\"to\"|\"from\"}")
     link.partition(direction if on else None)
-    return json_response({"node": name, "partitioned": link.partitioned})
+    return typed_response(PartitionInfo(node=name, partitioned=link.partitioned))
 
 
 Route = Callable[[Proxy, Request], Awaitable[Response]] | Callable[[Proxy, Request], Later]

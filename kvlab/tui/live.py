@@ -3,7 +3,8 @@
 It reads the cluster the way any other terminal would: `cluster.json` through the supervisor
 (re-read on every snapshot, so `kvlab kill n3` elsewhere shows up), process states from /proc,
 the coordinator's `/cluster`, and each node's `/stats`. Blocking supervisor calls run in a
-thread; HTTP goes through one aiohttp session and one `AsyncKV`.
+thread; HTTP goes through the client (`AsyncKV`, which types and checks every answer): one
+for the proxy's operations, and one per process polled.
 
 Each node's healing counters come from the coordinator's `/cluster` (its "healing" field,
 null for a node it can't reach), or failing that from the node's own `/stats`; a proxy or
@@ -29,9 +30,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-import aiohttp
+import msgspec
 
 from kvlab.client import AsyncKV, KeyNotFound, KVError
+from kvlab.client.protocol import ClusterInfo, NodeInfo, NodeStats
 from kvlab.cluster import supervisor
 from kvlab.cluster.spec import ClusterSpec
 from kvlab.cluster.supervisor import Cluster, ClusterError, Member
@@ -64,7 +66,7 @@ class LiveSource(ActionsByName):
     def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
+        self._polls: dict[str, AsyncKV] = {}  # url -> the client polling it
         self._kv: AsyncKV | None = None
         self._acting = asyncio.Lock()
         self._changing = asyncio.Lock()  # membership changes: one at a time, long
@@ -85,11 +87,14 @@ class LiveSource(ActionsByName):
         except ClusterError as exc:
             raise SourceError(str(exc)) from None
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT_S))
-        return self._session
+    def _poller(self, url: str, secret: str | None) -> AsyncKV:
+        """The client that polls the process at `url` (a node's /stats needs the secret)."""
+        kv = self._polls.get(url)
+        if kv is None or kv.secret != secret:
+            if kv is not None:
+                asyncio.get_running_loop().create_task(kv.close())
+            kv = self._polls[url] = AsyncKV(url, timeout=POLL_TIMEOUT_S, secret=secret)
+        return kv
 
     def _client(self, cluster: Cluster) -> AsyncKV:
         """The client of `cluster`'s proxy, with its secret (faults, --protect-data)."""
@@ -100,14 +105,16 @@ class LiveSource(ActionsByName):
             self._kv = AsyncKV(url, timeout=OP_TIMEOUT_S, secret=cluster.secret)
         return self._kv
 
-    async def _get_json(self, url: str, headers: dict[str, str] | None = None
-                        ) -> dict | None:
+    async def _cluster_info(self, cluster: Cluster) -> ClusterInfo | None:
         try:
-            async with self._http().get(url, headers=headers) as response:
-                if response.status != 200:
-                    return None
-                return await response.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return await self._poller(cluster.url, cluster.secret).cluster()
+        except KVError:  # not answering (yet), or not a kvlab proxy there
+            return None
+
+    async def _stats(self, url: str, secret: str | None) -> NodeStats | None:
+        try:
+            return await self._poller(url, secret).stats()
+        except KVError:
             return None
 
     # -- reading ------------------------------------------------------------------------
@@ -118,14 +125,16 @@ class LiveSource(ActionsByName):
         members = cluster.members()
         procs = await asyncio.to_thread(
             lambda: {m.name: m.proc.state() if m.proc else DOWN for m in members})
-        polls = [self._get_json(f"{cluster.url}/cluster") if procs["proxy"] == UP else _none()]
         # A node being removed runs on (its ranges stream out) until the move is over.
         rows = [*cluster.nodes, *cluster.leaving]
-        polls += [self._get_json(f"{m.url(host)}/stats", cluster.auth())
-                  if procs[m.name] == UP else _none()
-                  for m in rows]
-        coordinator, *stats = await asyncio.gather(*polls)
-        links = {n["name"]: n for n in (coordinator or {}).get("nodes", [])}
+        for url in set(self._polls) - {cluster.url, *(m.url(host) for m in rows)}:
+            asyncio.get_running_loop().create_task(self._polls.pop(url).close())  # it left
+        coordinator: ClusterInfo | None
+        coordinator, *stats = await asyncio.gather(
+            self._cluster_info(cluster) if procs["proxy"] == UP else _none(),
+            *(self._stats(m.url(host), cluster.secret) if procs[m.name] == UP else _none()
+              for m in rows))
+        links = {n.name: n for n in coordinator.nodes} if coordinator is not None else {}
         if coordinator is not None:
             self._forget(set(links) | {m.name for m in rows})
         now = self._clock()
@@ -134,15 +143,17 @@ class LiveSource(ActionsByName):
         recorded = {m.name for m in rows}
         # Watched by the coordinator but not in cluster.json: joined through its API by hand.
         nodes += tuple(NodeView(name, None, None, STARTING,
-                                partitioned=link.get("partitioned") is not None)
+                                partitioned=link.partitioned is not None)
                        for name, link in links.items() if name not in recorded)
         spec = cluster.spec
-        membership = MembershipView.from_view((coordinator or {}).get("membership"))
+        # The dashboard's own view of it, parsed as the simulated source's is.
+        membership = MembershipView.from_view(
+            None if coordinator is None else msgspec.to_builtins(coordinator.membership))
         if membership.health:
             nodes = tuple(replace(n, health=membership.health[n.name][0],
                                   phi=membership.health[n.name][1])
                           if n.name in membership.health else n for n in nodes)
-        vnodes = (coordinator or {}).get("vnodes", spec.vnodes)
+        vnodes = spec.vnodes if coordinator is None else coordinator.vnodes
         ring = membership.ring
         if ring is None:  # a coordinator that does not report it: its nodes, by name
             ring = Ring(tuple(links) or tuple(m.name for m in cluster.nodes), vnodes)
@@ -151,42 +162,43 @@ class LiveSource(ActionsByName):
         proxy_state = procs["proxy"]
         if proxy_state == UP and coordinator is None:
             proxy_state = STARTING
-        proxy = (coordinator or {}).get("proxy")
-        proxy = proxy if isinstance(proxy, dict) else {}
+        known = coordinator is not None
         return ClusterView(
             name=spec.name,
-            n=(coordinator or {}).get("n", spec.replicas),
-            r=(coordinator or {}).get("r", spec.read_quorum),
-            w=(coordinator or {}).get("w", spec.write_quorum),
+            n=coordinator.n if known else spec.replicas,
+            r=coordinator.r if known else spec.read_quorum,
+            w=coordinator.w if known else spec.write_quorum,
             vnodes=vnodes, nodes=nodes, ring=self._ring,
             proxy_state=proxy_state, proxy_url=cluster.url,
-            hints_sent=_int(proxy.get("hints_sent")), restamped=_int(proxy.get("restamped")),
+            hints_sent=coordinator.proxy.hints_sent if known else None,
+            restamped=coordinator.proxy.restamped if known else None,
             change=membership.change, last_change=membership.last_change,
         )
 
-    def _node_view(self, member: Member, proc_state: str, stats: dict | None,
-                   link: dict | None, now: float) -> NodeView:
+    def _node_view(self, member: Member, proc_state: str, stats: NodeStats | None,
+                   link: NodeInfo | None, now: float) -> NodeView:
         state = proc_state
         if state == UP and stats is None:
             state = STARTING  # alive but not answering (yet)
         ops = None
         if stats is not None:
-            count = stats["reads"] + stats["writes"]
+            count = stats.reads + stats.writes
             previous = self._counts.get(member.name)
-            if previous and previous[0] == stats["pid"] and now > previous[2]:
+            if previous and previous[0] == stats.pid and now > previous[2]:
                 ops = max(0.0, (count - previous[1]) / (now - previous[2]))
             elif previous:
                 self._last_error.pop(member.name, None)  # a new process: old errors are history
-            self._counts[member.name] = (stats["pid"], count, now)
+            self._counts[member.name] = (stats.pid, count, now)
         return NodeView(
             name=member.name, port=member.port,
             pid=member.proc.pid if member.proc and state != DOWN else None,
             state=state,
-            keys=stats["keys"] if stats else None,
+            keys=stats.keys if stats else None,
             ops_per_s=ops,
-            p99_ms=link.get("p99_ms") if link else None,
-            last_error=(stats or {}).get("last_error") or self._link_error(member.name, link),
-            partitioned=link is not None and link.get("partitioned") is not None,
+            p99_ms=link.p99_ms if link else None,
+            last_error=(stats.last_error if stats else None)
+            or self._link_error(member.name, link),
+            partitioned=link is not None and link.partitioned is not None,
             healing=_healing(state, link, stats),
         )
 
@@ -197,14 +209,14 @@ class LiveSource(ActionsByName):
             for name in set(memory) - members:
                 del memory[name]
 
-    def _link_error(self, node: str, link: dict | None) -> str | None:
+    def _link_error(self, node: str, link: NodeInfo | None) -> str | None:
         if link is None:
             return self._last_error.get(node)
-        errors = link.get("errors", 0)
+        errors = link.errors
         baseline = self._link_errors.setdefault(node, errors)
-        if errors > baseline and link.get("last_error"):
+        if errors > baseline and link.last_error:
             self._link_errors[node] = errors
-            self._last_error[node] = link["last_error"]
+            self._last_error[node] = link.last_error
         return self._last_error.get(node)
 
     async def inspect(self, key: str) -> KeyView:
@@ -214,10 +226,9 @@ class LiveSource(ActionsByName):
         except KVError as exc:
             return KeyView(key, error=str(exc))
         return KeyView(key, tuple(
-            ReplicaView(node=r["node"], state=r["state"], version=r.get("version"),
-                        value=r.get("value"), deleted=bool(r.get("deleted")),
-                        reason=r.get("reason"))
-            for r in data["replicas"]))
+            ReplicaView(node=r.node, state=r.state, version=r.version, value=r.value,
+                        deleted=r.deleted, reason=r.reason)
+            for r in data.replicas))
 
     async def read(self, key: str) -> OpResult:
         cluster = await self._cluster()
@@ -296,30 +307,25 @@ class LiveSource(ActionsByName):
         await self.stop_traffic()
         if self._traffic is not None:
             await self._traffic.close()
-        if self._kv is not None:
-            await self._kv.close()
-        if self._session is not None:
-            await self._session.close()
-        self._traffic = self._kv = self._session = None
+        for kv in [self._kv, *self._polls.values()]:
+            if kv is not None:
+                await kv.close()
+        self._traffic = self._kv = None
+        self._polls = {}
 
 
 async def _none() -> None:
     return None
 
 
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _healing(state: str, link: dict | None, stats: dict | None) -> Healing | None:
+def _healing(state: str, link: NodeInfo | None, stats: NodeStats | None) -> Healing | None:
     """The node's healing counters: the coordinator's view of them first, its own `/stats`
     next; none for a node not running (a coordinator's figures would be out of date)."""
     if state != UP:
         return None
     for report in (link, stats):
-        healing = Healing.from_snapshot((report or {}).get("healing"))
-        if healing is not None:
-            return healing
+        if report is not None and report.healing is not None:
+            return Healing.from_snapshot(msgspec.to_builtins(report.healing))
     return None
 
 

@@ -166,14 +166,14 @@ async def test_async_client(cluster3):
         await kv.delete("async-key")
         assert await kv.get("async-key") is None
         view = await kv.inspect("async-key")
-        assert sum(r["state"] == "ok" and r["deleted"] for r in view["replicas"]) >= 2
+        assert sum(r.state == "ok" and r.deleted for r in view.replicas) >= 2
 
 
 def test_a_partitioned_link_times_out_and_heals(cluster3):
     with KV(cluster3.url, secret=secret(cluster3)) as kv:
         kv.set("part", "v")
-        assert kv.partition("n1")["partitioned"] == "both"
-        assert kv.partition("n2", direction="to")["partitioned"] == "to"
+        assert kv.partition("n1").partitioned == "both"
+        assert kv.partition("n2", direction="to").partitioned == "to"
         try:
             status, _, body = http(f"{cluster3.url}/kv/part")
             assert status == 504 and json.loads(body)["error"] == "timeout"
@@ -195,8 +195,8 @@ def test_a_partitioned_link_times_out_and_heals(cluster3):
             raise AssertionError("a write needing n3's acknowledgement succeeded")
         finally:
             kv.partition("n3", False)
-        view = {r["node"]: r for r in kv.inspect("oneway")["replicas"]}
-        assert view["n3"]["value"] == "applied"
+        view = {r.node: r for r in kv.inspect("oneway").replicas}
+        assert view["n3"].value == "applied"
 
 
 @pytest.mark.parametrize("api", ["rest", "compat"])

@@ -59,8 +59,8 @@ def assert_unauthorized(answer: tuple[int, dict[str, str], bytes]) -> None:
 def ring(cluster: Cluster) -> list[str]:
     with KV(cluster.url) as kv:
         view = kv.cluster()
-    assert view["membership"]["change"] is None
-    return [n["name"] for n in view["nodes"]]
+    assert view.membership.change is None
+    return [n.name for n in view.nodes]
 
 
 def test_a_rogue_node_is_not_let_in_without_the_secret_or_with_a_wrong_one(cluster):
@@ -92,15 +92,15 @@ def test_a_link_is_not_cut_without_the_secret(cluster):
     cut = b'{"partitioned": true, "direction": "both"}'
     assert_unauthorized(raw(cluster, "PUT", "/cluster/faults/n1", cut))
     with KV(cluster.url) as kv:
-        assert kv.cluster()["nodes"][0]["partitioned"] is None
+        assert kv.cluster().nodes[0].partitioned is None
         with pytest.raises(KVError) as refused:
             kv.partition("n1")
         assert refused.value.status == 401
         kv.set("after the attack", "stored")
         assert kv.get("after the attack", r=3) == "stored"  # every link up, n1's too
     with KV(cluster.url, secret=secret(cluster)) as kv:
-        assert kv.partition("n1")["partitioned"] == "both"
-        assert kv.partition("n1", False)["partitioned"] is None
+        assert kv.partition("n1").partitioned == "both"
+        assert kv.partition("n1", False).partitioned is None
 
 
 def test_a_node_refuses_its_channel_and_routes_without_the_secret(cluster):
@@ -122,7 +122,7 @@ def test_a_node_refuses_its_channel_and_routes_without_the_secret(cluster):
                              headers={**upgrade, "Authorization": f"Bearer {secret(cluster)}"})
     assert status == 101 and headers["upgrade"].lower() == "websocket"
     with KV(cluster.url) as kv:
-        assert all(n["state"] == "up" for n in kv.cluster()["nodes"])
+        assert all(n.state == "up" for n in kv.cluster().nodes)
     peers = json.loads(raw(cluster, "GET", "/health", port=cluster.nodes[1].port)[2])["peers"]
     assert peers == {"n1": "up", "n3": "up"}
 
@@ -146,7 +146,7 @@ def test_protect_data_guards_the_data_api_too(module_home):
         assert raw(cluster, "GET", "/cluster")[0] == 200
         with KV(cluster.url, secret=secret(cluster)) as kv:
             kv.set("k", "v")
-            assert kv.get("k") == "v" and kv.inspect("k")["replicas"][0]["value"] == "v"
+            assert kv.get("k") == "v" and kv.inspect("k").replicas[0].value == "v"
         # kvlab's own commands send it; with --url alone, a clear error and no traceback.
         cli = [sys.executable, "-m", "kvlab", "get", "k"]
         out = subprocess.run([*cli, "--name", cluster.spec.name], capture_output=True,

@@ -139,7 +139,7 @@ def test_membership_changes_under_traffic_lose_nothing(kvlab_home):
         cluster.refresh()
         assert cluster.leaving == []
         with KV(cluster.url) as kv:
-            ring = kv.cluster()["membership"]["ring"]["nodes"]
+            ring = kv.cluster().membership.ring.nodes
         assert sorted(n.name for n in cluster.nodes) == sorted(ring) == sorted(summary["ring"])
         assert all(cluster.state(n) == "up" for n in cluster.nodes)
         assert not any(proc.alive() for name, proc in procs.items() if name not in ring)

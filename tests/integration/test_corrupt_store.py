@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from kvlab.client import KV
+from kvlab.client.protocol import NodeInfo
 from kvlab.cluster.process import wait_until
 from kvlab.core.messages import Persist
 from kvlab.core.record import Record
@@ -114,8 +115,8 @@ def test_a_sound_database_starts_and_a_stale_failed_file_goes(tmp_path: Path) ->
         node.wait(10)
 
 
-def _node_view(kv: KV, name: str) -> dict:
-    return next(n for n in kv.cluster()["nodes"] if n["name"] == name)
+def _node_view(kv: KV, name: str) -> NodeInfo:
+    return next(n for n in kv.cluster().nodes if n.name == name)
 
 
 @pytest.mark.slow
@@ -141,10 +142,10 @@ def test_a_database_damaged_at_run_time_ends_its_node_and_the_proxy_sees_it_down
         eventually(failed, 10, "n3 to give up on its database")
         assert "malformed" in _failed(folder)["reason"]
         eventually(lambda: not cluster.node("n3").proc.alive(), 5, f"n3 (pid {pid}) to exit")
-        eventually(lambda: _node_view(kv, "n3")["health"] == "down", 10,
+        eventually(lambda: _node_view(kv, "n3").health == "down", 10,
                    "the proxy to see n3 down")
-        errors = _node_view(kv, "n3")["errors"]
+        errors = _node_view(kv, "n3").errors
         # A link that reset in a loop counted an error per reset; one gone counts once.
-        assert not wait_until(lambda: _node_view(kv, "n3")["errors"] > errors + 1, 1.0)
-        assert _node_view(kv, "n3")["state"] == "down"
+        assert not wait_until(lambda: _node_view(kv, "n3").errors > errors + 1, 1.0)
+        assert _node_view(kv, "n3").state == "down"
         assert kv.get(keys[0]) == "v" * 100  # the two other replicas serve on

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from kvlab.client import KV, AsyncKV, Unavailable
-from kvlab.client.protocol import KVError
+from kvlab.client.protocol import KVError, ReplicaCopy
 from kvlab.cluster.supervisor import Cluster
 from kvlab.core.ring import Ring
 from kvlab.core.version import Version
@@ -41,8 +41,8 @@ def restart(cluster: Cluster, name: str) -> None:
     eventually(lambda: name not in held_down(cluster), 5, f"the proxy to take {name} back")
 
 
-def replicas_of(kv: KV, key: str) -> list[dict]:
-    return kv.inspect(key)["replicas"]
+def replicas_of(kv: KV, key: str) -> list[ReplicaCopy]:
+    return kv.inspect(key).replicas
 
 
 def test_killing_any_one_node_keeps_every_read_and_write_working(cluster):
@@ -61,16 +61,16 @@ def test_killing_any_one_node_keeps_every_read_and_write_working(cluster):
 def test_a_restarted_replica_never_serves_the_old_value_and_is_repaired(cluster):
     with KV(cluster.url) as kv:
         kv.set("doc", "v1")
-        victim = replicas_of(kv, "doc")[0]["node"]
+        victim = replicas_of(kv, "doc")[0].node
         cluster.kill(victim)
         new = kv.set("doc", "v2")
         restart(cluster, victim)
-        before = {r["node"]: r for r in replicas_of(kv, "doc")}
-        assert before[victim]["value"] == "v1", "the restarted replica should start stale"
+        before = {r.node: r for r in replicas_of(kv, "doc")}
+        assert before[victim].value == "v1", "the restarted replica should start stale"
         for _ in range(20):
             assert kv.get("doc") == "v2"
         # One read repaired it (asynchronously, right after answering).
-        eventually(lambda: {r["node"]: r for r in replicas_of(kv, "doc")}[victim]["version"]
+        eventually(lambda: {r.node: r for r in replicas_of(kv, "doc")}[victim].version
                    == new.version, 5, f"read repair of {victim}")
 
 
@@ -84,8 +84,8 @@ def test_deletes_survive_restarts_of_every_node(cluster):
             restart(cluster, node.name)
         for key in KEYS[:10]:
             assert kv.get(key) is None, f"{key} came back from the dead"
-            assert all(r["state"] == "ok" and r["deleted"] for r in replicas_of(kv, key)
-                       if r["state"] != "missing")
+            assert all(r.state == "ok" and r.deleted for r in replicas_of(kv, key)
+                       if r.state != "missing")
         for key in KEYS[10:20]:
             assert kv.get(key) == "alive"
 
@@ -152,9 +152,9 @@ async def test_acknowledged_writes_survive_a_sigkill_mid_burst(module_home):
             for key, (value, version, acked_by) in acked.items():
                 assert await kv.get(key) == value.decode(), f"lost acknowledged write {key}"
                 if victim.name in acked_by:
-                    view = {r["node"]: r for r in (await kv.inspect(key))["replicas"]}
+                    view = {r.node: r for r in (await kv.inspect(key)).replicas}
                     held = view[victim.name]
-                    assert held["state"] == "ok", f"{victim.name} lost {key} it acknowledged"
-                    assert Version.parse(held["version"]) >= Version.parse(version)
+                    assert held.state == "ok", f"{victim.name} lost {key} it acknowledged"
+                    assert Version.parse(held.version) >= Version.parse(version)
                     by_victim += 1
             assert by_victim > 100

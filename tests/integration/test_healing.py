@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 
 from kvlab.client import KV, AsyncKV, Result, Unavailable
+from kvlab.client.protocol import ReplicaCopy
 from kvlab.cluster.process import wait_until
 from kvlab.cluster.supervisor import Cluster
 from kvlab.core.ring import Ring
@@ -68,13 +69,13 @@ def live_keys(cluster: Cluster, name: str) -> int:
     return (node_stats(cluster, name) or {}).get("keys", -1)
 
 
-def copies(kv: KV, key: str) -> dict[str, dict]:
+def copies(kv: KV, key: str) -> dict[str, ReplicaCopy]:
     """Each replica's own copy of `key` (the proxy asks each; nothing is repaired)."""
-    return {r["node"]: r for r in kv.inspect(key)["replicas"]}
+    return {r.node: r for r in kv.inspect(key).replicas}
 
 
 def not_current_on(kv: KV, node: str, written: dict[str, Result]) -> list[str]:
-    return [k for k, r in written.items() if copies(kv, k)[node]["version"] != r.version]
+    return [k for k, r in written.items() if copies(kv, k)[node].version != r.version]
 
 
 def healing_of(cluster: Cluster, name: str) -> dict:
@@ -194,7 +195,7 @@ def test_a_delete_missed_by_a_replica_never_comes_back(kvlab_home):
         with KV(cluster.url) as kv:
             for key in keys:
                 held = [c for n, c in copies(kv, key).items() if n != "n1"]
-                assert all(c["state"] == "ok" and c["deleted"] for c in held), (key, held)
+                assert all(c.state == "ok" and c.deleted for c in held), (key, held)
 
             cluster.restart("n1")  # with the values it missed the deletes of
 
@@ -202,8 +203,8 @@ def test_a_delete_missed_by_a_replica_never_comes_back(kvlab_home):
                 views = [copies(kv, key) for key in keys]
                 for view in views:  # never alive anywhere but on n1 before its repair
                     assert not [n for n, c in view.items()
-                                if n != "n1" and c["value"] is not None], view
-                return all(c["state"] == "missing" for v in views for c in v.values())
+                                if n != "n1" and c.value is not None], view
+                return all(c.state == "missing" for v in views for c in v.values())
 
             eventually(all_purged, 30, "the tombstones to reach n1 and then be purged")
             # A few more rounds: nothing comes back from anywhere.
@@ -307,7 +308,7 @@ def test_sloppy_writes_succeed_with_two_of_three_replicas_down(kvlab_home):
         cluster.restart(b)
         cluster.restart(c)
         with KV(url) as kv:
-            eventually(lambda: all(copies(kv, key)[n]["value"] == "client" for n in (a, b, c)),
+            eventually(lambda: all(copies(kv, key)[n].value == "client" for n in (a, b, c)),
                        10, "the hints to reach the primaries")
             status, headers, _ = http(f"{url}/delete?key={key}&sloppy=1", "DELETE")
             assert status == 200 and "X-Kvlab-Hinted" not in headers  # nobody missed it

@@ -41,21 +41,21 @@ def test_add_and_remove_a_node_while_serving(kvlab_home):
             seen = []
             added = cluster.add_node(progress=seen.append)
             assert added.name == "n4" and added.port == cluster.spec.port + 4
-            ring = [n["name"] for n in kv.cluster()["nodes"]]
+            ring = [n.name for n in kv.cluster().nodes]
             assert ring == ["n1", "n2", "n3", "n4"]
             assert Cluster.load(cluster.spec.name).spec.nodes == 4
             assert seen[-1]["phase"] == "done" and seen[-1]["node"] == "n4"
             # The keys n4 now replicates were streamed to it before reads moved: it holds
             # them without a single read to repair them.
             moved = [f"k{i}" for i in range(30)
-                     if any(r["node"] == "n4" for r in kv.inspect(f"k{i}")["replicas"])]
+                     if any(r.node == "n4" for r in kv.inspect(f"k{i}").replicas)]
             assert moved and seen[-1]["keys"] >= len(moved)
-            assert all({r["node"]: r for r in kv.inspect(k)["replicas"]}["n4"]["state"] == "ok"
+            assert all({r.node: r for r in kv.inspect(k).replicas}["n4"].state == "ok"
                        for k in moved)
 
             removed = cluster.remove_node("n4")
             assert not removed.proc.alive()
-            assert [n["name"] for n in kv.cluster()["nodes"]] == ["n1", "n2", "n3"]
+            assert [n.name for n in kv.cluster().nodes] == ["n1", "n2", "n3"]
             assert all(kv.get(f"k{i}", r=3) == f"v{i}" for i in range(30))
             recorded = json.loads((cluster.dir / "cluster.json").read_text())
             assert [n["name"] for n in recorded["nodes"]] == ["n1", "n2", "n3"]
@@ -144,7 +144,7 @@ def test_down_then_up_with_the_original_arguments_keeps_the_nodes_added_since(kv
                 assert [n.name for n in again.nodes] == ["n1", "n2", "n3", "n4"]
                 assert again.spec.nodes == 4 and all(n.proc.alive() for n in again.nodes)
                 assert "keeps the membership it has" in supervisor.membership_note(spec, again)
-                assert [n["name"] for n in kv.cluster()["nodes"]] == ["n1", "n2", "n3", "n4"]
+                assert [n.name for n in kv.cluster().nodes] == ["n1", "n2", "n3", "n4"]
                 assert kv.get("after-add") == "v"
                 assert all(kv.get(f"k{i}") == f"v{i}" for i in range(50))
             finally:
@@ -165,7 +165,7 @@ def test_down_then_up_with_the_original_arguments_keeps_a_removal(kvlab_home):
                 assert again.spec.nodes == 3 and again.leaving == []
                 assert "keeps the membership it has" in supervisor.membership_note(spec, again)
                 assert port_free(spec.host, spec.port + 1)  # n1 was not started again
-                assert [n["name"] for n in kv.cluster()["nodes"]] == ["n2", "n3", "n4"]
+                assert [n.name for n in kv.cluster().nodes] == ["n2", "n3", "n4"]
                 assert all(kv.get(f"k{i}") == f"v{i}" for i in range(50))
             finally:
                 cluster.refresh()
@@ -230,6 +230,6 @@ def test_a_node_added_after_a_removal_takes_a_new_name_and_starts_empty(kvlab_ho
             # It started empty: what it holds is what was streamed to it, the keys it
             # replicates, and none of what n4 held.
             owned = [f"k{i}" for i in range(20) if "n5" in
-                     [r["node"] for r in kv.inspect(f"k{i}")["replicas"]]]
+                     [r.node for r in kv.inspect(f"k{i}").replicas]]
             assert _keys_on(cluster, "n5") == len(owned)
             assert (cluster.dir / "n4").exists()

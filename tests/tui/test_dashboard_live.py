@@ -71,7 +71,7 @@ def cut(app: KvlabApp, node: str) -> bool:
 async def proxy_partitions(cluster: Cluster) -> dict[str, str | None]:
     """Each node's `partitioned` field in the proxy's own `GET /cluster`."""
     async with AsyncKV(cluster.url) as kv:
-        return {n["name"]: n["partitioned"] for n in (await kv.cluster())["nodes"]}
+        return {n.name: n.partitioned for n in (await kv.cluster()).nodes}
 
 
 async def test_kill_and_restart_from_the_dashboard(cluster: Cluster) -> None:
