@@ -35,7 +35,21 @@ from collections.abc import Sequence
 import msgspec
 
 from kvlab.core.hashtree import BRANCHES, PER_BRANCH
-from kvlab.core.messages import Message, Reply, Report, TreeReply, TreeRequest
+from kvlab.core.messages import (
+    HintRequest,
+    KeysReply,
+    KeysRequest,
+    Message,
+    Purge,
+    Push,
+    ReadReply,
+    ReadRequest,
+    Reply,
+    Report,
+    TreeReply,
+    TreeRequest,
+    WriteRequest,
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _messages = msgspec.msgpack.Decoder(list[Message])
@@ -45,6 +59,38 @@ _replies = msgspec.msgpack.Decoder(list[Reply | Report])
 def encode(messages: Sequence[Message]) -> bytes:
     """One frame holding `messages`, in order."""
     return _encoder.encode(messages)
+
+
+# What a message costs in a frame besides its keys and values (tags, numbers, versions), and
+# what an entry of a key list costs besides its key: estimates, rounded up. Frames are cut by
+# these weights (`kvlab.net.framing`), which only need to keep a frame well under the
+# node's limit; values are nearly all of a big frame.
+OVERHEAD = 48
+_ENTRY = 32
+_RECORDS = (KeysReply, Push)
+_MANY = (KeysReply, Push, KeysRequest, Purge)
+
+
+def weight(message: Message) -> int:
+    """About how many bytes `message` takes in a frame (keys counted in characters)."""
+    # Each request a coordinator sends and each reply a node sends is weighed, so the common
+    # kinds are told apart first, by identity (a tuple's `in` costs more).
+    cls = message.__class__
+    if cls is WriteRequest or cls is ReadReply or cls is HintRequest:
+        record = message.record  # type: ignore[union-attr]
+        if record is None:  # a read reply for a key never heard of
+            return OVERHEAD
+        value = record.value
+        return OVERHEAD + len(record.key) + (0 if value is None else len(value))
+    if cls is ReadRequest:
+        return OVERHEAD + len(message.key)  # type: ignore[union-attr]
+    if cls in _MANY:
+        if cls in _RECORDS:
+            return OVERHEAD + sum(OVERHEAD + len(r.key) + (0 if r.value is None else len(r.value))
+                                  for r in message.records)  # type: ignore[union-attr]
+        entries = message.entries  # type: ignore[union-attr]
+        return OVERHEAD + sum(_ENTRY + len(key) for key, _ in entries)
+    return OVERHEAD
 
 
 def decode(frame: bytes) -> list[Message]:

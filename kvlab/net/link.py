@@ -8,7 +8,10 @@ sender can tell its state machine. Two kinds:
   committer's control messages (ring updates, pings, stream orders) out; replies back,
   matched by number, and reports (pongs, stream progress). If the socket breaks, every
   request in flight on it is reported lost. Each time the socket opens, `on_connected`
-  runs before anything else can be sent on it (the node must hear the ring first).
+  runs before anything else can be sent on it (the node must hear the ring first). A
+  request that waited in the queue longer than an operation may last (`max_wait_s`, the
+  coordinator's timeout) is dropped unsent: its operation has timed out, and sending it
+  would only slow down the requests behind it (big writes at overload did exactly that).
 - `PeerLink`, a node's link to another node (`/replica?from=<me>`): replica-to-replica
   messages one way. The peer answers on its own link back, so nothing is expected in return
   here, and a message lost with a socket is the replica's to time out.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from urllib.parse import quote
@@ -56,6 +60,7 @@ class Link:
                                                f"?from={quote(sender, safe='')}")
         self._session = session
         self._retry_max_s = retry_max_s
+        self._max_wait_s = math.inf  # how long a message may wait for its frame
         self._writer: FrameWriter[Message] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task | None = None
@@ -108,7 +113,9 @@ class Link:
                 delay = min(delay * 2, self._retry_max_s)
                 continue
             delay = RETRY_MIN_S
-            self._ws, self._writer, self.state = ws, FrameWriter(ws, codec.encode), UP
+            writer = FrameWriter(ws, codec.encode, codec.weight, prune=self._prune,
+                                 max_wait_s=self._max_wait_s)
+            self._ws, self._writer, self.state = ws, writer, UP
             self.connects += 1
             try:
                 self._up()  # synchronously: nothing else can be queued on the socket before
@@ -125,6 +132,10 @@ class Link:
                 self._ws, self._writer, self.state = None, None, DOWN
                 self._down()
                 await ws.close()
+
+    def _prune(self, queue: list[Message]) -> list[Message]:
+        """What is still worth sending of `queue`, which waited past `max_wait_s` (a hook)."""
+        return queue
 
     def _up(self) -> None:
         """The socket is open, and nothing was sent on it yet (a hook)."""
@@ -148,14 +159,16 @@ class ReplicaLink(Link):
                  on_replies: Callable[[str, list[Reply]], None],
                  on_lost: Callable[[str, list[int], str], None],
                  on_reports: Callable[[str, list[Report]], None],
-                 on_connected: Callable[[str], None]) -> None:
+                 on_connected: Callable[[str], None], max_wait_s: float = math.inf) -> None:
         super().__init__(name, url, session)
+        self._max_wait_s = max_wait_s
         self._on_replies = on_replies
         self._on_lost = on_lost
         self._on_reports = on_reports
         self._on_connected = on_connected
-        self._inflight: dict[int, float] = {}
+        self._inflight: dict[int, float] = {}  # request -> when it was queued
         self.replies = 0
+        self.expired = 0  # requests dropped unsent, their operation over
         # Round trips in seconds: every one goes into `latency` (for /metrics), in batches:
         # a reply costs one append, and `_frame` folds the list in once it holds a window.
         # The window before is kept for `p99_ms`.
@@ -215,6 +228,22 @@ class ReplicaLink(Link):
         self.replies += len(replies)
         if replies:
             self._on_replies(self.name, replies)  # type: ignore[arg-type]
+
+    def _prune(self, queue: list[Message]) -> list[Message]:
+        # Not reported lost: the operation's own timer gives it its outcome (a timeout),
+        # and has fired already, or is due in this very loop turn.
+        cutoff = time.perf_counter() - self._max_wait_s
+        inflight = self._inflight
+        kept = []
+        for message in queue:
+            req = getattr(message, "req", None)  # control messages have none
+            queued = None if req is None else inflight.get(req)
+            if queued is not None and queued < cutoff:
+                del inflight[req]
+                self.expired += 1
+            else:
+                kept.append(message)
+        return kept
 
     def _up(self) -> None:
         self._on_connected(self.name)

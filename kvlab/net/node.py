@@ -71,7 +71,7 @@ from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net import codec
 from kvlab.net.args import name_url, on_off
 from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, bearer, secret_from_env
-from kvlab.net.framing import FrameWriter
+from kvlab.net.framing import MAX_FRAME, FrameWriter
 from kvlab.net.link import PeerLink
 from kvlab.net.runner import serve
 from kvlab.storage.sqlite import SqliteStore, is_corruption
@@ -81,7 +81,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_FRAME = 64 * 1024 * 1024
 # A coordinator connection's name, as the replica knows it: unique per connection, and
 # never a node's name (a node name with '#' is refused).
 COORDINATOR = "coordinator#"
@@ -439,7 +438,7 @@ async def replica_channel(request: web.Request) -> web.StreamResponse:
     node.channels.add(ws)
     if peer is None:
         src = node.connection_name()
-        writer: FrameWriter[Message] | None = FrameWriter(ws, codec.encode)
+        writer: FrameWriter[Message] | None = FrameWriter(ws, codec.encode, codec.weight)
         node.coordinators[src] = writer
     else:
         src, writer = peer, None
