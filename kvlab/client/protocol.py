@@ -247,6 +247,8 @@ class ProxyInfo(msgspec.Struct, **_STRUCT):
     high_water_ms: int
     down: list[str]  # nodes the failure detector holds down
     clock_offset_ms: int
+    overloaded: int = 0  # requests answered 503 overloaded
+    value_bytes_in_flight: int = 0  # of writes waiting for their outcome
 
 
 class NodeInfo(msgspec.Struct, **_STRUCT):
@@ -266,6 +268,8 @@ class NodeInfo(msgspec.Struct, **_STRUCT):
     last_error: str | None
     p99_ms: float | None  # replica round trips, over the last 2,048
     healing: HealingInfo | None  # None: the node is down or slow to answer
+    connects: int = 0  # times its link connected
+    expired: int = 0  # requests dropped unsent: queued past their operation's timeout
 
 
 class RingInfo(msgspec.Struct, **_STRUCT):

@@ -1,4 +1,5 @@
-"""How a failed quorum reads in the proxy's HTTP API: 503 or 504 with the replicas' story."""
+"""How a failed quorum reads in the proxy's HTTP API: 503 or 504 with the replicas' story;
+and a request the proxy has no room for: 503 overloaded."""
 
 from __future__ import annotations
 
@@ -31,3 +32,9 @@ def quorum_error(outcome: Outcome) -> HttpError:
     return HttpError(504, "timeout",
                      f"{verb} timed out: {got} of {outcome.needed} replicas answered; "
                      f"silent: {', '.join(outcome.pending)}", **details)
+
+
+def overloaded(message: str, retry_after_s: int) -> HttpError:
+    """503 `overloaded`: the proxy has as much work in flight as it takes; come back later."""
+    return HttpError(503, "overloaded", f"the proxy is overloaded: {message}; retry after "
+                     f"{retry_after_s}s", headers={"Retry-After": str(retry_after_s)})

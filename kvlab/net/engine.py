@@ -28,6 +28,8 @@ from kvlab.net.link import ReplicaLink
 
 logger = logging.getLogger(__name__)
 
+WRITE = OpKind.WRITE
+
 
 def now_ms() -> int:
     """The wall clock in milliseconds: what versions are stamped with."""
@@ -66,6 +68,8 @@ class Engine:
         self._waiting: dict[int, asyncio.Future[Outcome]] = {}
         # op kind -> status -> operations that ended so, for /cluster and /metrics
         self.outcomes: dict[str, dict[str, int]] = {kind: {} for kind in OpKind}
+        # Bytes of the values of writes waiting for their outcome: what admission bounds.
+        self.value_bytes = 0
         # Deadlines of every operation behind a single loop timer, far cheaper than a
         # TimerHandle per operation (nearly all of them find the op long done). They are
         # grouped by millisecond, rounded up: an op costs one append to its millisecond's
@@ -76,6 +80,11 @@ class Engine:
         self._ticks: list[int] = []  # heap of the keys of `_due`
         self._timer: asyncio.TimerHandle | None = None
         self._timer_tick = 0
+
+    @property
+    def pending(self) -> int:
+        """Operations started and not answered yet."""
+        return len(self._waiting)
 
     # Operations. Each returns a future of its outcome rather than being a coroutine: every
     # level of coroutine between a request handler and the future is walked again on each
@@ -90,8 +99,10 @@ class Engine:
 
         `sloppy`: hints kept on fallback nodes count toward W.
         """
-        return self._start(*self.coordinator.write(key, value, self.now_ms(), w=w,
-                                                   sloppy=sloppy))
+        op, effects = self.coordinator.write(key, value, self.now_ms(), w=w, sloppy=sloppy)
+        if value is not None:
+            self.value_bytes += len(value)  # given back by its outcome (its record's value)
+        return self._start(op, effects)
 
     def inspect(self, key: str) -> asyncio.Future[Outcome]:
         return self._start(*self.coordinator.inspect(key, self.now_ms()))
@@ -210,6 +221,10 @@ class Engine:
                     outcome = effect.outcome
                     counts = self.outcomes[outcome.kind]
                     counts[outcome.status] = counts.get(outcome.status, 0) + 1
+                    if outcome.kind == WRITE:
+                        record = outcome.record
+                        if record is not None and record.value is not None:
+                            self.value_bytes -= len(record.value)
                     future = self._waiting.pop(outcome.op, None)
                     # Every operation ends in exactly one Done; its future can only have been
                     # cancelled by whoever awaited it giving up.

@@ -29,6 +29,7 @@ import inspect
 import ipaddress
 import os
 import resource
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -65,11 +66,13 @@ from kvlab.core.record import Record
 from kvlab.core.ring import DEFAULT_VNODES, Ring
 from kvlab.core.topology import Topology
 from kvlab.core.version import MAX_AHEAD_MS
-from kvlab.net.api_errors import quorum_error
+from kvlab.net.admission import Admission
+from kvlab.net.api_errors import overloaded, quorum_error
 from kvlab.net.args import name_url, on_off
 from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, bearer, secret_from_env
 from kvlab.net.clock_state import ClockState, ClockStateError
 from kvlab.net.engine import Engine, wall_clock
+from kvlab.net.framing import MAX_VALUE
 from kvlab.net.http import (
     MAX_CONNECTIONS,
     REQUEST_TIMEOUT_S,
@@ -95,8 +98,13 @@ STATS_TIMEOUT = aiohttp.ClientTimeout(total=0.5)
 
 @dataclass(frozen=True)
 class Limits:
+    """Sizes a request may have; operations and bytes of values being written that the
+    proxy takes on at once (see `kvlab.net.admission`)."""
+
     max_key: int = 1024
     max_value: int = 1024 * 1024
+    max_inflight: int = 4096
+    max_inflight_bytes: int = 8 * 1024 * 1024
 
 
 class Proxy:
@@ -136,6 +144,7 @@ class Proxy:
         self.clock_state = (None if state_dir is None
                             else ClockState(state_dir, coordinator.clock, self.engine.now_ms))
         self.session: aiohttp.ClientSession | None = None
+        self.admission = Admission(limits.max_inflight, limits.max_inflight_bytes)
         self.listening: tuple[str, int] | None = None  # (host, port) of its own server
         self.server: HttpServer | None = None
         self._registry: CollectorRegistry | None = None  # made at the first scrape
@@ -178,8 +187,11 @@ class Proxy:
         engine = self.engine
         if name in engine.links:  # a node back under its old name before its link closed
             engine.close_link(name)
+        # A request still queued for its frame after an operation's whole timeout is
+        # dropped: its operation is over.
         link = ReplicaLink(name, url, self.session, engine.on_replies, engine.on_lost,
-                           engine.on_reports, engine.on_connected)
+                           engine.on_reports, engine.on_connected,
+                           max_wait_s=self.coordinator.timeout_ms / 1000)
         engine.links[name] = link
         link.start()
 
@@ -273,6 +285,21 @@ def _text(value: bytes) -> str:
 # operation and names the function that turns the outcome into the answer.
 
 
+def _admit(proxy: Proxy, body: int) -> None:
+    """Refuse the request (503 overloaded) if the proxy has as much in flight as it takes;
+    `body`: the bytes of the value a write carries (0 for a read or a delete)."""
+    engine = proxy.engine
+    admission = proxy.admission
+    if not admission.admits(engine.pending, engine.value_bytes, body):
+        retry_after = admission.refuse(time.monotonic(), sum(engine.served.values()))
+        if engine.pending >= admission.max_inflight:
+            why = f"{engine.pending} operations in flight (the limit is {admission.max_inflight})"
+        else:
+            why = (f"{engine.value_bytes} bytes of values being written (the limit is "
+                   f"{admission.max_inflight_bytes})")
+        raise overloaded(why, retry_after)
+
+
 def _read(proxy: Proxy, request: Request, key: str, answer: Callable[[Outcome], Response]
           ) -> Later:
     return Later(proxy.engine.read(key, r=_quorum_override(proxy, request, "r")), answer)
@@ -304,6 +331,7 @@ def _written(outcome: Outcome) -> Outcome:
 
 
 def compat_set(proxy: Proxy, request: Request) -> Later:
+    _admit(proxy, len(request.body))  # before the work of parsing a body it may refuse
     try:
         body = orjson.loads(request.body)
     except orjson.JSONDecodeError:
@@ -318,10 +346,12 @@ def compat_set(proxy: Proxy, request: Request) -> Later:
 
 
 def compat_get(proxy: Proxy, request: Request) -> Later:
+    _admit(proxy, 0)
     return _read(proxy, request, _query_key(proxy, request), _compat_value)
 
 
 def compat_delete(proxy: Proxy, request: Request) -> Later:
+    _admit(proxy, 0)
     return _write(proxy, request, _query_key(proxy, request), None, _compat_ok)
 
 
@@ -337,16 +367,19 @@ def _compat_value(outcome: Outcome) -> Response:
 
 
 def rest_get(proxy: Proxy, request: Request) -> Later:
+    _admit(proxy, 0)
     return _read(proxy, request, _path_key(proxy, request), _rest_value)
 
 
 def rest_put(proxy: Proxy, request: Request) -> Later:
+    _admit(proxy, len(request.body))
     key = _path_key(proxy, request)
     value = _check_value(proxy, request.body)
     return _write(proxy, request, key, value, _rest_written)
 
 
 def rest_delete(proxy: Proxy, request: Request) -> Later:
+    _admit(proxy, 0)
     return _write(proxy, request, _path_key(proxy, request), None, _rest_written)
 
 
@@ -438,7 +471,8 @@ async def cluster(proxy: Proxy, request: Request) -> Response:
             joining=link.name in after and link.name not in before,
             partitioned=link.partitioned, sent=link.sent,
             replies=link.replies, errors=link.errors, last_error=link.last_error,
-            p99_ms=link.p99_ms(), healing=heal,
+            p99_ms=link.p99_ms(), healing=heal, connects=link.connects,
+            expired=link.expired,
         ))
     return typed_response(ClusterInfo(
         proxy=ProxyInfo(name=proxy.name, pid=os.getpid(),
@@ -446,7 +480,9 @@ async def cluster(proxy: Proxy, request: Request) -> Response:
                         pending_ops=coord.pending_ops(), hints_sent=coord.hints_sent,
                         restamped=coord.restamped, high_water_ms=coord.clock.high_water_ms,
                         # the nodes it does not ask (held down at the last heartbeat tick)
-                        down=sorted(coord.down), clock_offset_ms=proxy.clock_offset_ms),
+                        down=sorted(coord.down), clock_offset_ms=proxy.clock_offset_ms,
+                        overloaded=proxy.admission.refused,
+                        value_bytes_in_flight=proxy.engine.value_bytes),
         n=q.n, r=q.r, w=q.w, vnodes=coord.ring.vnodes, timeout_ms=coord.timeout_ms,
         hints=coord.hints, sloppy=proxy.sloppy, nodes=nodes,
         membership=msgspec.convert(view, MembershipInfo),
@@ -764,7 +800,18 @@ def main(argv: list[str] | None = None) -> None:
                              "silent for about 7 intervals is suspect, for about 18.5 down "
                              "(0.7 s and 1.85 s at the default: %(default)s)")
     parser.add_argument("--max-key", type=int, default=Limits.max_key)
-    parser.add_argument("--max-value", type=int, default=Limits.max_value)
+    parser.add_argument("--max-value", type=int, default=Limits.max_value,
+                        metavar="BYTES",
+                        help=f"the largest value; at most {MAX_VALUE}, half the largest "
+                             f"frame a node takes (default: %(default)s)")
+    parser.add_argument("--max-inflight", type=int, default=Limits.max_inflight, metavar="N",
+                        help="operations in flight at once; beyond, requests are answered "
+                             "503 overloaded (default: %(default)s)")
+    parser.add_argument("--max-inflight-bytes", type=int, default=Limits.max_inflight_bytes,
+                        metavar="BYTES",
+                        help="bytes of values being written at once; beyond, writes are "
+                             "answered 503 overloaded (a write alone always gets in) "
+                             "(default: %(default)s)")
     parser.add_argument("--hints", type=on_off, default=True, metavar="on|off",
                         help="keep a write a primary missed as a hint on a fallback node "
                              "(default: on)")
@@ -807,13 +854,19 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--sloppy counts hints toward W: it needs --hints on")
     if args.heartbeat_ms < 1:
         parser.error("--heartbeat-ms must be at least 1")
+    if not 1 <= args.max_value <= MAX_VALUE:
+        parser.error(f"--max-value must be from 1 to {MAX_VALUE}: a value travels to the "
+                     f"nodes in one frame")
+    if args.max_inflight < 1 or args.max_inflight_bytes < 1:
+        parser.error("--max-inflight and --max-inflight-bytes must be at least 1")
     names = [name for name, _ in args.node]
     if len(set(names)) != len(names):
         parser.error("a --node name is given twice")
     quorum = Quorum(args.replicas, args.read_quorum, args.write_quorum)
     os.umask(0o077)  # the clock and ring it keeps in --state: its owner's only
     proxy = Proxy(args.name, dict(args.node), quorum, args.vnodes, args.timeout_ms,
-                  Limits(args.max_key, args.max_value), hints=args.hints, sloppy=args.sloppy,
+                  Limits(args.max_key, args.max_value, args.max_inflight,
+                         args.max_inflight_bytes), hints=args.hints, sloppy=args.sloppy,
                   max_ahead_ms=round(args.max_clock_ahead * 1000),
                   clock_offset_ms=args.clock_offset_ms, state_dir=args.state,
                   heartbeat_ms=args.heartbeat_ms, secret=secret_from_env(),
