@@ -117,6 +117,11 @@ class ProxyCollector(Collector):
                        "replica held.", coord.restamped)
         yield _gauge("kvlab_operations_pending", "Client operations in progress.",
                      coord.pending_ops())
+        yield _counter("kvlab_requests_overloaded", "Requests answered 503 overloaded: the "
+                       "proxy had as much in flight as it takes.", proxy.admission.refused)
+        yield _gauge("kvlab_write_bytes_in_flight", "Bytes of the values of writes waiting "
+                     "for their outcome (what --max-inflight-bytes bounds).",
+                     engine.value_bytes)
         yield _gauge("kvlab_ring_version", "Version of the ring the proxy committed to.",
                      membership.topology.version)
         yield _gauge("kvlab_membership_change_active",
@@ -133,7 +138,9 @@ class ProxyCollector(Collector):
                 ("kvlab_link_replies", "Replies received from the node.", "replies"),
                 ("kvlab_link_errors", "Times the node's link failed or could not connect.",
                  "errors"),
-                ("kvlab_link_connects", "Times the node's link connected.", "connects")):
+                ("kvlab_link_connects", "Times the node's link connected.", "connects"),
+                ("kvlab_link_requests_expired", "Requests dropped unsent: they waited for "
+                 "their frame longer than an operation's timeout.", "expired")):
             yield _labelled(CounterMetricFamily(name, doc, labels=["node"]),
                             (([link.name], getattr(link, field)) for link in links))
         yield _labelled(GaugeMetricFamily("kvlab_link_up", "1 if the node's link is "
