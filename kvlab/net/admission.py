@@ -10,7 +10,7 @@ let in, whatever its size.
 
 `Retry-After` is 1 s while the proxy refuses fewer requests than it answers. A refused client
 that comes back costs the proxy its request again (a 1 MiB body is read each time: 300 clients
-retrying every second cut the goodput to a third), so while refusals outnumber answers it
+retrying every second cut the goodput by half), so while refusals outnumber answers it
 doubles, up to `MAX_RETRY_AFTER_S`, and halves back once they are fewer than half the answers
 (1 again after a quiet spell). It is judged over a window as long as itself: the clients
 told to wait that long are back within it.
