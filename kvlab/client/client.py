@@ -6,9 +6,10 @@
     kv.get("user:1")            # 'alice'; None if the key does not exist
 
 Both raise `Unavailable` when the cluster can't answer, never report it as a missing key.
-Given the cluster's `secret` (the "secret" in its cluster.json), they show it on every
-request: the routes that change the ring or break links need it, and so does the data API
-of a cluster started with `kvlab up --protect-data`.
+Given the cluster's `secret` (the "secret" in its cluster.json), they show a proof of it on
+every request (`kvlab.net.auth.proof`, never the secret: whoever listens on the URL's port
+while the proxy is down hears it): the routes that change the ring or break links need it,
+and so does the data API of a cluster started with `kvlab up --protect-data`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from kvlab.client.protocol import (
     stats_call,
     write_result,
 )
+from kvlab.net.auth import proof
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Reopen a connection idle for longer than this: well under aiohttp's 75 s keep-alive.
@@ -71,7 +73,6 @@ class KV:
         self._host, self._port = parts.hostname, parts.port or 80
         self._timeout = timeout
         self.secret = secret
-        self._headers = _auth(secret)
         self._conn: http.client.HTTPConnection | None = None
         self._used = 0.0
 
@@ -88,7 +89,7 @@ class KV:
             sent = False
             try:
                 self._conn.request(call.method, call.path, body=call.body,
-                                   headers=self._headers)
+                                   headers=proof(self.secret, self._port))
                 sent = True
                 response = self._conn.getresponse()
                 return response.status, response.headers, response.read()
@@ -194,18 +195,18 @@ class AsyncKV:
     def __init__(self, url: str = DEFAULT_URL, timeout: float = 5.0,
                  secret: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self._port = urlsplit(url).port or 80
         self._timeout = _aiohttp().ClientTimeout(total=timeout)
         self.secret = secret
-        self._headers = _auth(secret)
         self._session: aiohttp.ClientSession | None = None
 
     async def _send(self, call: Call) -> tuple[int, dict, bytes]:
         if self._session is None:
-            self._session = _aiohttp().ClientSession(timeout=self._timeout,
-                                                     headers=self._headers)
+            self._session = _aiohttp().ClientSession(timeout=self._timeout)
         try:
-            async with self._session.request(call.method, self.url + call.path,
-                                             data=call.body) as response:
+            async with self._session.request(call.method, self.url + call.path, data=call.body,
+                                             headers=proof(self.secret, self._port)
+                                             ) as response:
                 return response.status, response.headers, await response.read()
         except (_aiohttp().ClientError, TimeoutError) as exc:
             raise Unavailable(f"proxy at {self.url} is unreachable: "
@@ -276,10 +277,6 @@ class AsyncKV:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _auth(secret: str | None) -> dict[str, str]:
-    return {} if secret is None else {"Authorization": f"Bearer {secret}"}
 
 
 def _aiohttp():

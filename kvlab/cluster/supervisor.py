@@ -205,7 +205,7 @@ class Cluster:
     def _locked(self) -> Iterator[None]:
         # Several commands (a dashboard, `kvlab restart` in another terminal) may record
         # PIDs at once: they take turns, or one would overwrite the other's and orphan it.
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _own_folder(self.dir)
         fd = os.open(self.dir / "cluster.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -346,7 +346,7 @@ class Cluster:
             ports = ", ".join(f"{m.port} ({m.name})" for m in busy)
             raise ClusterError(f"port {ports} is in use by another program; pick other ports "
                                f"with --port (nodes use the ports after the proxy's)")
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # its data: its owner's only
+        _own_folder(self.dir)
         try:
             # A node still leaving when the cluster stopped starts too: the proxy resumes
             # the move from the topology it kept, and the node is a source of it.
@@ -859,6 +859,13 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _own_folder(folder: Path) -> None:
+    """Make the cluster's folder, or close an existing one to other users: one made by a
+    kvlab before secrets is 0755, over databases and logs that are 0644."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+
+
 def _on_off(flag: bool) -> str:
     return "on" if flag else "off"
 
@@ -916,7 +923,7 @@ def _starting(name: str) -> Iterator[None]:
     """
     folder = cluster_dir(name)
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # its data: its owner's only
+        _own_folder(folder)
         lock = os.fdopen(os.open(folder / "up.lock", os.O_RDWR | os.O_CREAT | os.O_APPEND,
                                  0o600), "a+")
     except OSError as exc:

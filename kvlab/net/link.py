@@ -16,8 +16,9 @@ sender can tell its state machine. Two kinds:
   messages one way. The peer answers on its own link back, so nothing is expected in return
   here, and a message lost with a socket is the replica's to time out.
 
-A link connects with its session's headers, which show the cluster's secret (the node
-refuses a channel without it): the proxy's and the node's sessions carry it.
+Given the cluster's secret, a link shows each connection a fresh `kvlab.net.auth.proof` of it
+(the node refuses a channel without one), never the secret: it reconnects to a node that is
+down, and whoever listens on the port the node left would learn it.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from kvlab.core.messages import REPORTS, Control, Message, Reply, Report, Request
 from kvlab.net import codec
+from kvlab.net.auth import proof
 from kvlab.net.framing import FrameWriter
 from kvlab.net.histogram import Histogram
 
@@ -52,9 +54,12 @@ class Link:
     """One persistent outgoing WebSocket to a node's replica channel."""
 
     def __init__(self, name: str, url: str, session: aiohttp.ClientSession,
-                 sender: str | None = None, retry_max_s: float = RETRY_MAX_S) -> None:
+                 sender: str | None = None, retry_max_s: float = RETRY_MAX_S,
+                 secret: str | None = None) -> None:
         self.name = name
         self.url = url.rstrip("/")
+        self.port = urlsplit(self.url).port or 80
+        self.secret = secret
         # The node tells a peer's connection from a coordinator's by `from`.
         self.ws_url = f"{self.url}/replica" + ("" if sender is None else
                                                f"?from={quote(sender, safe='')}")
@@ -106,6 +111,7 @@ class Link:
             try:
                 ws = await self._session.ws_connect(
                     self.ws_url, max_msg_size=0, heartbeat=HEARTBEAT_S,
+                    headers=proof(self.secret, self.port),
                     timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 self._note_error(f"connect: {exc.__class__.__name__}")
@@ -159,8 +165,9 @@ class ReplicaLink(Link):
                  on_replies: Callable[[str, list[Reply]], None],
                  on_lost: Callable[[str, list[int], str], None],
                  on_reports: Callable[[str, list[Report]], None],
-                 on_connected: Callable[[str], None], max_wait_s: float = math.inf) -> None:
-        super().__init__(name, url, session)
+                 on_connected: Callable[[str], None], max_wait_s: float = math.inf,
+                 secret: str | None = None) -> None:
+        super().__init__(name, url, session, secret=secret)
         self._max_wait_s = max_wait_s
         self._on_replies = on_replies
         self._on_lost = on_lost
@@ -258,10 +265,11 @@ class PeerLink(Link):
     """A node's link to a peer node, for replica-to-replica messages (one way)."""
 
     def __init__(self, name: str, url: str, session: aiohttp.ClientSession, sender: str,
-                 retry_max_s: float = 1.0) -> None:
+                 retry_max_s: float = 1.0, secret: str | None = None) -> None:
         # A peer that is down for long is retried once a second: the replica retries a hint
         # replay no more often than that anyway.
-        super().__init__(name, url, session, sender=sender, retry_max_s=retry_max_s)
+        super().__init__(name, url, session, sender=sender, retry_max_s=retry_max_s,
+                         secret=secret)
         self.unexpected = 0  # frames the peer sent back on this link (it should not)
 
     def send(self, message: Message) -> bool:

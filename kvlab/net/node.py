@@ -19,9 +19,9 @@ Routes:
 - `GET /health`, `GET /stats` (counters, and the replica's healing figures), `GET /metrics`
   (the same figures for Prometheus: `kvlab.net.metrics`).
 
-Given the cluster's secret (`KVLAB_SECRET`, see `kvlab.net.auth`), the node asks it of every
-request but `/health` and `/metrics`, the channel's before its upgrade, and shows it on its
-own links to its peers.
+Given the cluster's secret (`KVLAB_SECRET`, see `kvlab.net.auth`), the node asks it (or a
+proof of it made for its port) of every request but `/health` and `/metrics`, the channel's
+before its upgrade, and shows its own links to its peers a proof.
 
 A database that can't be opened or is found damaged (`kvlab.storage.sqlite.is_corruption`)
 ends the node with status 3, after it wrote why in `failed.json` next to the database: at
@@ -70,7 +70,7 @@ from kvlab.core.topology import Topology
 from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net import codec
 from kvlab.net.args import name_url, on_off
-from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, bearer, secret_from_env
+from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, secret_from_env
 from kvlab.net.framing import MAX_FRAME, FrameWriter
 from kvlab.net.link import PeerLink
 from kvlab.net.runner import serve
@@ -141,7 +141,7 @@ class Node:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(headers=bearer(self.secret))
+        self._session = aiohttp.ClientSession()
         if self._restored:  # the stored membership says who the peers are
             self._apply(self._restored, now_ms())
             self._restored = []
@@ -329,7 +329,7 @@ class Node:
 
     def _open(self, peer: str, url: str) -> None:
         assert self._session is not None
-        link = PeerLink(peer, url, self._session, sender=self.name)
+        link = PeerLink(peer, url, self._session, sender=self.name, secret=self.secret)
         self.links[peer] = link
         link.start()
 
@@ -492,9 +492,11 @@ def _authorized(guard: Guard):
     return authorized
 
 
-def make_app(node: Node) -> web.Application:
+def make_app(node: Node, port: int) -> web.Application:
+    """The node's routes, served on `port` (what a proof of the secret must name); made
+    right before the node listens (a proof made earlier is refused)."""
     app = web.Application(
-        middlewares=[] if node.secret is None else [_authorized(Guard(node.secret))])
+        middlewares=[] if node.secret is None else [_authorized(Guard(node.secret, port))])
     app[NODE] = node
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
@@ -656,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
           f"hints loaded in {node.load_s:.2f}s "
           f"({'from the index kept at stop' if node.indexed else 'from every row'}); "
           f"peers {', '.join(peers) or 'none'}", flush=True)
-    serve(make_app(node), args.host, args.port)
+    serve(make_app(node, args.port), args.host, args.port)
 
 
 if __name__ == "__main__":

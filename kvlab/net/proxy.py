@@ -69,7 +69,7 @@ from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net.admission import Admission
 from kvlab.net.api_errors import overloaded, quorum_error
 from kvlab.net.args import name_url, on_off
-from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, bearer, secret_from_env
+from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, proof, secret_from_env
 from kvlab.net.clock_state import ClockState, ClockStateError
 from kvlab.net.engine import Engine, wall_clock
 from kvlab.net.framing import MAX_VALUE
@@ -115,15 +115,17 @@ class Proxy:
     `clock_offset_ms` shifts the wall clock the coordinator is given (a wrong clock, for
     tests and demos); `state_dir` keeps the clock's high water across restarts;
     `heartbeat_ms` paces the failure detector's pings. `secret`: what the control routes
-    ask of a client (and the data routes too if `protect_data`), and what the proxy shows
-    the nodes; None: nothing is asked (see `kvlab.net.auth`).
+    ask of a client (and the data routes too if `protect_data`), itself or a proof of it
+    made for `port` (where the proxy is about to listen), and what the proxy proves to the
+    nodes; None: nothing is asked (see `kvlab.net.auth`).
     """
 
     def __init__(self, name: str, nodes: dict[str, str], quorum: Quorum, vnodes: int,
                  timeout_ms: int, limits: Limits, *, hints: bool = True, sloppy: bool = False,
                  max_ahead_ms: int = MAX_AHEAD_MS, clock_offset_ms: int = 0,
                  state_dir: Path | None = None, heartbeat_ms: int = 100,
-                 secret: str | None = None, protect_data: bool = False) -> None:
+                 secret: str | None = None, protect_data: bool = False,
+                 port: int | None = None) -> None:
         if sloppy and not hints:
             raise ValueError("a sloppy quorum counts hints: it needs hints on")
         self.name = name
@@ -131,7 +133,7 @@ class Proxy:
         self.sloppy = sloppy
         self.clock_offset_ms = clock_offset_ms
         self.secret = secret
-        self.guard = None if secret is None else Guard(secret)
+        self.guard = None if secret is None else Guard(secret, port)
         self.protect_data = protect_data
         coordinator = Coordinator(name, Ring(tuple(nodes), vnodes), quorum, timeout_ms,
                                   hints=hints, max_ahead_ms=max_ahead_ms)
@@ -191,7 +193,7 @@ class Proxy:
         # dropped: its operation is over.
         link = ReplicaLink(name, url, self.session, engine.on_replies, engine.on_lost,
                            engine.on_reports, engine.on_connected,
-                           max_wait_s=self.coordinator.timeout_ms / 1000)
+                           max_wait_s=self.coordinator.timeout_ms / 1000, secret=self.secret)
         engine.links[name] = link
         link.start()
 
@@ -435,7 +437,8 @@ async def _healing(proxy: Proxy, link: ReplicaLink) -> HealingInfo | None:
             or proxy.membership.health(link.name, proxy.engine.now_ms()) != Health.UP:
         return None  # down, or suspect (heartbeats late): don't wait to find out
     try:
-        async with proxy.session.get(f"{link.url}/stats", timeout=STATS_TIMEOUT) as response:
+        async with proxy.session.get(f"{link.url}/stats", timeout=STATS_TIMEOUT,
+                                     headers=proof(proxy.secret, link.port)) as response:
             if response.status != 200:
                 return None
             body = await response.read()
@@ -742,9 +745,8 @@ async def serve_proxy(proxy: Proxy, host: str, port: int, stopped: asyncio.Event
                       max_connections: int = MAX_CONNECTIONS,
                       request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
     """Open the links to the nodes, serve the API until `stopped`, then close everything."""
-    # The secret goes with every request to a node: the replica channels, and /stats.
-    proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                          headers=bearer(proxy.secret))
+    # Each request to a node (a channel, /stats) shows a proof of the secret made for it.
+    proxy.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     membership = proxy.membership
     for name in membership.watched:  # a --node the ring no longer has is not linked
         proxy.add_link(name, membership.addresses[name])
@@ -870,7 +872,7 @@ def main(argv: list[str] | None = None) -> None:
                   max_ahead_ms=round(args.max_clock_ahead * 1000),
                   clock_offset_ms=args.clock_offset_ms, state_dir=args.state,
                   heartbeat_ms=args.heartbeat_ms, secret=secret_from_env(),
-                  protect_data=args.protect_data)
+                  protect_data=args.protect_data, port=args.port)
     restored = ring = None
     if proxy.clock_state is not None:
         try:

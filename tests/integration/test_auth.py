@@ -6,19 +6,22 @@ hostile local client would; kvlab's own client shows that the secret opens the s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
 
-from kvlab.client import KV, KVError
+from kvlab.client import KV, AsyncKV, KVError
 from kvlab.cluster.ports import free_port_block
+from kvlab.cluster.spec import cluster_dir
 from kvlab.cluster.supervisor import Cluster
-from tests.cluster_helpers import real_cluster, secret
+from tests.cluster_helpers import eventually, real_cluster, secret
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +50,21 @@ def raw(cluster: Cluster, method: str, path: str, body: bytes = b"",
         while len(answer) < int(got.get("content-length", 0)) and (chunk := sock.recv(65536)):
             answer += chunk
     return int(status_line.split()[1]), got, answer
+
+
+def _listen_once_free(host: str, port: int) -> socket.socket:
+    """A socket listening on `port`, once the process killed there has let it go."""
+    bound: list[socket.socket] = []
+
+    def bind() -> bool:
+        try:
+            bound.append(socket.create_server((host, port)))
+        except OSError:
+            return False
+        return True
+
+    eventually(bind, 5, f"port {port} free")
+    return bound[0]
 
 
 def assert_unauthorized(answer: tuple[int, dict[str, str], bytes]) -> None:
@@ -127,6 +145,80 @@ def test_a_node_refuses_its_channel_and_routes_without_the_secret(cluster):
     assert peers == {"n1": "up", "n3": "up"}
 
 
+def test_whoever_takes_a_dead_nodes_port_learns_nothing_it_can_use(cluster):
+    """The proxy and the peers reconnect to a node that is down for as long as it is a
+    member: a local user listening on the port it left heard the secret itself."""
+    node = cluster.nodes[0]
+    cluster.kill(node.name)
+    heard: list[str] = []
+    with _listen_once_free(cluster.spec.host, node.port) as squatter:
+        squatter.settimeout(5)
+        # The proxy's link and both peers' links come knocking within a second or so.
+        while len({h.split(" ", 2)[1] for h in heard}) < 3:
+            conn, _ = squatter.accept()
+            with conn:
+                conn.settimeout(2)
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                    head += chunk
+                heard.append(head.decode("latin-1"))
+    assert all(secret(cluster) not in h for h in heard), heard[0]
+    proofs = [line.split(": ", 1)[1] for h in heard for line in h.split("\r\n")
+              if line.lower().startswith("authorization:")]
+    assert len(proofs) == len(heard)
+    cluster.restart(node.name)
+    # What it heard opens nothing on the node that takes the port back, nor elsewhere.
+    for presented in proofs[:2]:
+        assert_unauthorized(raw(cluster, "GET", "/stats", port=node.port,
+                                headers={"Authorization": presented}))
+        assert_unauthorized(raw(cluster, "GET", "/stats", port=cluster.nodes[1].port,
+                                headers={"Authorization": presented}))
+    with KV(cluster.url) as kv:
+        eventually(lambda: all(n.state == "up" for n in kv.cluster().nodes),
+                   message="the proxy's link to the restarted node")
+    eventually(lambda: json.loads(raw(cluster, "GET", "/health", port=cluster.nodes[1].port)[2])
+               ["peers"]["n1"] == "up", message="the peers' links to the restarted node")
+
+
+def test_whoever_listens_where_the_proxy_was_learns_nothing_it_can_use(cluster):
+    """kvlab's client (the CLI's, the dashboard's) calls the proxy's URL whether the proxy
+    runs or not: `kvlab set` sent the secret to whoever listened there."""
+    heard: list[str] = []
+    with socket.create_server((cluster.spec.host, 0)) as squatter:
+        url = f"http://{cluster.spec.host}:{squatter.getsockname()[1]}"
+
+        def answer_once() -> None:
+            conn, _ = squatter.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                    head += chunk
+                heard.append(head.decode("latin-1"))
+                conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+        async def async_set() -> None:
+            async with AsyncKV(url, secret=secret(cluster)) as kv:
+                await kv.set("k", "v")
+
+        for send in (lambda: KV(url, secret=secret(cluster)).set("k", "v"),
+                     lambda: asyncio.run(async_set())):
+            listener = threading.Thread(target=answer_once)
+            listener.start()
+            with pytest.raises(KVError):
+                send()
+            listener.join(5)
+    assert len(heard) == 2 and all(secret(cluster) not in h for h in heard), heard
+    for h in heard:
+        presented = next(line.split(": ", 1)[1] for line in h.split("\r\n")
+                         if line.lower().startswith("authorization:"))
+        assert_unauthorized(raw(cluster, "DELETE", "/cluster/change",
+                                headers={"Authorization": presented}))
+    # What kvlab's client sends the real proxy opens its doors, as the secret does.
+    with KV(cluster.url, secret=secret(cluster)) as kv:
+        assert kv.partition("n2").partitioned == "both"
+        assert kv.partition("n2", False).partitioned is None
+
+
 def test_the_data_api_is_open_by_default(cluster):
     status, _, body = raw(cluster, "POST", "/set", b'{"key": "open", "value": "v"}')
     assert (status, body) == (200, b"OK")
@@ -171,3 +263,15 @@ def test_what_a_cluster_keeps_on_disk_is_its_owners_alone(cluster):
     loose += [f"{p.relative_to(cluster.dir)}/ {oct(stat.S_IMODE(p.stat().st_mode))}"
               for p in folders if stat.S_IMODE(p.stat().st_mode) != 0o700]
     assert loose == []
+
+
+def test_a_folder_left_open_by_an_older_kvlab_is_closed_by_up(module_home):
+    # An older kvlab made the cluster's folder 0755 and its databases 0644: umask and 0600
+    # only cover the files made now, so the old ones stayed readable by every user.
+    folder = cluster_dir("old")
+    (folder / "n1").mkdir(mode=0o755, parents=True)
+    folder.chmod(0o755)
+    (folder / "n1" / "data.db").write_bytes(b"")
+    (folder / "n1" / "data.db").chmod(0o644)
+    with real_cluster(name="old", nodes=1, replicas=1, read_quorum=1, write_quorum=1):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
