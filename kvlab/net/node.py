@@ -77,7 +77,7 @@ from kvlab.net.runner import serve
 from kvlab.storage.sqlite import SqliteStore, is_corruption
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import CollectorRegistry
+    from kvlab.net.metrics import Exposition
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class Node:
         self._store_failed = False  # a batch failed to commit: the index is not kept then
         self._session: aiohttp.ClientSession | None = None
         self._closing: set[asyncio.Task] = set()  # links to former peers being stopped
-        self._registry: CollectorRegistry | None = None  # made at the first scrape
+        self._exposition: Exposition | None = None  # made at the first scrape
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -358,9 +358,9 @@ class Node:
         """The Prometheus exposition of this node and its content type."""
         from kvlab.net import metrics  # at the first scrape (see kvlab.net.metrics)
 
-        if self._registry is None:
-            self._registry = metrics.registry(metrics.NodeCollector(self))
-        return metrics.render(self._registry, accept)
+        if self._exposition is None:
+            self._exposition = metrics.Exposition(metrics.NodeCollector(self))
+        return self._exposition.render(accept)
 
     def stats(self) -> NodeStats:
         now = now_ms()

@@ -89,7 +89,7 @@ from kvlab.net.ring_state import RingState, RingStateError
 from kvlab.net.runner import run
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import CollectorRegistry
+    from kvlab.net.metrics import Exposition
 
 # /cluster asks every node for its healing counters; one that can't answer this fast is
 # shown without them rather than holding up the dashboard's poll.
@@ -149,7 +149,7 @@ class Proxy:
         self.admission = Admission(limits.max_inflight, limits.max_inflight_bytes)
         self.listening: tuple[str, int] | None = None  # (host, port) of its own server
         self.server: HttpServer | None = None
-        self._registry: CollectorRegistry | None = None  # made at the first scrape
+        self._exposition: Exposition | None = None  # made at the first scrape
 
     @property
     def coordinator(self) -> Coordinator:
@@ -180,9 +180,9 @@ class Proxy:
         """The Prometheus exposition of this proxy and its content type."""
         from kvlab.net import metrics  # at the first scrape (see kvlab.net.metrics)
 
-        if self._registry is None:
-            self._registry = metrics.registry(metrics.ProxyCollector(self))
-        return metrics.render(self._registry, accept)
+        if self._exposition is None:
+            self._exposition = metrics.Exposition(metrics.ProxyCollector(self))
+        return self._exposition.render(accept)
 
     def add_link(self, name: str, url: str) -> None:
         assert self.session is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import pytest
@@ -118,3 +119,21 @@ def test_metrics_are_served_as_openmetrics_when_asked(traffic, where):
     names = {family.name for family in openmetrics(text)}
     assert ("kvlab_http_request_duration_seconds" if where == "proxy"
             else "kvlab_node_writes") in names
+
+
+@pytest.mark.parametrize("where", ["proxy", "node"])
+def test_a_scrape_renders_at_most_once_a_second(traffic, where):
+    """/metrics is open to every client and a render takes milliseconds of the event loop:
+    one client scraping in a loop took another's GETs through the proxy from ~1,000/s to 4/s.
+    """
+    url = traffic.url if where == "proxy" else traffic.nodes[0].url(traffic.spec.host)
+    began = time.monotonic()
+    texts = {scrape(url)[1] for _ in range(20)}  # each scrape is traffic a render would count
+    assert len(texts) <= 2 + (time.monotonic() - began), len(texts)
+    # Two formats, whatever version the scraper names: one text per version asked would grow
+    # without bound.
+    for version in ("1.0.0", "1.0.1", "7.0.0"):
+        content_type, _ = scrape(url, f"application/openmetrics-text; version={version}")
+        assert content_type == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    last = scrape(url)[1]
+    eventually(lambda: scrape(url)[1] != last, 5, "a scrape a second later rendered anew")
