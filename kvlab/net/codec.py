@@ -71,6 +71,14 @@ _RECORDS = (KeysReply, Push)
 _MANY = (KeysReply, Push, KeysRequest, Purge)
 
 
+# The messages worth weighing on their way into a frame: those that carry values, or lists
+# of keys. Any other is at most `LIGHT` bytes: numbers, a ring, and at most one key (of at
+# most `kvlab.net.framing.MAX_KEY` bytes).
+HEAVY = frozenset({WriteRequest, HintRequest, ReadReply, KeysReply, Push, KeysRequest, Purge,
+                   TreeReply})
+LIGHT = 2048
+
+
 def weight(message: Message) -> int:
     """About how many bytes `message` takes in a frame (keys counted in characters)."""
     # Each request a coordinator sends and each reply a node sends is weighed, so the common
@@ -84,6 +92,9 @@ def weight(message: Message) -> int:
         return OVERHEAD + len(record.key) + (0 if value is None else len(value))
     if cls is ReadRequest:
         return OVERHEAD + len(message.key)  # type: ignore[union-attr]
+    if cls is TreeReply:  # numbers only: a branch and its leaf hashes
+        branches = message.leaves  # type: ignore[union-attr]
+        return OVERHEAD + 10 * sum(len(leaves) for _, leaves in branches)
     if cls in _MANY:
         if cls in _RECORDS:
             return OVERHEAD + sum(OVERHEAD + len(r.key) + (0 if r.value is None else len(r.value))

@@ -119,7 +119,8 @@ class Link:
                 delay = min(delay * 2, self._retry_max_s)
                 continue
             delay = RETRY_MIN_S
-            writer = FrameWriter(ws, codec.encode, codec.weight, prune=self._prune,
+            writer = FrameWriter(ws, codec.encode, codec.weight, heavy=codec.HEAVY,
+                                 light=codec.LIGHT, prune=self._prune,
                                  max_wait_s=self._max_wait_s)
             self._ws, self._writer, self.state = ws, writer, UP
             self.connects += 1

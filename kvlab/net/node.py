@@ -438,7 +438,8 @@ async def replica_channel(request: web.Request) -> web.StreamResponse:
     node.channels.add(ws)
     if peer is None:
         src = node.connection_name()
-        writer: FrameWriter[Message] | None = FrameWriter(ws, codec.encode, codec.weight)
+        writer: FrameWriter[Message] | None = FrameWriter(
+            ws, codec.encode, codec.weight, heavy=codec.HEAVY, light=codec.LIGHT)
         node.coordinators[src] = writer
     else:
         src, writer = peer, None

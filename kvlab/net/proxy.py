@@ -72,7 +72,7 @@ from kvlab.net.args import name_url, on_off
 from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, proof, secret_from_env
 from kvlab.net.clock_state import ClockState, ClockStateError
 from kvlab.net.engine import Engine, wall_clock
-from kvlab.net.framing import MAX_VALUE
+from kvlab.net.framing import MAX_KEY, MAX_VALUE
 from kvlab.net.http import (
     MAX_CONNECTIONS,
     REQUEST_TIMEOUT_S,
@@ -801,7 +801,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the failure detector pings every node this often; a node "
                              "silent for about 7 intervals is suspect, for about 18.5 down "
                              "(0.7 s and 1.85 s at the default: %(default)s)")
-    parser.add_argument("--max-key", type=int, default=Limits.max_key)
+    parser.add_argument("--max-key", type=int, default=Limits.max_key, metavar="BYTES",
+                        help=f"the longest key; at most {MAX_KEY} (default: %(default)s)")
     parser.add_argument("--max-value", type=int, default=Limits.max_value,
                         metavar="BYTES",
                         help=f"the largest value; at most {MAX_VALUE}, half the largest "
@@ -856,6 +857,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--sloppy counts hints toward W: it needs --hints on")
     if args.heartbeat_ms < 1:
         parser.error("--heartbeat-ms must be at least 1")
+    if not 1 <= args.max_key <= MAX_KEY:
+        parser.error(f"--max-key must be from 1 to {MAX_KEY}")
     if not 1 <= args.max_value <= MAX_VALUE:
         parser.error(f"--max-value must be from 1 to {MAX_VALUE}: a value travels to the "
                      f"nodes in one frame")
