@@ -176,7 +176,8 @@ def pipelined_bodies(port: int) -> str:
 
     def send(sock: socket.socket) -> None:
         try:
-            sock.sendall(request * 40)
+            for _ in range(40):
+                sock.sendall(request)
         except OSError:
             pass
 
