@@ -494,10 +494,12 @@ class _Connection(asyncio.Protocol):
         version = "1.1" if keep_alive and "connection" not in headers \
             else parser.get_http_version()
         self._version = version
-        # One test for the common case; the exact checks when something may be wrong.
+        # One test for the common case, the exact checks when something may be wrong: a
+        # head that came whole in a chunk of at most `whole_head` bytes is within the limits
+        # of its target and its size (not of its count).
         if version != "1.1" or "host" not in headers or "transfer-encoding" in headers \
-                or len(self._url) > server.max_url or len(headers) > server.max_headers \
-                or self._chunk > server.max_head or self._carried >= 0:
+                or self._chunk > server.whole_head or self._carried >= 0 \
+                or len(headers) > server.max_headers:
             self._check_head(version)
         length = headers.get("content-length")
         too_large = length is not None and length.isdigit() and int(length) > self._server.max_body
@@ -904,6 +906,7 @@ class HttpServer:
         self.max_connections = max_connections
         self.max_url = max_url
         self.max_head = max_head
+        self.whole_head = min(max_url, max_head)  # a chunk this small holds no head too big
         self.max_headers = max_headers
         self.max_queued = max_queued
         self.max_queued_total = max_queued_total
