@@ -11,7 +11,10 @@ send the secret itself: they call a port that may have been left by a stopped pr
 link reconnects to a node for as long as it is a member), and any local user may listen
 there. They send a proof instead, `Authorization: Kvlab <time> <HMAC of the port and the
 time>`, accepted only by a server on that port that began listening before that time:
-whoever held the port then can use it nowhere (see `proof`).
+whoever held the port then can use it nowhere (see `proof`). A node answers a link's proof
+with one of its own (`answer`), first thing on the channel, and the link takes nothing from
+a channel without it: whoever listens where a node was can't play that node (take its
+writes, answer reads with records of its own, report a stream done).
 """
 
 from __future__ import annotations
@@ -38,6 +41,19 @@ def proof(secret: str | None, port: int) -> dict[str, str]:
         return {}
     made = time.time_ns() // 1000
     return {"Authorization": f"Kvlab {made} {_mac(secret.encode(), port, made)}"}
+
+
+def answer(secret: str, header: str) -> str:
+    """What a server that took the proof in `header` answers, to show that it has the
+    secret too: only for that proof."""
+    return hmac.new(secret.encode(), f"answer {header}".encode("latin-1", "replace"),
+                    hashlib.sha256).hexdigest()
+
+
+def answered(secret: str, header: str, reply: str) -> bool:
+    """Whether `reply` is the server's `answer` to the proof in `header`."""
+    return hmac.compare_digest(reply.encode("latin-1", "replace"),
+                               answer(secret, header).encode())
 
 
 def _mac(key: bytes, port: int, made: int) -> str:

@@ -18,7 +18,8 @@ sender can tell its state machine. Two kinds:
 
 Given the cluster's secret, a link shows each connection a fresh `kvlab.net.auth.proof` of it
 (the node refuses a channel without one), never the secret: it reconnects to a node that is
-down, and whoever listens on the port the node left would learn it.
+down, and whoever listens on the port the node left would learn it. The node's answer to it
+is the channel's first message; a channel without it is closed before it is used.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import aiohttp
 
 from kvlab.core.messages import REPORTS, Control, Message, Reply, Report, Request
 from kvlab.net import codec
-from kvlab.net.auth import proof
+from kvlab.net.auth import answered, proof
 from kvlab.net.framing import FrameWriter
 from kvlab.net.histogram import Histogram
 
@@ -48,6 +49,7 @@ LATENCY_WINDOW = 2048
 # about this long. Whether the node is *believed* down is the failure detector's call
 # (kvlab.core.detector), much sooner; this only frees the socket.
 HEARTBEAT_S = 2.0
+ANSWER_WAIT_S = 2.0  # for the node's answer to the link's proof of the secret
 
 
 class Link:
@@ -108,13 +110,19 @@ class Link:
     async def _run(self) -> None:
         delay = RETRY_MIN_S
         while True:
+            presented = proof(self.secret, self.port)
             try:
                 ws = await self._session.ws_connect(
-                    self.ws_url, max_msg_size=0, heartbeat=HEARTBEAT_S,
-                    headers=proof(self.secret, self.port),
+                    self.ws_url, max_msg_size=0, heartbeat=HEARTBEAT_S, headers=presented,
                     timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 self._note_error(f"connect: {exc.__class__.__name__}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            if presented and not await _answered(ws, self.secret, presented["Authorization"]):
+                await ws.close()
+                self._note_error("not the node: no answer to the proof of the secret")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
                 continue
@@ -157,6 +165,17 @@ class Link:
         if self.state == UP or self.last_error is None:
             self.errors += 1
         self.last_error = text
+
+
+async def _answered(ws: aiohttp.ClientWebSocketResponse, secret: str | None,
+                    presented: str) -> bool:
+    """Whether the channel's first message is the node's answer to the proof `presented`."""
+    assert secret is not None
+    try:
+        msg = await ws.receive(timeout=ANSWER_WAIT_S)
+    except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
+        return False
+    return msg.type == aiohttp.WSMsgType.TEXT and answered(secret, presented, msg.data)
 
 
 class ReplicaLink(Link):

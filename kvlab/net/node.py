@@ -70,7 +70,7 @@ from kvlab.core.topology import Topology
 from kvlab.core.version import MAX_AHEAD_MS
 from kvlab.net import codec
 from kvlab.net.args import name_url, on_off
-from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, secret_from_env
+from kvlab.net.auth import MESSAGE, UNAUTHORIZED, Guard, answer, secret_from_env
 from kvlab.net.framing import MAX_FRAME, FrameWriter
 from kvlab.net.link import PeerLink
 from kvlab.net.runner import serve
@@ -435,6 +435,10 @@ async def replica_channel(request: web.Request) -> web.StreamResponse:
                                      f"coordinator connections)")
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
     await ws.prepare(request)
+    presented = request.headers.get("Authorization", "")
+    if node.secret is not None and presented[:6].lower() == "kvlab ":
+        # Before any frame: a link takes nothing from a channel that has not answered.
+        await ws.send_str(answer(node.secret, presented))
     node.channels.add(ws)
     if peer is None:
         src = node.connection_name()

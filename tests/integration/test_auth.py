@@ -7,6 +7,8 @@ hostile local client would; kvlab's own client shows that the secret opens the s
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import socket
 import stat
@@ -178,6 +180,42 @@ def test_whoever_takes_a_dead_nodes_port_learns_nothing_it_can_use(cluster):
                    message="the proxy's link to the restarted node")
     eventually(lambda: json.loads(raw(cluster, "GET", "/health", port=cluster.nodes[1].port)[2])
                ["peers"]["n1"] == "up", message="the peers' links to the restarted node")
+
+
+def test_whoever_takes_a_dead_nodes_port_cannot_play_that_node(cluster):
+    """A WebSocket upgrade proves nothing: a listener on a dead node's port that accepted the
+    channel was taken for the node (the proxy sent it the ring, then writes, and took its
+    replies and stream reports)."""
+    node = cluster.nodes[2]
+    cluster.kill(node.name)
+    first: list[str] = []  # what each link did once its channel was open
+    with _listen_once_free(cluster.spec.host, node.port) as impostor:
+        impostor.settimeout(5)
+        for _ in range(3):  # the proxy's link and both peers'
+            conn, _ = impostor.accept()
+            with conn:
+                conn.settimeout(3)
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                    head += chunk
+                key = next(line.split(b": ", 1)[1] for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"sec-websocket-key:"))
+                accept = base64.b64encode(hashlib.sha1(
+                    key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept +
+                             b"\r\n\r\n" + b"\x81\x40" + b"0" * 64)  # a text frame, not the answer
+                try:
+                    frame = conn.recv(2)
+                    first.append({b"": "eof"}.get(frame, {8: "close", 2: "binary"}.get(
+                        frame[0] & 0x0F, "other") if frame else "eof"))
+                except TimeoutError:
+                    first.append("silence")
+    assert first == ["close"] * 3, first
+    cluster.restart(node.name)
+    with KV(cluster.url) as kv:
+        eventually(lambda: all(n.state == "up" for n in kv.cluster().nodes),
+                   message="the proxy's link to the restarted node")
 
 
 def test_whoever_listens_where_the_proxy_was_learns_nothing_it_can_use(cluster):
