@@ -74,6 +74,7 @@ class KV:
         self._timeout = timeout
         self.secret = secret
         self._conn: http.client.HTTPConnection | None = None
+        self._proof: dict[str, str] = {}  # shown on every request of the connection
         self._used = 0.0
 
     def _send(self, call: Call) -> tuple[int, http.client.HTTPMessage, bytes]:
@@ -86,10 +87,12 @@ class KV:
             if fresh:
                 self._conn = http.client.HTTPConnection(self._host, self._port,
                                                         timeout=self._timeout)
+                # Made now, as the connection is: good for whatever already listens.
+                self._proof = proof(self.secret, self._port)
             sent = False
             try:
                 self._conn.request(call.method, call.path, body=call.body,
-                                   headers=proof(self.secret, self._port))
+                                   headers=self._proof)
                 sent = True
                 response = self._conn.getresponse()
                 return response.status, response.headers, response.read()

@@ -19,13 +19,16 @@ writes, answer reads with records of its own, report a stream done).
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import hmac
 import os
 import time
 
 SECRET_ENV = "KVLAB_SECRET"
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+TAKEN_KEPT = 1024  # proofs a guard remembers having taken (one per client connection)
 
 
 def secret_from_env() -> str | None:
@@ -40,14 +43,13 @@ def proof(secret: str | None, port: int) -> dict[str, str]:
     if secret is None:
         return {}
     made = time.time_ns() // 1000
-    return {"Authorization": f"Kvlab {made} {_mac(secret.encode(), port, made)}"}
+    return {"Authorization": f"Kvlab {made} {_mac(secret, f'{port} {made}')}"}
 
 
 def answer(secret: str, header: str) -> str:
     """What a server that took the proof in `header` answers, to show that it has the
     secret too: only for that proof."""
-    return hmac.new(secret.encode(), f"answer {header}".encode("latin-1", "replace"),
-                    hashlib.sha256).hexdigest()
+    return _mac(secret, f"answer {header}")
 
 
 def answered(secret: str, header: str, reply: str) -> bool:
@@ -56,8 +58,17 @@ def answered(secret: str, header: str, reply: str) -> bool:
                                answer(secret, header).encode())
 
 
-def _mac(key: bytes, port: int, made: int) -> str:
-    return hmac.new(key, f"{port} {made}".encode(), hashlib.sha256).hexdigest()
+def _mac(secret: str, text: str) -> str:
+    mac = _keyed(secret).copy()
+    mac.update(text.encode("latin-1", "replace"))
+    return mac.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: str) -> hmac.HMAC:
+    # HMAC-SHA256 keyed once per secret: a proof, made or checked on each request of a
+    # client, then costs ~1.6 µs instead of ~4.5 µs.
+    return hmac.new(secret.encode(), digestmod="sha256")
 
 
 class Guard:
@@ -66,9 +77,13 @@ class Guard:
     port since the guard was made (right before the server listens)."""
 
     def __init__(self, secret: str, port: int | None = None) -> None:
+        self._text = secret
         self._secret = secret.encode()
         self._port = port
         self._since = time.time_ns() // 1000
+        # Proofs taken, so that a client's next request on its connection costs a lookup
+        # (~0.1 µs, not an HMAC's ~3 µs): only a holder of the secret can add one.
+        self._taken: dict[str, None] = {}
 
     def allows(self, header: str | None) -> bool:
         if header is None:
@@ -80,13 +95,20 @@ class Guard:
             return hmac.compare_digest(token.strip().encode("latin-1", "replace"), self._secret)
         if scheme != "kvlab" or self._port is None:
             return False
+        if header in self._taken:
+            return True
         made, _, mac = token.strip().partition(" ")
         # A proof from before the guard was made went to whoever listened on the port then.
         if not (made.isascii() and made.isdigit() and len(made) < 20) \
                 or int(made) < self._since:
             return False
-        return hmac.compare_digest(mac.strip().encode("latin-1", "replace"),
-                                   _mac(self._secret, self._port, int(made)).encode())
+        if not hmac.compare_digest(mac.strip().encode("latin-1", "replace"),
+                                   _mac(self._text, f"{self._port} {made}").encode()):
+            return False
+        if len(self._taken) >= TAKEN_KEPT:
+            del self._taken[next(iter(self._taken))]  # the oldest
+        self._taken[header] = None
+        return True
 
 
 MESSAGE = ("this route needs the cluster's secret: send Authorization: Bearer SECRET, where "
