@@ -35,10 +35,10 @@ MAX_KEY = 1024  # so that a message with one key and no value is small (`codec.L
 class FrameWriter(Generic[T]):
     """Frames of `encode(batch)` on `ws`, each batch up to `limit` bytes by `weigh`.
 
-    Every message is weighed on the way in only if its class is in `heavy` (None: all): a
-    frame goes out whole when the heavy ones' weights, and `light` bytes for each of the
-    others, fit in the limit (nearly always). Weighing each of the small messages that are
-    nearly all of the traffic cost ~0.2 µs apiece; they are weighed only when a queue
+    A message is weighed on its way in only if its class is in `heavy` (None: every one);
+    the queue goes out as one frame when the heavy ones' weights, plus `light` bytes for
+    each of the others, fit in the limit (nearly always). Weighing the small messages that
+    are nearly all of the traffic cost ~0.2 µs apiece: they are weighed only when a queue
     holds more than a frame.
 
     `prune`, if given, is handed the queue when its oldest message has waited more than
