@@ -35,9 +35,9 @@ MAX_KEY = 1024  # so that a message with one key and no value is small (`codec.L
 class FrameWriter(Generic[T]):
     """Frames of `encode(batch)` on `ws`, each batch up to `limit` bytes by `weigh`.
 
-    A message is weighed on its way in only if its class is in `heavy` (None: every one);
-    the queue goes out as one frame when the heavy ones' weights, plus `light` bytes for
-    each of the others, fit in the limit (nearly always). Weighing the small messages that
+    A message is weighed on its way in only if its class is in `heavy`; the queue goes
+    out as one frame when the heavy ones' weights, plus `light` bytes for each of the
+    others, fit in the limit (nearly always). Weighing the small messages that
     are nearly all of the traffic cost ~0.2 µs apiece: they are weighed only when a queue
     holds more than a frame.
 
@@ -48,7 +48,7 @@ class FrameWriter(Generic[T]):
 
     def __init__(self, ws: web.WebSocketResponse | ClientWebSocketResponse,
                  encode: Callable[[list[T]], bytes], weigh: Callable[[T], int], *,
-                 heavy: Container[type] | None = None, light: int = 0,
+                 heavy: Container[type], light: int,
                  limit: int = FRAME_BYTES, prune: Callable[[list[T]], list[T]] | None = None,
                  max_wait_s: float = math.inf) -> None:
         self._ws = ws
@@ -69,7 +69,7 @@ class FrameWriter(Generic[T]):
         if not self._queue:
             self._since = self._loop.time()
         self._queue.append(message)
-        if self._heavy is None or message.__class__ in self._heavy:
+        if message.__class__ in self._heavy:
             self._bytes += self._weigh(message)
         if self._task is None:
             self._task = self._loop.create_task(self._flush())
@@ -109,8 +109,6 @@ class FrameWriter(Generic[T]):
     def _weight(self, messages: list[T]) -> int:
         """The weight of the heavy ones among `messages`."""
         heavy, weigh = self._heavy, self._weigh
-        if heavy is None:
-            return sum(map(weigh, messages))
         return sum(weigh(m) for m in messages if m.__class__ in heavy)
 
     def _take(self) -> list[T]:
@@ -124,7 +122,7 @@ class FrameWriter(Generic[T]):
                 break
             taken += 1
             size += weight
-            if heavy is None or message.__class__ in heavy:
+            if message.__class__ in heavy:
                 heavy_size += weight
         batch = queue[:taken]
         del queue[:taken]
