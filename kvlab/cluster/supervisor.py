@@ -863,7 +863,10 @@ def _own_folder(folder: Path) -> None:
     """Make the cluster's folder, or close an existing one to other users: one made by a
     kvlab before secrets is 0755, over databases and logs that are 0644."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    if folder.stat().st_mode & 0o077:
+        # Only when open: a folder that is already closed may also be one we can't change
+        # (immutable, read-only), and the command must fail on what it records, saying so.
+        os.chmod(folder, 0o700)
 
 
 def _on_off(flag: bool) -> str:
