@@ -41,6 +41,7 @@ from kvlab.core.ring import Ring
 from kvlab.tui.source import (
     ActionsByName,
     DOWN,
+    FAILED,
     Healing,
     MembershipView,
     STARTING,
@@ -123,8 +124,7 @@ class LiveSource(ActionsByName):
         cluster = await self._cluster()
         host = cluster.spec.host
         members = cluster.members()
-        procs = await asyncio.to_thread(
-            lambda: {m.name: m.proc.state() if m.proc else DOWN for m in members})
+        procs, failures = await asyncio.to_thread(_proc_states, cluster, members)
         # A node being removed runs on (its ranges stream out) until the move is over.
         rows = [*cluster.nodes, *cluster.leaving]
         for url in set(self._polls) - {cluster.url, *(m.url(host) for m in rows)}:
@@ -138,7 +138,8 @@ class LiveSource(ActionsByName):
         if coordinator is not None:
             self._forget(set(links) | {m.name for m in rows})
         now = self._clock()
-        nodes = tuple(self._node_view(m, procs[m.name], s, links.get(m.name), now)
+        nodes = tuple(self._node_view(m, procs[m.name], s, links.get(m.name), now,
+                                      failures.get(m.name))
                       for m, s in zip(rows, stats))
         recorded = {m.name for m in rows}
         # Watched by the coordinator but not in cluster.json: joined through its API by hand.
@@ -176,7 +177,7 @@ class LiveSource(ActionsByName):
         )
 
     def _node_view(self, member: Member, proc_state: str, stats: NodeStats | None,
-                   link: NodeInfo | None, now: float) -> NodeView:
+                   link: NodeInfo | None, now: float, failure: str | None) -> NodeView:
         state = proc_state
         if state == UP and stats is None:
             state = STARTING  # alive but not answering (yet)
@@ -191,13 +192,13 @@ class LiveSource(ActionsByName):
             self._counts[member.name] = (stats.pid, count, now)
         return NodeView(
             name=member.name, port=member.port,
-            pid=member.proc.pid if member.proc and state != DOWN else None,
+            pid=member.proc.pid if member.proc and state not in (DOWN, FAILED) else None,
             state=state,
             keys=stats.keys if stats else None,
             ops_per_s=ops,
             p99_ms=link.p99_ms if link else None,
             last_error=(stats.last_error if stats else None)
-            or self._link_error(member.name, link),
+            or self._link_error(member.name, link) or failure,
             partitioned=link is not None and link.partitioned is not None,
             healing=_healing(state, link, stats),
         )
@@ -312,6 +313,21 @@ class LiveSource(ActionsByName):
                 await kv.close()
         self._traffic = self._kv = None
         self._polls = {}
+
+
+def _proc_states(cluster: Cluster, members: list[Member]
+                 ) -> tuple[dict[str, str], dict[str, str]]:
+    """Each member's process state, FAILED for a node that stopped itself on a damaged
+    database, and why those did (the way back is to wipe it)."""
+    states: dict[str, str] = {}
+    failures: dict[str, str] = {}
+    for member in members:
+        states[member.name] = member.proc.state() if member.proc else DOWN
+        failure = cluster.failure(member) if states[member.name] == DOWN else None
+        if failure is not None:
+            states[member.name] = FAILED
+            failures[member.name] = f"{failure['reason']}; recover: kvlab wipe {member.name}"
+    return states, failures
 
 
 async def _none() -> None:

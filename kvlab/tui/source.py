@@ -29,8 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from kvlab.core.ring import Ring
 
-# Node states, as the supervisor names them.
-UP, DOWN, PAUSED, STARTING = "up", "down", "paused", "starting"
+# Node states, as the supervisor names them (failed: stopped for good on a damaged database).
+UP, DOWN, PAUSED, STARTING, FAILED = "up", "down", "paused", "starting", "failed"
 # Replica states in a `KeyView`, as `GET /cluster/keys/{key}` names them.
 OK, MISSING, UNREACHABLE = "ok", "missing", "unreachable"
 # Node health, as the failure detector names it (kvlab.core.detector.Health): UP and DOWN
@@ -272,7 +272,7 @@ class NodeView:
     name: str
     port: int | None
     pid: int | None
-    state: str  # UP, DOWN, PAUSED or STARTING
+    state: str  # UP, DOWN, PAUSED, STARTING or FAILED
     keys: int | None = None
     ops_per_s: float | None = None
     p99_ms: float | None = None  # replica round trips as the coordinator measures them

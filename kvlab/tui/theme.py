@@ -8,7 +8,7 @@ import zlib
 
 from rich.text import Text
 
-from kvlab.tui.source import DOWN, PAUSED, STARTING, SUSPECT, UP
+from kvlab.tui.source import DOWN, FAILED, PAUSED, STARTING, SUSPECT, UP
 
 # Distinct on a dark background and none of them red: red means "down".
 PALETTE = (
@@ -28,6 +28,7 @@ STATE_STYLE = {
     STARTING: ("◌", "bold #fdd835"),
     PAUSED: ("‖", "bold #ffa726"),
     DOWN: ("✗", "bold #ef5350"),
+    FAILED: ("⊘", "bold reverse #ef5350"),
 }
 
 DIM = "#616161"
@@ -59,7 +60,7 @@ def node_color(name: str) -> str:
 
 def node_label(name: str, state: str = UP) -> Text:
     """The node's name in its colour; struck through and dim when it is down."""
-    if state == DOWN:
+    if state in (DOWN, FAILED):
         return Text(name, style=f"strike {DIM}")
     return Text(name, style=f"bold {node_color(name)}")
 

@@ -101,6 +101,25 @@ async def test_kill_and_restart_from_the_dashboard(cluster: Cluster) -> None:
                        "traffic stopped")
 
 
+async def test_a_node_failed_on_a_damaged_database_shows_why_and_how_to_recover(
+        cluster: Cluster) -> None:
+    Cluster.load(cluster.spec.name).kill("n3")
+    for path in (cluster.dir / "n3").glob("data.db-*"):  # its pages may all be in the WAL
+        path.unlink()
+    (cluster.dir / "n3" / "data.db").write_bytes(b"not a database " * 512)
+    app = live_app(cluster)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: state(app, "n3") == "down", 10, "n3 down")
+            await pilot.press("3", "r")  # the restart: the node finds its database damaged
+            await wait_for(pilot, lambda: state(app, "n3") == "failed", 15, "n3 failed")
+            n3 = app.view.node("n3")
+            assert n3.pid is None and "recover: kvlab wipe n3" in (n3.last_error or "")
+            assert "⊘ failed" in screen_text(app)
+    finally:
+        Cluster.load(cluster.spec.name).wipe("n3")  # the way back; the next test needs n3
+
+
 def pids(cluster: Cluster) -> dict[str, int | None]:
     current = Cluster.load(cluster.spec.name)
     return {m.name: m.proc.pid if m.proc else None for m in current.members()}
