@@ -110,43 +110,54 @@ class Link:
     async def _run(self) -> None:
         delay = RETRY_MIN_S
         while True:
-            presented = proof(self.secret, self.port)
             try:
-                ws = await self._session.ws_connect(
-                    self.ws_url, max_msg_size=0, heartbeat=HEARTBEAT_S, headers=presented,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                self._note_error(f"connect: {exc.__class__.__name__}")
+                delay = await self._connect_once(delay)
+            except Exception:
+                # A bug in a hook (say, `_down`), or an error of aiohttp's that its handlers
+                # don't name: ending the task would leave the link down for good, silently.
+                logger.exception("link to %s failed; reconnecting", self.name)
+                self._note_error("link failed: see the log")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
-                continue
-            if presented and not await _answered(ws, self.secret, presented["Authorization"]):
-                await ws.close()
-                self._note_error("not the node: no answer to the proof of the secret")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max_s)
-                continue
-            delay = RETRY_MIN_S
-            writer = FrameWriter(ws, codec.encode, codec.weight, heavy=codec.HEAVY,
-                                 light=codec.LIGHT, prune=self._prune,
-                                 max_wait_s=self._max_wait_s)
-            self._ws, self._writer, self.state = ws, writer, UP
-            self.connects += 1
+
+    async def _connect_once(self, delay: float) -> float:
+        """Connect, serve the socket until it closes; the delay before the next attempt."""
+        presented = proof(self.secret, self.port)
+        try:
+            ws = await self._session.ws_connect(
+                self.ws_url, max_msg_size=0, heartbeat=HEARTBEAT_S, headers=presented,
+                timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            self._note_error(f"connect: {exc.__class__.__name__}")
+            await asyncio.sleep(delay)
+            return min(delay * 2, self._retry_max_s)
+        if presented and not await _answered(ws, self.secret, presented["Authorization"]):
+            await ws.close()
+            self._note_error("not the node: no answer to the proof of the secret")
+            await asyncio.sleep(delay)
+            return min(delay * 2, self._retry_max_s)
+        writer = FrameWriter(ws, codec.encode, codec.weight, heavy=codec.HEAVY,
+                             light=codec.LIGHT, prune=self._prune, max_wait_s=self._max_wait_s)
+        self._ws, self._writer, self.state = ws, writer, UP
+        self.connects += 1
+        try:
+            self._up()  # synchronously: nothing else can be queued on the socket before
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY and \
+                        self.partitioned not in ("both", "from"):
+                    self._frame(msg.data)
+            self._note_error(f"closed: {ws.close_code}" if ws.close_code else "closed")
+        except Exception as exc:  # a bad frame (or hook) must not end the link for good
+            logger.exception("link to %s failed", self.name)
+            self._note_error(f"bad frame: {exc.__class__.__name__}")
+        finally:
+            writer.cancel()
+            self._ws, self._writer, self.state = None, None, DOWN
             try:
-                self._up()  # synchronously: nothing else can be queued on the socket before
-                async for msg in ws:
-                    if msg.type == aiohttp.WSMsgType.BINARY and \
-                            self.partitioned not in ("both", "from"):
-                        self._frame(msg.data)
-                self._note_error(f"closed: {ws.close_code}" if ws.close_code else "closed")
-            except Exception as exc:  # a bad frame (or hook) must not end the link for good
-                logger.exception("link to %s failed", self.name)
-                self._note_error(f"bad frame: {exc.__class__.__name__}")
-            finally:
-                self._writer.cancel()
-                self._ws, self._writer, self.state = None, None, DOWN
                 self._down()
+            finally:
                 await ws.close()
+        return RETRY_MIN_S
 
     def _prune(self, queue: list[Message]) -> list[Message]:
         """What is still worth sending of `queue`, which waited past `max_wait_s` (a hook)."""

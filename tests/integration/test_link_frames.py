@@ -26,12 +26,14 @@ class Node:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.sockets: list[web.WebSocketResponse] = []
         self.release = asyncio.Event()
         self.release.set()
 
     async def replica(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME)
         await ws.prepare(request)
+        self.sockets.append(ws)
         while True:
             await self.release.wait()
             msg = await ws.receive()
@@ -58,8 +60,9 @@ async def node() -> AsyncIterator[tuple[Node, str]]:
     await runner.cleanup()
 
 
-async def _link(url: str, session: aiohttp.ClientSession, max_wait_s: float) -> ReplicaLink:
-    link = ReplicaLink("n1", url, session, lambda *_: None, lambda *_: None,
+async def _link(url: str, session: aiohttp.ClientSession, max_wait_s: float,
+                on_lost=lambda *_: None) -> ReplicaLink:
+    link = ReplicaLink("n1", url, session, lambda *_: None, on_lost,
                        lambda *_: None, lambda *_: None, max_wait_s=max_wait_s)
     link.start()
     deadline = asyncio.get_running_loop().time() + 5
@@ -119,4 +122,25 @@ async def test_a_request_past_its_deadline_is_never_sent(node) -> None:
         # A fresh request is sent as usual.
         assert link.send(ReadRequest(5, "fresh"))
         await _until(lambda: any(getattr(m, "req", None) == 5 for m in fake.messages()))
+        await link.stop()
+
+
+async def test_a_hook_that_fails_when_the_socket_closes_does_not_end_the_link(node) -> None:
+    fake, url = node
+    failures = []
+
+    def on_lost(*_: object) -> None:  # a bug in what the link calls: once
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a bug in the hook")
+
+    async with aiohttp.ClientSession() as session:
+        link = await _link(url, session, max_wait_s=30, on_lost=on_lost)
+        assert link.send(ReadRequest(1, "k"))  # in flight when the socket goes
+        await _until(lambda: len(fake.messages()) == 1)
+        await fake.sockets[0].close()
+        # The task ended with the hook's error before: the link stayed down for good.
+        await _until(lambda: link.connects == 2 and link.state == UP)
+        assert failures and link.send(ReadRequest(2, "k"))
+        await _until(lambda: len(fake.messages()) == 2)
         await link.stop()
