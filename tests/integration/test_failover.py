@@ -66,10 +66,13 @@ def test_a_restarted_replica_never_serves_the_old_value_and_is_repaired(cluster)
         new = kv.set("doc", "v2")
         restart(cluster, victim)
         before = {r.node: r for r in replicas_of(kv, "doc")}
-        assert before[victim].value == "v1", "the restarted replica should start stale"
+        # The hint a neighbour kept for it may have reached it first (handoff starts at its
+        # first heartbeat); either way no read serves v1.
+        stale = before[victim].value == "v1"
+        assert stale or before[victim].version == new.version, before[victim]
         for _ in range(20):
             assert kv.get("doc") == "v2"
-        # One read repaired it (asynchronously, right after answering).
+        # One read repaired it (asynchronously, right after answering), if a hint had not.
         eventually(lambda: {r.node: r for r in replicas_of(kv, "doc")}[victim].version
                    == new.version, 5, f"read repair of {victim}")
 
