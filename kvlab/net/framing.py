@@ -91,8 +91,9 @@ class FrameWriter(Generic[T]):
                         (now := self._loop.time()) - self._since > self._max_wait_s:
                     self._queue = self._prune(self._queue)
                     self._bytes = self._weight(self._queue)
-                    # What is left may have waited up to `max_wait_s`: look again next time.
-                    self._since = now - self._max_wait_s
+                    # What is left may have waited up to `max_wait_s` more: looked at again
+                    # after that (not on every frame, re-weighing a long queue each time).
+                    self._since = now
                     if not self._queue:
                         break
                 # Nearly always: one frame takes it all.

@@ -34,7 +34,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from kvlab.core.messages import REPORTS, Control, Message, Reply, Report, Request
+from kvlab.core.messages import REPORTS, Control, HintRequest, Message, Reply, Report, Request
 from kvlab.net import codec
 from kvlab.net.auth import answered, proof
 from kvlab.net.framing import FrameWriter
@@ -269,14 +269,15 @@ class ReplicaLink(Link):
 
     def _prune(self, queue: list[Message]) -> list[Message]:
         # Not reported lost: the operation's own timer gives it its outcome (a timeout),
-        # and has fired already, or is due in this very loop turn.
+        # and has fired already, or is due in this very loop turn. A hint is kept: it is
+        # sent at its operation's end, no timer waits on it, and delivering it is its purpose.
         cutoff = time.perf_counter() - self._max_wait_s
         inflight = self._inflight
         kept = []
         for message in queue:
             req = getattr(message, "req", None)  # control messages have none
             queued = None if req is None else inflight.get(req)
-            if queued is not None and queued < cutoff:
+            if queued is not None and queued < cutoff and message.__class__ is not HintRequest:
                 del inflight[req]
                 self.expired += 1
             else:

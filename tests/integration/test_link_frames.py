@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from kvlab.core.messages import Ping, ReadRequest, WriteRequest
+from kvlab.core.messages import HintRequest, Ping, ReadRequest, WriteRequest
 from kvlab.core.record import Record
 from kvlab.core.version import Version
 from kvlab.net import codec
@@ -111,11 +111,15 @@ async def test_a_request_past_its_deadline_is_never_sent(node) -> None:
         for req in range(1, 7):
             assert link.send(_write(req, 16 * MiB))
         assert link.send(ReadRequest(7, "late"))
+        # A hint goes at its operation's end, to a replica that missed the write: late or
+        # not, it is the only copy on its way (dropped, the handoff was lost unseen).
+        assert link.send(HintRequest(8, Record("h", b"v", Version(1, 0, "p")), "n2"))
         assert link.send_control(Ping(7))  # nothing waits on a control: it still goes
         await asyncio.sleep(1.0)  # the node's stall
         fake.release.set()
         await _until(lambda: any(isinstance(m, Ping) for m in fake.messages()))
-        sent = [m.req for m in fake.messages() if not isinstance(m, Ping)]
+        sent = [m.req for m in fake.messages() if not isinstance(m, (Ping, HintRequest))]
+        assert [m.req for m in fake.messages() if isinstance(m, HintRequest)] == [8]
         # The first frame left at once; whatever was still queued after 0.3 s was dropped.
         assert sent[0] == 1 and 7 not in sent, sent
         assert len(sent) + link.expired == 7, (sent, link.expired)
