@@ -23,12 +23,31 @@ import functools
 import hmac
 import os
 import time
+from pathlib import Path
 
 SECRET_ENV = "KVLAB_SECRET"
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
 TAKEN_KEPT = 1024  # proofs a guard remembers having taken (one per client connection)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: proofs then outlive a reboot (servers start anew anyway)
+        return ""
+
+
+# A proof's time is the machine's monotonic clock, which every local process shares and no
+# clock step moves (on the wall clock, a step back let a server started after it take a
+# proof captured before, and refused every new one for as long as the step). It starts at
+# each boot, so the boot's id is in the MAC: a proof from before a reboot proves nothing.
+_BOOT = _boot_id()
+
+
+def _now_us() -> int:
+    return time.monotonic_ns() // 1000
 
 
 def secret_from_env() -> str | None:
@@ -42,8 +61,8 @@ def proof(secret: str | None, port: int) -> dict[str, str]:
     before anything that starts listening on that port later (none without a secret)."""
     if secret is None:
         return {}
-    made = time.time_ns() // 1000
-    return {"Authorization": f"Kvlab {made} {_mac(secret, f'{port} {made}')}"}
+    made = _now_us()
+    return {"Authorization": f"Kvlab {made} {_mac(secret, f'{_BOOT} {port} {made}')}"}
 
 
 def answer(secret: str, header: str) -> str:
@@ -80,7 +99,7 @@ class Guard:
         self._text = secret
         self._secret = secret.encode()
         self._port = port
-        self._since = time.time_ns() // 1000
+        self._since = _now_us()
         # Proofs taken, so that a client's next request on its connection costs a lookup
         # (~0.1 µs, not an HMAC's ~3 µs): only a holder of the secret can add one.
         self._taken: dict[str, None] = {}
@@ -103,7 +122,7 @@ class Guard:
                 or int(made) < self._since:
             return False
         if not hmac.compare_digest(mac.strip().encode("latin-1", "replace"),
-                                   _mac(self._text, f"{self._port} {made}").encode()):
+                                   _mac(self._text, f"{_BOOT} {self._port} {made}").encode()):
             return False
         if len(self._taken) >= TAKEN_KEPT:
             del self._taken[next(iter(self._taken))]  # the oldest
