@@ -69,7 +69,7 @@ REQUEST_TIMEOUT_S = 10.0  # a request's head must arrive whole in this (408 afte
 BODY_RATE = 16 * 1024  # bytes/s: the whole request has twice the timeout, plus 1 s per this
 MAX_CONNECTIONS = 10_000  # beyond: 503 `too_many_connections`
 MAX_REFUSING = 512  # refused connections being told so at once; beyond, they are dropped
-MAX_QUEUED = 1024 * 1024  # body bytes of requests parsed but not served, per connection
+MAX_QUEUED = 1024 * 1024  # requests parsed, not served yet (QUEUED_HEAD each + bodies), per connection
 MAX_QUEUED_TOTAL = 64 * 1024 * 1024  # ... and across the server; then reading pauses
 MAX_UNREAD_TOTAL = 256 * 1024 * 1024  # answers buffered for clients that don't read them
 LINGER_S = 2.0  # a closed connection reads and drops what its client still sends this long
@@ -77,6 +77,7 @@ RETRY_AFTER_S = 1  # said to the connections refused beyond the cap
 
 # The parse of the message in progress: between messages, in its head, in its body.
 _IDLE, _HEAD, _BODY = 0, 1, 2
+QUEUED_HEAD = 512  # bytes a queued request is counted for besides its body (its head, parsed)
 
 _HIGH_BYTE = re.compile(rb"[\x80-\xff]")
 
@@ -316,7 +317,8 @@ class _Connection(asyncio.Protocol):
     def overdue(self, now: float) -> bool:
         """The request in progress is taking too long to arrive."""
         phase = self._phase
-        if phase == _IDLE or not self._accepting:
+        # Paused by the server (a queue full): the rest may wait in the socket, not late.
+        if phase == _IDLE or not self._accepting or self._reading_paused:
             return False
         timeout = self._server.request_timeout_s
         if phase == _BODY:  # a slow body is fine as long as it moves
@@ -601,8 +603,9 @@ class _Connection(asyncio.Protocol):
     def _queue(self, queued: _Queued) -> None:
         self._pending.append(queued)
         item = queued.item
-        if isinstance(item, Request) and item.body:
-            size = len(item.body)
+        if isinstance(item, Request):
+            # Its head counts too: one read of 250 KB of GETs queues 9,000 of them.
+            size = len(item.body) + QUEUED_HEAD
             self._queued += size
             self._server.queued += size
         if len(self._pending) > MAX_PIPELINED or self._queued > self._server.max_queued \
@@ -690,8 +693,7 @@ class _Connection(asyncio.Protocol):
             item, handler = queued.item, queued.handler
             if isinstance(item, Request):
                 assert handler is not None
-                if item.body:
-                    self._unqueue(len(item.body))
+                self._unqueue(len(item.body) + QUEUED_HEAD)
                 self._busy = True
                 try:
                     answer = handler(item)
@@ -726,6 +728,8 @@ class _Connection(asyncio.Protocol):
                 and len(self._pending) <= MAX_PIPELINED and self._queued <= server.max_queued \
                 and (self._queued == 0 or server.queued <= server.max_queued_total):
             self._reading_paused = False
+            if self._phase != _IDLE:
+                self._began = self._loop.time()  # its deadline counts from now on
             self._transport.resume_reading()
 
     def _write_continue(self) -> None:

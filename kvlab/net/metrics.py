@@ -136,8 +136,10 @@ class ProxyCollector(Collector):
                        "replicas that answered with less.", coord.repairs_sent)
         yield _counter("kvlab_writes_restamped", "Writes stamped again above a version a "
                        "replica held.", coord.restamped)
-        yield _gauge("kvlab_operations_pending", "Client operations in progress.",
-                     coord.pending_ops())
+        # The engine's count, not the coordinator's: it keeps an answered operation until
+        # every replica is heard (with one down: for the whole timeout).
+        yield _gauge("kvlab_operations_pending", "Client operations waiting for their "
+                     "outcome (what --max-inflight bounds).", engine.pending)
         yield _counter("kvlab_requests_overloaded", "Requests answered 503 overloaded: the "
                        "proxy had as much in flight as it takes.", proxy.admission.refused)
         yield _gauge("kvlab_write_bytes_in_flight", "Bytes of the values of writes waiting "

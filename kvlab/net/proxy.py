@@ -505,6 +505,7 @@ def _replica_copy(node: str, outcome: Outcome) -> ReplicaCopy:
 
 async def cluster_key(proxy: Proxy, request: Request) -> Response:
     key = _path_key(proxy, request)
+    _admit(proxy, 0)  # it asks every replica: an open route that counts as a read
     outcome = await proxy.engine.inspect(key)
     return typed_response(KeyInfo(
         key=key, replicas=[_replica_copy(n, outcome) for n in outcome.replicas]))
