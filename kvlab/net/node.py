@@ -23,7 +23,7 @@ Given the cluster's secret (`KVLAB_SECRET`, see `kvlab.net.auth`), the node asks
 proof of it made for its port) of every request but `/health` and `/metrics`, the channel's
 before its upgrade, and shows its own links to its peers a proof.
 
-A database that can't be opened or is found damaged (`kvlab.storage.sqlite.is_corruption`)
+A database found damaged (`kvlab.storage.sqlite.is_corruption`: not a database, a bad page)
 ends the node with status 3, after it wrote why in `failed.json` next to the database: at
 start (before it listens), or at run time, when it first stops taking replica traffic and
 closes its channels with a reason (a node that went on would fail the same reads again and
@@ -87,7 +87,7 @@ COORDINATOR = "coordinator#"
 # The replica can no longer be trusted to match its store (it raised half-way): stop, so
 # a restart rebuilds it from the store, rather than acknowledge what was never stored.
 EXIT_REPLICA_FAILED = 70
-# The database can't be used (damaged, or can't be opened): FAILED_FILE says why. Not 1,
+# The database can't be used (damaged): FAILED_FILE says why. Not 1,
 # which Python's own errors use, so the supervisor can tell "recover by wiping" apart.
 EXIT_STORE_FAILED = 3
 FAILED_FILE = "failed.json"
@@ -273,8 +273,11 @@ class Node:
         if self._timer is not None:
             self._timer.cancel()
         logger.critical("giving up on the store: %s", self.failed)
-        write_failed(Path(self.store.path).parent, self.failed)
-        asyncio.get_running_loop().create_task(self._leave())
+        asyncio.get_running_loop().create_task(self._leave())  # first: the write may fail
+        try:
+            write_failed(Path(self.store.path).parent, self.failed)
+        except OSError:  # a disk that damages a database may be read-only or full by now
+            logger.exception("could not write %s", FAILED_FILE)
 
     async def _leave(self) -> None:
         reason = self.failed.encode()[:123] if self.failed else b""  # a close reason's limit
@@ -529,7 +532,7 @@ def write_failed(data_dir: Path, reason: str) -> None:
 def open_node(args: argparse.Namespace, peers: dict[str, str], config: ReplicaConfig
               ) -> Node:
     """The node over its database; exits with EXIT_STORE_FAILED if the database is damaged
-    or can't be opened (after writing FAILED_FILE)."""
+    (after writing FAILED_FILE)."""
     path = args.data / "data.db"
     try:
         store = SqliteStore(path, durable=args.durability == "fsync")
@@ -538,10 +541,10 @@ def open_node(args: argparse.Namespace, peers: dict[str, str], config: ReplicaCo
         (args.data / FAILED_FILE).unlink(missing_ok=True)  # repaired by hand, say
         return node
     except sqlite3.DatabaseError as exc:
-        # A lock held by another program, a full disk: those pass, and are no reason to
-        # wipe the node, so they end it as any other error does.
-        if not is_corruption(exc) and \
-                getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_CANTOPEN:
+        # A lock held by another program, a full disk, no file descriptor or permission left
+        # (SQLite's CANTOPEN): no reason to wipe the node, so they end it as any other
+        # error does.
+        if not is_corruption(exc):
             raise
         reason = f"database {path}: {exc}"
     write_failed(args.data, reason)

@@ -27,6 +27,7 @@ with a code `is_corruption` recognizes: the node gives up on it then (see
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import queue
 import sqlite3
@@ -147,6 +148,20 @@ class _PersistFailed(Exception):
         self.error = error
 
 
+class StoreInUse(Exception):
+    """Another process has this database open."""
+
+
+def _lock_file(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreInUse(f"{path}: the database is open in another process") from None
+    return fd
+
+
 class SqliteStore:
     """One node's database. `durable=False` skips fsync (`--durability none`).
 
@@ -159,6 +174,9 @@ class SqliteStore:
         self.path = str(path)
         self.durable = durable
         self.busy_timeout_s = busy_timeout_s
+        # One store per file: a second process on it (a restart racing another, say) would
+        # keep an index at its stop that misses the first one's later writes.
+        self._lock = _lock_file(self.path + ".lock")
         writer = self._connect()
         writer.execute("PRAGMA journal_mode=WAL")
         # FULL makes every WAL commit fsync: an acknowledged write survives power loss.
@@ -321,6 +339,7 @@ class SqliteStore:
             except (OSError, sqlite3.Error):  # a full disk, say: the next start reads the rows
                 Path(self.path + INDEX_SUFFIX + ".tmp").unlink(missing_ok=True)
         self._reader.close()
+        os.close(self._lock)
 
     def _keep_index(self, index: bytes) -> None:
         token = os.urandom(_TOKEN_BYTES)

@@ -16,7 +16,7 @@ from kvlab.core.messages import Hint, Persist
 from kvlab.core.record import Record
 from kvlab.core.version import Version
 from kvlab.storage.memory import MemoryStore
-from kvlab.storage.sqlite import SqliteStore
+from kvlab.storage.sqlite import SqliteStore, StoreInUse
 
 
 def rec(key: str, value: bytes | None, t: int, c: str = "p") -> Record:
@@ -261,3 +261,13 @@ async def test_keys_with_nul_are_found_when_read_together_with_others(store):
     assert sorted(found) == sorted(keys)
     assert all(found[k].value == k.encode() for k in keys)
     assert sorted(store.get_many(["plain", "a\0b"])) == ["a\0b", "plain"]
+
+
+def test_a_database_is_open_in_one_process_at_a_time(tmp_path) -> None:
+    # A second store on the file (a restart racing another) would keep, at its stop, an
+    # index missing the first one's later writes.
+    first = SqliteStore(tmp_path / "data.db")
+    with pytest.raises(StoreInUse):
+        SqliteStore(tmp_path / "data.db")
+    first.close()
+    SqliteStore(tmp_path / "data.db").close()  # free again once the first is closed
