@@ -13,7 +13,7 @@ from kvlab.chaos.live import LIVE_NEMESES, ChaosOptions, run_chaos
 from kvlab.chaos.nemesis import MEMBERSHIP
 from kvlab.chaos.summary import EXAMPLE_KEYS, render_healing, render_outcome, summarize
 from kvlab.chaos.workload import key_names
-from kvlab.client import KV, KVError
+from kvlab.client import KV, KVError, Unavailable
 from kvlab.cli import EXIT_OK, UsageError
 from kvlab.cli.chaos_args import add_faults_and_output, add_workload, mix_from_args, save_history
 from kvlab.cli.options import (
@@ -165,6 +165,8 @@ def _refuse_old_data(cluster: Cluster, keys: int) -> None:
     try:
         with KV(cluster.url, secret=cluster.secret) as kv:
             held = [key for key in key_names(keys) if kv.get(key) is not None]
+    except Unavailable:
+        raise  # a cluster down: exit 3, as for any command
     except KVError as exc:
         raise UsageError(f"could not check cluster {cluster.spec.name}'s keys before the "
                          f"run: {exc}") from None

@@ -18,6 +18,7 @@ from kvlab.cluster.supervisor import (
     ClusterError,
     NoCluster,
     ProxyUnreachable,
+    recover_hint,
 )
 
 EXIT_INTERRUPTED = 130
@@ -180,13 +181,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  {guarded} need the secret in {cluster.dir / 'cluster.json'}")
     for member in cluster.failed():
         print(f"kvlab: {member.name} failed: {cluster.failure(member)['reason']}; the cluster "
-              f"runs without it ({_recover(member.name, spec.name)})", file=sys.stderr)
+              f"runs without it ({recover_hint(member.name, spec.name)})", file=sys.stderr)
     return EXIT_OK
-
-
-def _recover(node: str, cluster: str) -> str:
-    return (f"recover: kvlab wipe {node} --name {cluster}: it starts empty and anti-entropy "
-            f"refills it from its replicas")
 
 
 def _healing_settings(spec: dict) -> str:
@@ -245,7 +241,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {m['name']:<6} {m['url']:<24} pid {pid!s:<8} {m['state']:<9}{health}"
               f"{_healing_line(m.get('healing'))}")
         if m.get("failed"):
-            print(f"         {m['failed']['reason']}; {_recover(m['name'], status['name'])}")
+            print(f"         {m['failed']['reason']}; {recover_hint(m['name'], status['name'])}")
     if status["change"] is not None:
         print(f"  change: {_change_title(status['change'])}: {_progress(status['change'])}")
     elif status["last_change"] is not None:

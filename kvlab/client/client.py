@@ -87,6 +87,9 @@ class KV:
             if fresh:
                 self._conn = http.client.HTTPConnection(self._host, self._port,
                                                         timeout=self._timeout)
+            if fresh or self._conn.sock is None:
+                # http.client reconnects by itself after a `Connection: close`: a new socket,
+                # maybe to a server started since, which takes no proof made before it.
                 # Made now, as the connection is: good for whatever already listens.
                 self._proof = proof(self.secret, self._port)
             sent = False

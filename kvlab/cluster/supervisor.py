@@ -433,9 +433,8 @@ class Cluster:
         self._await_ready([member])
         failure = self.failure(member)
         if failure is not None:
-            raise ClusterError(f"{name} failed: {failure['reason']}; recover: kvlab wipe "
-                               f"{name} --name {self.spec.name} (it starts empty and its "
-                               f"replicas refill it)")
+            raise ClusterError(f"{name} failed: {failure['reason']}; "
+                               f"{recover_hint(name, self.spec.name)}")
         return member
 
     def _clear_failure(self, member: Member) -> None:
@@ -853,6 +852,12 @@ class Cluster:
 
 _VERBS = {"add": "joining", "remove": "leaving", "replace": "taking its place",
           "resume": "moving"}
+
+
+def recover_hint(node: str, cluster: str) -> str:
+    """What to do about a node that failed on a damaged database."""
+    return (f"recover: kvlab wipe {node} --name {cluster}: it starts empty and anti-entropy "
+            f"refills it from its replicas")
 
 
 def new_secret() -> str:

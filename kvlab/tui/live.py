@@ -326,7 +326,8 @@ def _proc_states(cluster: Cluster, members: list[Member]
         failure = cluster.failure(member) if states[member.name] == DOWN else None
         if failure is not None:
             states[member.name] = FAILED
-            failures[member.name] = f"{failure['reason']}; recover: kvlab wipe {member.name}"
+            hint = supervisor.recover_hint(member.name, cluster.spec.name)
+            failures[member.name] = f"{failure['reason']}; {hint}"
     return states, failures
 
 

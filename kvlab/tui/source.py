@@ -257,8 +257,9 @@ def _ring(data: object) -> Ring | None:
     if not isinstance(data, Mapping) or not isinstance(data.get("vnodes"), int):
         return None
     nodes, seats = _names(data.get("nodes")), data.get("seats")
-    pairs = tuple((str(s[0]), str(s[1])) for s in seats if isinstance(s, list) and len(s) == 2) \
-        if isinstance(seats, list) else ()
+    pairs = tuple((str(s[0]), str(s[1])) for s in seats
+                  if isinstance(s, (list, tuple)) and len(s) == 2) \
+        if isinstance(seats, (list, tuple)) else ()
     try:
         return Ring(nodes, data["vnodes"], pairs)
     except ValueError:  # duplicates, seats of nodes it does not have: not a ring

@@ -17,10 +17,13 @@ from kvlab.client.protocol import (
     HealingInfo,
     KeyInfo,
     MembershipInfo,
+    RingInfo,
     answer,
 )
 from kvlab.core.coordinator import Quorum
 from kvlab.core.replica import ReplicaConfig
+from kvlab.core.ring import Ring
+from kvlab.tui.source import _ring
 from tests.unit.core_harness import CoreCluster
 
 
@@ -110,3 +113,13 @@ def test_the_client_refuses_a_server_that_is_not_a_kvlab_proxy():
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_the_dashboard_reads_a_decoded_ring_with_its_seats() -> None:
+    # The dashboard converts the decoded answer back with msgspec.to_builtins, which keeps
+    # a seat a tuple: the seats were dropped, and keys placed on the wrong tokens.
+    info = msgspec.json.decode(b'{"nodes": ["n1", "n2", "n4"], "vnodes": 8, '
+                               b'"seats": [["n4", "n3"]]}', type=RingInfo)
+    ring = _ring(msgspec.to_builtins(info))
+    assert ring is not None and ring.seats == (("n4", "n3"),)
+    assert ring == Ring(("n1", "n2", "n4"), 8, seats=(("n4", "n3"),))
